@@ -1,0 +1,34 @@
+# The two commands of the README: `make run` (the hub, one process, no servers) and
+# `make test` (the whole suite against local RabbitMQ and Redis).
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+PYTEST_ARGS ?=
+
+.PHONY: run test lint bench install clean
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[test]'
+	touch $@
+
+install: $(VENV)/.installed
+
+run: install
+	$(BIN)/nagatha serve --embedded
+
+test: install
+	bash scripts/ensure-services.sh
+	NAGATHA_REQUIRE_SERVICES=1 $(BIN)/python -m pytest $(PYTEST_ARGS)
+
+lint: install
+	$(BIN)/ruff check nagatha bridge modules tests
+	$(BIN)/ruff format --check nagatha bridge modules tests
+
+bench: install
+	$(BIN)/python -m pip install --quiet -e '.[bench]'
+	$(BIN)/python tests/bench/run.py
+
+clean:
+	rm -rf $(VENV)

@@ -1,0 +1,5 @@
+"""``python -m nagatha`` runs the CLI."""
+
+from nagatha.cli import main
+
+main()

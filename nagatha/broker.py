@@ -1,0 +1,81 @@
+"""Build the Dramatiq broker the config names, with the hub's middleware in the right order."""
+
+from __future__ import annotations
+
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+import dramatiq
+from dramatiq.brokers.rabbitmq import RabbitmqBroker
+from dramatiq.brokers.stub import StubBroker
+from dramatiq.middleware import (
+    AgeLimit,
+    Callbacks,
+    CurrentMessage,
+    Pipelines,
+    Retries,
+    ShutdownNotifications,
+    TimeLimit,
+)
+
+from nagatha.config import BrokerConfig, FrameworkConfig
+from nagatha.middleware.status import StatusMiddleware
+from nagatha.stores import StatusStore
+
+
+def amqp_url(config: BrokerConfig) -> str:
+    """The broker URL with the hub's connection defaults added as pika query parameters.
+
+    Parameters already in the URL win. ``connection_attempts=1`` and short timeouts make an
+    unreachable RabbitMQ fail fast (the API answers 503 rather than hanging); the heartbeat
+    keeps idle publisher connections from being reaped silently for long.
+    """
+    parts = urlsplit(config.url)
+    query = dict(parse_qsl(parts.query))
+    defaults = {
+        "heartbeat": str(config.heartbeat),
+        "connection_attempts": "1",
+        "socket_timeout": str(config.connect_timeout),
+        "blocked_connection_timeout": str(max(config.connect_timeout, 30.0)),
+        "stack_timeout": str(config.connect_timeout * 2),
+    }
+    for key, value in defaults.items():
+        query.setdefault(key, value)
+    # kombu spells the default vhost "//"; pika reads that as the empty vhost.
+    path = "/%2F" if parts.path == "//" else parts.path
+    return urlunsplit(parts._replace(path=path, query=urlencode(query)))
+
+
+def build_middleware(config: FrameworkConfig, store: StatusStore) -> list[dramatiq.Middleware]:
+    """Dramatiq's default middleware with hub defaults, plus status tracking.
+
+    ``StatusMiddleware`` sits *before* ``Retries``: Dramatiq calls ``after_*`` hooks in reverse
+    order, so the status hook runs after ``Retries`` has decided whether the attempt was the
+    last one (``message.failed``) and can write ``retrying`` or ``failure`` accordingly.
+    """
+    worker = config.worker
+    return [
+        AgeLimit(),
+        TimeLimit(time_limit=worker.time_limit),
+        ShutdownNotifications(),
+        Callbacks(),
+        Pipelines(),
+        CurrentMessage(),
+        StatusMiddleware(store),
+        Retries(
+            max_retries=worker.max_retries,
+            min_backoff=worker.min_backoff,
+            max_backoff=worker.max_backoff,
+        ),
+    ]
+
+
+def build_broker(config: FrameworkConfig, store: StatusStore) -> dramatiq.Broker:
+    """Return a broker for ``config.broker.url``; opens no connection until first use.
+
+    ``amqp://`` gives a RabbitMQ broker with publisher confirms (an enqueue returns only once
+    RabbitMQ has the message); ``memory://`` gives Dramatiq's in-process stub broker.
+    """
+    middleware = build_middleware(config, store)
+    if config.embedded:
+        return StubBroker(middleware=middleware)
+    return RabbitmqBroker(url=amqp_url(config.broker), confirm_delivery=True, middleware=middleware)

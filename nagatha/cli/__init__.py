@@ -1,0 +1,67 @@
+"""The ``nagatha`` command line (Click).
+
+Commands live one concern per file (``tasks.py``: run/status, ``info.py``: list/modules/
+config, ``worker.py``); errors become one line and an exit code (``errors.py``).
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+import click
+
+from nagatha import __version__
+from nagatha.cli.context import CliContext
+from nagatha.cli.errors import EXIT_USAGE, exit_code_for
+from nagatha.errors import NagathaError
+
+
+class HubGroup(click.Group):
+    """A group that turns hub errors into one line on stderr and the right exit code."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except NagathaError as exc:
+            obj = ctx.find_object(CliContext)
+            if obj is not None and obj.debug:
+                raise
+            click.echo(f"error: {exc}", err=True)
+            ctx.exit(exit_code_for(exc))
+
+
+@click.group(cls=HubGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.option(
+    "--config",
+    "config_file",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="Config file (default ./nagatha.yaml; also NAGATHA_CONFIG).",
+)
+@click.option("--debug", is_flag=True, help="Debug logging and full tracebacks.")
+@click.version_option(__version__, prog_name="nagatha")
+@click.pass_context
+def cli(ctx: click.Context, config_file: str | None, debug: bool) -> None:
+    """nagatha: run and follow the tasks of plug-in modules."""
+    ctx.obj = CliContext(config_file=config_file, debug=debug)
+
+
+def _register_commands() -> None:
+    from nagatha.cli import info, tasks, worker
+
+    for module in (tasks, info, worker):
+        for command in module.COMMANDS:
+            cli.add_command(command)
+
+
+_register_commands()
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Console-script entry point."""
+    try:
+        cli.main(args=argv, prog_name="nagatha", standalone_mode=True)
+    except KeyboardInterrupt:  # pragma: no cover - interactive only
+        click.echo("interrupted", err=True)
+        sys.exit(EXIT_USAGE)

@@ -1,0 +1,53 @@
+"""What every command shares: the config (loaded once) and the hub (built on demand)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from functools import cached_property
+
+import click
+
+from nagatha.config import FrameworkConfig, LoadedConfig, load_config, secrets_of
+from nagatha.log import setup_logging
+from nagatha.registry import TaskRegistry
+
+
+@dataclass
+class CliContext:
+    """State of one CLI invocation; ``config`` and ``hub`` are built on first use."""
+
+    config_file: str | None = None
+    debug: bool = False
+    #: Long-running commands (worker, serve, bridge) log at the configured level; one-shot
+    #: commands log warnings and errors only, so their output stays readable.
+    server: bool = False
+    _hub: TaskRegistry | None = field(default=None, repr=False)
+
+    @cached_property
+    def loaded(self) -> LoadedConfig:
+        """The validated config with the source of each value (raises ConfigError)."""
+        loaded = load_config(self.config_file)
+        config = loaded.config
+        if self.debug:
+            config = config.with_overrides(logging={"level": "DEBUG"})
+        logging_config = config.logging
+        if not self.server and not self.debug and logging_config.level in ("DEBUG", "INFO"):
+            logging_config = logging_config.model_copy(update={"level": "WARNING"})
+        setup_logging(logging_config, secrets_of(config))
+        return LoadedConfig(config=config, sources=loaded.sources)
+
+    @property
+    def config(self) -> FrameworkConfig:
+        """The validated config."""
+        return self.loaded.config
+
+    def hub(self) -> TaskRegistry:
+        """The registry with every enabled module loaded (built once)."""
+        if self._hub is None:
+            from nagatha.hub import create_hub
+
+            self._hub = create_hub(self.config)
+        return self._hub
+
+
+pass_context = click.make_pass_decorator(CliContext)

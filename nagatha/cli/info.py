@@ -1,0 +1,87 @@
+"""``nagatha list``, ``nagatha modules`` and ``nagatha config``: what the hub knows."""
+
+from __future__ import annotations
+
+import json
+
+import click
+
+from nagatha.cli.context import CliContext, pass_context
+from nagatha.cli.output import console, emit_json, show_modules, show_tasks
+from nagatha.config import mask_value
+
+
+@click.command("list")
+@click.argument("what", type=click.Choice(["tasks", "modules"]), default="tasks")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON (the HTTP body shapes).")
+@pass_context
+def list_command(obj: CliContext, what: str, as_json: bool) -> None:
+    """List registered tasks (default) or discovered modules."""
+    if what == "modules":
+        _modules(obj, as_json)
+        return
+    tasks = obj.hub().list_tasks()
+    if as_json:
+        emit_json({"tasks": tasks})
+    else:
+        show_tasks(tasks)
+
+
+@click.command("modules")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON (the body of GET /modules).")
+@pass_context
+def modules_command(obj: CliContext, as_json: bool) -> None:
+    """Show every module: version, status (loaded/failed/disabled), error, tasks, heartbeat."""
+    _modules(obj, as_json)
+
+
+def _modules(obj: CliContext, as_json: bool) -> None:
+    modules = obj.hub().list_modules(heartbeats=True)
+    if as_json:
+        emit_json({"modules": modules})
+    else:
+        show_modules(modules)
+
+
+@click.command("config")
+@click.argument("key", required=False)
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@pass_context
+def config_command(obj: CliContext, key: str | None, as_json: bool) -> None:
+    """Show the effective config (or one KEY such as broker.url) and where each value came from.
+
+    Secrets are masked: tokens entirely, passwords inside URLs.
+    """
+    loaded = obj.loaded
+    data = loaded.config.model_dump(mode="json")
+    values = {
+        f"{section}.{name}": mask_value(f"{section}.{name}", value)
+        for section, fields in data.items()
+        for name, value in fields.items()
+    }
+    if key is not None:
+        if key not in values:
+            raise click.BadParameter(
+                f"unknown key {key!r}; keys look like broker.url (see `nagatha config`)",
+                param_hint="KEY",
+            )
+        if as_json:
+            emit_json({"key": key, "value": values[key], "source": loaded.sources[key]})
+        else:
+            value = values[key]
+            click.echo(value if isinstance(value, str) else json.dumps(value))
+        return
+    if as_json:
+        emit_json({"config": values, "sources": dict(loaded.sources)})
+        return
+    from rich.table import Table
+
+    table = Table("key", "value", "source")
+    for name, value in values.items():
+        table.add_row(
+            name, value if isinstance(value, str) else json.dumps(value), loaded.sources[name]
+        )
+    console().print(table)
+
+
+COMMANDS = [list_command, modules_command, config_command]

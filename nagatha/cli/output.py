@@ -1,0 +1,93 @@
+"""Printing for people (rich tables) and for scripts (``--json``, the HTTP body shapes)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+from typing import Any
+
+import click
+from pydantic import BaseModel
+from rich.console import Console
+from rich.table import Table
+
+from nagatha.types import ModuleMetadata, TaskInfo, TaskRecord
+
+_STATUS_STYLE = {
+    "success": "green",
+    "failure": "red",
+    "retrying": "yellow",
+    "started": "cyan",
+    "pending": "white",
+    "loaded": "green",
+    "failed": "red",
+    "disabled": "dim",
+}
+
+
+def console() -> Console:
+    """A console on stdout that degrades to plain text when piped."""
+    return Console(soft_wrap=True)
+
+
+def emit_json(document: Any) -> None:
+    """Print a JSON document (pydantic models as their JSON form) on one line."""
+    click.echo(json.dumps(_plain(document), ensure_ascii=False))
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, BaseModel):
+        return value.model_dump(mode="json")
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_plain(v) for v in value]
+    return value
+
+
+def _styled(status: str) -> str:
+    style = _STATUS_STYLE.get(status, "white")
+    return f"[{style}]{status}[/{style}]"
+
+
+def show_record(record: TaskRecord) -> None:
+    """The status record as a two-column table."""
+    table = Table(show_header=False, box=None)
+    data = record.model_dump(mode="json")
+    for key, value in data.items():
+        if value is None:
+            continue
+        text = (
+            _styled(value)
+            if key == "status"
+            else (value if isinstance(value, str) else json.dumps(value, ensure_ascii=False))
+        )
+        table.add_row(f"[bold]{key}[/bold]", text)
+    console().print(table)
+
+
+def show_tasks(tasks: Iterable[TaskInfo]) -> None:
+    """Tasks with their parameters and queue."""
+    table = Table("task", "parameters", "queue", "description")
+    for task in tasks:
+        params = ", ".join(
+            p.name if p.required else f"{p.name}={p.default!r}" for p in task.parameters
+        )
+        table.add_row(task.name, params, task.queue, task.description)
+    console().print(table)
+
+
+def show_modules(modules: Iterable[ModuleMetadata]) -> None:
+    """Modules with version, status, tasks and heartbeat (errors in full)."""
+    table = Table("module", "version", "status", "tasks", "heartbeat", "error")
+    for module in modules:
+        beat = module.heartbeat
+        table.add_row(
+            module.name,
+            module.version or "",
+            _styled(module.status),
+            ", ".join(module.tasks),
+            str(beat.get("status", "")) if beat else "",
+            module.error or "",
+        )
+    console().print(table)

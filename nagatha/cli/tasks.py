@@ -1,0 +1,136 @@
+"""``nagatha run`` and ``nagatha status``: start a task and follow it."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import click
+
+from nagatha.cli.context import CliContext, pass_context
+from nagatha.cli.errors import EXIT_OK, EXIT_TASK_FAILED
+from nagatha.cli.output import emit_json, show_record
+from nagatha.types import TaskRecord, TaskStatus
+
+DEFAULT_TIMEOUT = 60.0
+
+
+def parse_assignment(text: str) -> tuple[str, Any]:
+    """Parse ``key=value``; the value is JSON when it parses as JSON, else the raw string."""
+    key, sep, raw = text.partition("=")
+    if not sep or not key:
+        raise click.BadParameter(f"{text!r} is not key=value", param_hint="-k/--kwarg")
+    try:
+        return key, json.loads(raw)
+    except ValueError:
+        return key, raw
+
+
+def parse_kwargs_json(text: str | None) -> dict[str, Any]:
+    """Parse ``--kwargs``: it must be a JSON object."""
+    if text is None:
+        return {}
+    try:
+        value = json.loads(text)
+    except ValueError as exc:
+        raise click.BadParameter(f"not valid JSON ({exc})", param_hint="--kwargs") from None
+    if not isinstance(value, dict):
+        raise click.BadParameter("must be a JSON object", param_hint="--kwargs")
+    return value
+
+
+def _finish(record: TaskRecord, as_json: bool) -> None:
+    if as_json:
+        emit_json(record)
+    else:
+        show_record(record)
+    raise SystemExit(EXIT_TASK_FAILED if record.status is TaskStatus.FAILURE else EXIT_OK)
+
+
+@click.command("run")
+@click.argument("task_name")
+@click.option(
+    "-k",
+    "--kwarg",
+    "assignments",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help="A keyword argument; VALUE is parsed as JSON when it can be (-k x=2 is 2).",
+)
+@click.option("--kwargs", "kwargs_json", metavar="JSON", help="Keyword arguments as a JSON object.")
+@click.option("--wait", is_flag=True, help="Wait for the final status and print the record.")
+@click.option(
+    "--timeout",
+    type=click.FloatRange(min=0),
+    default=DEFAULT_TIMEOUT,
+    show_default=True,
+    help="Seconds --wait waits.",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print JSON (the HTTP body shapes).")
+@pass_context
+def run_command(
+    obj: CliContext,
+    task_name: str,
+    assignments: tuple[str, ...],
+    kwargs_json: str | None,
+    wait: bool,
+    timeout: float,
+    as_json: bool,
+) -> None:
+    """Run TASK_NAME (module.task). Exit 1 if it fails, 2 if the arguments do not fit."""
+    kwargs = parse_kwargs_json(kwargs_json)
+    kwargs.update(parse_assignment(a) for a in assignments)
+    hub = obj.hub()
+    if obj.config.embedded:
+        from nagatha.worker import start_embedded_worker
+
+        hub.get_task(task_name)
+        worker = start_embedded_worker(hub.broker, threads=2)
+        try:
+            record = hub.submit(task_name, kwargs=kwargs)
+            record = hub.wait_for(record.task_id, timeout, strict=True)
+        finally:
+            worker.stop(timeout=1000)
+        _finish(record, as_json)
+    record = hub.submit(task_name, kwargs=kwargs)
+    if wait:
+        _finish(hub.wait_for(record.task_id, timeout, strict=True), as_json)
+    if as_json:
+        emit_json(record)
+    else:
+        click.echo(record.task_id)
+
+
+@click.command("status")
+@click.argument("task_id", required=False)
+@click.option("--task-id", "task_id_option", help="The task id (instead of the argument).")
+@click.option("--wait", is_flag=True, help="Wait for the final status.")
+@click.option(
+    "--timeout",
+    type=click.FloatRange(min=0),
+    default=DEFAULT_TIMEOUT,
+    show_default=True,
+    help="Seconds --wait waits.",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print the record as JSON.")
+@pass_context
+def status_command(
+    obj: CliContext,
+    task_id: str | None,
+    task_id_option: str | None,
+    wait: bool,
+    timeout: float,
+    as_json: bool,
+) -> None:
+    """Show the status record of TASK_ID. Exit 1 if unknown or failed."""
+    chosen = task_id_option or task_id
+    if not chosen:
+        raise click.UsageError("give a task id: nagatha status TASK_ID")
+    if task_id and task_id_option and task_id != task_id_option:
+        raise click.UsageError("give the task id once, as argument or --task-id")
+    hub = obj.hub()
+    record = hub.wait_for(chosen, timeout, strict=True) if wait else hub.get_task_status(chosen)
+    _finish(record, as_json)
+
+
+COMMANDS = [run_command, status_command]

@@ -1,0 +1,369 @@
+"""Layered configuration: defaults, home file, local file, environment.
+
+Build it once at the edge (CLI command, gunicorn worker, test fixture) with :func:`load_config`
+and pass the :class:`FrameworkConfig` down; nothing else in nagatha reads the environment for
+hub settings.
+
+Priority, highest first:
+
+1. environment ``NAGATHA_<SECTION>_<KEY>`` (``NAGATHA_BROKER_URL``, ``NAGATHA_API_PORT``; the
+   DESIGN spelling ``NAGATHA_API__PORT`` works too),
+2. the file named by ``--config`` / ``NAGATHA_CONFIG``, else ``./nagatha.yaml`` if present,
+3. ``~/.nagatha/config.yaml``,
+4. the defaults below.
+
+Files merge key by key. Every value remembers where it came from, so ``nagatha config`` can say
+so and a bad value is reported as ``key = value (from source): what is expected``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+from urllib.parse import urlsplit
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from nagatha.errors import ConfigError
+
+ENV_PREFIX = "NAGATHA_"
+DEFAULT_SOURCE = "default"
+MEMORY_URL = "memory://"
+
+
+def _split_list(value: Any, separator: str) -> Any:
+    """Accept a JSON list, a ``separator``-separated string or a list as-is."""
+    if not isinstance(value, str):
+        return value
+    text = value.strip()
+    if text.startswith("["):
+        try:
+            return json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"not a valid JSON list ({exc.msg})") from None
+    return [part.strip() for part in text.split(separator) if part.strip()]
+
+
+def _check_scheme(url: str, allowed: tuple[str, ...]) -> str:
+    scheme = urlsplit(url).scheme
+    if f"{scheme}://" == MEMORY_URL and url.rstrip("/") == "memory:":
+        return MEMORY_URL
+    if scheme not in allowed:
+        expected = ", ".join(f"{s}://" for s in allowed)
+        raise ValueError(f"unknown URL scheme {scheme!r}; expected {expected} or memory://")
+    return url
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class BrokerConfig(_Section):
+    """RabbitMQ connection (``memory://`` selects the in-process embedded broker)."""
+
+    url: str = "amqp://guest:guest@localhost:5672//"
+    heartbeat: int = Field(default=30, ge=0, description="AMQP heartbeat in seconds")
+    connect_timeout: float = Field(default=5.0, gt=0, description="seconds to wait for RabbitMQ")
+
+    @field_validator("url")
+    @classmethod
+    def _scheme(cls, value: str) -> str:
+        return _check_scheme(value, ("amqp", "amqps"))
+
+
+class ResultsConfig(_Section):
+    """Status store (Redis; ``memory://`` keeps records in process memory)."""
+
+    url: str = "redis://localhost:6379/0"
+    ttl: int = Field(default=86_400, gt=0, description="seconds a status record is kept")
+    prefix: str = Field(default="nagatha:", description="prefix of every Redis key the hub writes")
+    socket_timeout: float = Field(default=5.0, gt=0)
+
+    @field_validator("url")
+    @classmethod
+    def _scheme(cls, value: str) -> str:
+        return _check_scheme(value, ("redis", "rediss", "unix"))
+
+
+class ApiConfig(_Section):
+    """The HTTP API."""
+
+    host: str = "127.0.0.1"
+    port: int = Field(default=8000, ge=0, le=65535)
+    tokens: list[str] = Field(default_factory=list, description="accepted bearer tokens")
+    allow_anonymous: bool = False
+    health_public: bool = True
+    max_body_bytes: int = Field(default=1_048_576, gt=0)
+    max_wait: float = Field(default=60.0, ge=0, description="upper bound of ?wait= in seconds")
+    workers: int = Field(default=2, ge=1)
+    threads: int = Field(default=8, ge=1)
+    timeout: int = Field(default=90, ge=1, description="gunicorn worker timeout in seconds")
+
+    @field_validator("tokens", mode="before")
+    @classmethod
+    def _tokens(cls, value: Any) -> Any:
+        return _split_list(value, ",")
+
+
+class BridgeConfig(_Section):
+    """The Celery-protocol bridge."""
+
+    queues: list[str] = Field(default_factory=lambda: ["celery"])
+    result_backend_url: str | None = None
+    result_expires: int = Field(default=86_400, gt=0)
+    rpc_replies: bool = True
+    track_started: bool = False
+    max_message_bytes: int = Field(default=8_388_608, gt=0)
+    dead_letter_queue: str = "nagatha.bridge.dead"
+    prefetch: int = Field(default=64, ge=1)
+
+    @field_validator("queues", mode="before")
+    @classmethod
+    def _queues(cls, value: Any) -> Any:
+        return _split_list(value, ",")
+
+
+class WorkerConfig(_Section):
+    """Worker processes and the defaults every task inherits unless it sets its own."""
+
+    processes: int = Field(default=2, ge=1)
+    threads: int = Field(default=8, ge=1)
+    queues: list[str] = Field(default_factory=list)
+    shutdown_grace: float = Field(default=30.0, ge=0, description="seconds to finish work")
+    max_retries: int = Field(default=3, ge=0)
+    min_backoff: int = Field(default=1_000, ge=0, description="milliseconds")
+    max_backoff: int = Field(default=300_000, ge=0, le=1_500_000, description="milliseconds")
+    time_limit: int = Field(default=600_000, gt=0, description="milliseconds")
+
+    @field_validator("queues", mode="before")
+    @classmethod
+    def _queues(cls, value: Any) -> Any:
+        return _split_list(value, ",")
+
+
+class LoggingConfig(_Section):
+    """Logging of every entry point."""
+
+    level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = "INFO"
+    format: Literal["text", "json"] = "text"
+    file: str | None = None
+
+    @field_validator("level", mode="before")
+    @classmethod
+    def _upper(cls, value: Any) -> Any:
+        return value.upper() if isinstance(value, str) else value
+
+
+def default_module_paths() -> list[str]:
+    """The shipped ``modules/`` folder (found from the package) and ``~/.nagatha/modules``."""
+    shipped = Path(__file__).resolve().parent.parent / "modules"
+    return [str(shipped), str(Path("~/.nagatha/modules").expanduser())]
+
+
+class ModulesConfig(_Section):
+    """Where plug-in modules are found and their settings."""
+
+    paths: list[str] = Field(default_factory=default_module_paths)
+    disabled: list[str] = Field(default_factory=list)
+    settings: dict[str, dict[str, Any]] = Field(default_factory=dict)
+
+    @field_validator("paths", mode="before")
+    @classmethod
+    def _paths(cls, value: Any) -> Any:
+        return _split_list(value, ":")
+
+    @field_validator("disabled", mode="before")
+    @classmethod
+    def _disabled(cls, value: Any) -> Any:
+        return _split_list(value, ",")
+
+
+class FrameworkConfig(_Section):
+    """The whole hub configuration."""
+
+    broker: BrokerConfig = Field(default_factory=BrokerConfig)
+    results: ResultsConfig = Field(default_factory=ResultsConfig)
+    api: ApiConfig = Field(default_factory=ApiConfig)
+    bridge: BridgeConfig = Field(default_factory=BridgeConfig)
+    worker: WorkerConfig = Field(default_factory=WorkerConfig)
+    logging: LoggingConfig = Field(default_factory=LoggingConfig)
+    modules: ModulesConfig = Field(default_factory=ModulesConfig)
+
+    @property
+    def embedded(self) -> bool:
+        """True when the broker is the in-process one (``memory://``)."""
+        return self.broker.url == MEMORY_URL
+
+    def with_overrides(self, **sections: dict[str, Any]) -> FrameworkConfig:
+        """Return a copy with some keys of some sections replaced (validated again)."""
+        data = self.model_dump()
+        for section, values in sections.items():
+            data[section].update(values)
+        return FrameworkConfig.model_validate(data)
+
+
+SECTIONS: dict[str, type[_Section]] = {
+    name: field.annotation  # type: ignore[misc]
+    for name, field in FrameworkConfig.model_fields.items()
+}
+
+
+@dataclass(frozen=True)
+class LoadedConfig:
+    """A validated config and, for each ``section.key``, the source its value came from."""
+
+    config: FrameworkConfig
+    sources: Mapping[str, str]
+
+
+def _read_yaml(path: Path, label: str) -> dict[str, Any]:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {label}: {exc.strerror}") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark is not None else ""
+        raise ConfigError(f"invalid YAML in {label}{where}: fix the file's syntax") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{label} must hold a mapping of sections, not {type(data).__name__}")
+    for section, values in data.items():
+        if section not in SECTIONS:
+            known = ", ".join(SECTIONS)
+            raise ConfigError(f"unknown section {section!r} in {label}; sections are {known}")
+        if not isinstance(values, dict):
+            raise ConfigError(f"section {section!r} in {label} must be a mapping of keys")
+    return data
+
+
+def _read_env(env: Mapping[str, str]) -> tuple[dict[str, dict[str, Any]], dict[str, str]]:
+    values: dict[str, dict[str, Any]] = {}
+    sources: dict[str, str] = {}
+    for section, model in SECTIONS.items():
+        for key in model.model_fields:
+            for name in (f"{ENV_PREFIX}{section}_{key}", f"{ENV_PREFIX}{section}__{key}"):
+                name = name.upper()
+                if name in env:
+                    values.setdefault(section, {})[key] = env[name]
+                    sources[f"{section}.{key}"] = f"env {name}"
+    return values, sources
+
+
+def _merge(
+    layers: list[tuple[str, dict[str, Any]]],
+) -> tuple[dict[str, dict[str, Any]], dict[str, str]]:
+    merged: dict[str, dict[str, Any]] = {}
+    sources: dict[str, str] = {}
+    for label, layer in layers:
+        for section, values in layer.items():
+            for key, value in values.items():
+                merged.setdefault(section, {})[key] = value
+                sources[f"{section}.{key}"] = label
+    return merged, sources
+
+
+def _describe_error(exc: ValidationError, sources: Mapping[str, str]) -> str:
+    error = exc.errors()[0]
+    loc = [str(part) for part in error["loc"]]
+    key = ".".join(loc[:2])
+    source = sources.get(key, DEFAULT_SOURCE)
+    if error["type"] == "extra_forbidden":
+        return f"unknown key {key!r} (from {source}); see `nagatha config` for the valid keys"
+    shown = error.get("input")
+    if key in SECRET_KEYS or (isinstance(shown, str) and "://" in shown):
+        shown = mask_value(key, shown)
+    message = error["msg"].removeprefix("Value error, ")
+    return f"{'.'.join(loc)} = {shown!r} (from {source}): {message}"
+
+
+def load_config(
+    config_file: str | os.PathLike[str] | None = None,
+    *,
+    env: Mapping[str, str] | None = None,
+    home: Path | None = None,
+    cwd: Path | None = None,
+) -> LoadedConfig:
+    """Read every source, merge them by priority and validate the result.
+
+    Raises :class:`ConfigError` with one line naming the key, its source and what is
+    expected; a file given explicitly must exist.
+    """
+    env = os.environ if env is None else env
+    home = Path.home() if home is None else home
+    cwd = Path.cwd() if cwd is None else cwd
+    layers: list[tuple[str, dict[str, Any]]] = []
+
+    home_file = home / ".nagatha" / "config.yaml"
+    if home_file.is_file():
+        layers.append((str(home_file), _read_yaml(home_file, str(home_file))))
+
+    explicit = config_file or env.get(f"{ENV_PREFIX}CONFIG")
+    if explicit:
+        path = Path(explicit).expanduser()
+        label = str(path)
+        if not path.is_file():
+            raise ConfigError(f"config file {label} does not exist (from --config/NAGATHA_CONFIG)")
+        layers.append((label, _read_yaml(path, label)))
+    elif (cwd / "nagatha.yaml").is_file():
+        layers.append(("./nagatha.yaml", _read_yaml(cwd / "nagatha.yaml", "./nagatha.yaml")))
+
+    merged, sources = _merge(layers)
+    env_values, env_sources = _read_env(env)
+    for section, values in env_values.items():
+        merged.setdefault(section, {}).update(values)
+    sources.update(env_sources)
+
+    try:
+        config = FrameworkConfig.model_validate(merged)
+    except ValidationError as exc:
+        raise ConfigError(_describe_error(exc, sources)) from None
+    all_sources = {
+        f"{section}.{key}": sources.get(f"{section}.{key}", DEFAULT_SOURCE)
+        for section, model in SECTIONS.items()
+        for key in model.model_fields
+    }
+    return LoadedConfig(config=config, sources=all_sources)
+
+
+SECRET_KEYS = frozenset({"api.tokens"})
+MASK = "****"
+
+
+def mask_url(url: str) -> str:
+    """Replace the password of a URL with ``****`` (``amqp://user:****@host//``)."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.rsplit("@", 1)
+    user = netloc[0].split(":", 1)[0]
+    return url.replace(parts.netloc, f"{user}:{MASK}@{netloc[1]}", 1)
+
+
+def mask_value(key: str, value: Any) -> Any:
+    """Return ``value`` fit to show a person: tokens hidden, URL passwords masked."""
+    if key in SECRET_KEYS:
+        return [MASK for _ in value] if isinstance(value, list) else MASK
+    if isinstance(value, str) and "://" in value:
+        return mask_url(value)
+    if isinstance(value, dict):
+        return {k: mask_value(f"{key}.{k}", v) for k, v in value.items()}
+    return value
+
+
+def secrets_of(config: FrameworkConfig) -> list[str]:
+    """Every secret string in the config (tokens, URL passwords), for log redaction."""
+    found = list(config.api.tokens)
+    for url in (config.broker.url, config.results.url, config.bridge.result_backend_url):
+        password = urlsplit(url).password if url else None
+        if password:
+            found.append(password)
+    return [s for s in found if s]

@@ -1,0 +1,135 @@
+"""The one exception tree of nagatha.
+
+Every error a user can cause or meet derives from :class:`NagathaError`. The HTTP API maps
+these classes to status codes in ``nagatha/api/errors.py`` and the CLI maps them to exit codes
+in ``nagatha/cli/errors.py``; nowhere else decides either.
+
+::
+
+    NagathaError
+    ├── ConfigError                 bad value, file or source in the configuration
+    ├── ModuleLoadError             a plug-in module could not be loaded (reported, never fatal)
+    ├── TaskError
+    │   ├── UnknownTask             no task of that name is registered
+    │   ├── InvalidArguments        kwargs that do not bind to the task's signature
+    │   ├── TaskNotFound            no status record for that id (never issued or expired)
+    │   └── TaskWaitTimeout         a wait for a final status ran out
+    ├── ServiceUnavailable
+    │   ├── BrokerUnavailable       RabbitMQ did not accept (or confirm) a message
+    │   └── StoreUnavailable        the status store (Redis) did not answer
+    └── BridgeError
+        └── ProtocolError           a Celery message that cannot be turned into a task
+            └── PickleRefused       a pickle-serialized Celery message (never deserialized)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+
+class NagathaError(Exception):
+    """Base class of every error nagatha raises on purpose.
+
+    ``str(error)`` is a complete one-line message for a person: what is wrong and, where it
+    helps, what to do.
+    """
+
+
+class ConfigError(NagathaError):
+    """A configuration value, file or source is invalid."""
+
+
+class ModuleLoadError(NagathaError):
+    """A plug-in module failed to import or to register its tasks."""
+
+
+class TaskError(NagathaError):
+    """Base class of errors about one task or task id."""
+
+
+class UnknownTask(TaskError):
+    """No task of that name is registered."""
+
+    def __init__(self, task_name: str) -> None:
+        self.task_name = task_name
+        super().__init__(
+            f"unknown task {task_name!r}: see `nagatha list tasks` or GET /tasks for the names"
+        )
+
+
+class InvalidArguments(TaskError):
+    """The given arguments do not bind to the task's parameters."""
+
+    def __init__(
+        self,
+        task_name: str,
+        *,
+        unknown: Iterable[str] = (),
+        missing: Iterable[str] = (),
+        detail: str | None = None,
+    ) -> None:
+        self.task_name = task_name
+        self.unknown = sorted(unknown)
+        self.missing = sorted(missing)
+        parts = []
+        if self.unknown:
+            parts.append("unknown " + ", ".join(self.unknown))
+        if self.missing:
+            parts.append("missing " + ", ".join(self.missing))
+        if detail:
+            parts.append(detail)
+        super().__init__(f"arguments do not fit task {task_name!r}: " + "; ".join(parts))
+
+
+class TaskNotFound(TaskError):
+    """No status record exists for the id: it was never handed out, or it has expired."""
+
+    def __init__(self, task_id: str) -> None:
+        self.task_id = task_id
+        super().__init__(f"task {task_id!r} not found (unknown id, or its record has expired)")
+
+
+class TaskWaitTimeout(TaskError):
+    """A wait for a task's final status ran out before the task finished."""
+
+    def __init__(self, task_id: str, timeout: float, status: str) -> None:
+        self.task_id = task_id
+        self.timeout = timeout
+        self.status = status
+        super().__init__(f"task {task_id!r} still {status} after {timeout:g}s")
+
+
+class ServiceUnavailable(NagathaError):
+    """A service the hub needs (RabbitMQ or Redis) is not reachable right now."""
+
+
+class BrokerUnavailable(ServiceUnavailable):
+    """RabbitMQ could not be reached or did not confirm the message; nothing was enqueued."""
+
+
+class StoreUnavailable(ServiceUnavailable):
+    """The status store (Redis) could not be reached."""
+
+
+class BridgeError(NagathaError):
+    """Base class of errors raised by the Celery bridge."""
+
+
+class ProtocolError(BridgeError):
+    """A Celery message could not be parsed into a task.
+
+    ``task_id`` and ``task_name`` are set when they could be read before the failure, so
+    that the bridge can still answer a waiting client with a FAILURE result.
+    """
+
+    def __init__(
+        self, reason: str, *, task_id: str | None = None, task_name: str | None = None
+    ) -> None:
+        self.reason = reason
+        self.task_id = task_id
+        self.task_name = task_name
+        super().__init__(reason)
+
+
+class PickleRefused(ProtocolError):
+    """A pickle-serialized message: refused because unpickling executes arbitrary code."""

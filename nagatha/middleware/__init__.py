@@ -1,0 +1,1 @@
+"""Dramatiq middleware of the hub, one per file."""

@@ -1,0 +1,187 @@
+"""Write each task's status record from Dramatiq's lifecycle hooks.
+
+Placement matters: this middleware must come before ``Retries`` in the broker's list (see
+:func:`nagatha.broker.build_middleware`), so that its ``after_process_message`` runs after
+``Retries`` has marked a message whose retries are exhausted as failed.
+
+=========================  ==================================================================
+hook                       status written
+=========================  ==================================================================
+before_process_message     ``started``
+after_process_message      ``success``; ``retrying`` while Retries will try again;
+                           ``failure`` once the message is failed (retries exhausted, throws,
+                           time limit) or when the result is not JSON-serializable
+after_skip_message         ``failure`` when the message was failed (expired, AgeLimit)
+after_nack                 ``failure`` for what no worker thread saw (unknown task name)
+=========================  ==================================================================
+
+Final writes are retried while the store is unreachable: the worker thread holds the message
+(unacked) until its result is recorded, so a result is never dropped on a Redis outage.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from typing import Any
+
+import dramatiq
+from dramatiq.errors import ActorNotFound
+from dramatiq.middleware import SkipMessage, TimeLimitExceeded
+
+from nagatha.errors import StoreUnavailable
+from nagatha.stores import StatusStore
+from nagatha.types import TaskStatus, utcnow
+
+logger = logging.getLogger("nagatha.tasks")
+
+#: Seconds between attempts to write a final status while the store is down (doubles, capped).
+RETRY_FIRST, RETRY_CAP = 0.2, 5.0
+
+
+def describe_exception(exc: BaseException | None, message: dramatiq.Message) -> str:
+    """The ``error`` text of a failed task: ``Type: message``, clear for the usual causes."""
+    if isinstance(exc, ActorNotFound):
+        return f"UnknownTask: no worker has a task named {message.actor_name!r}"
+    if isinstance(exc, TimeLimitExceeded):
+        limit = message.options.get("time_limit")
+        suffix = f" ({limit} ms)" if limit else ""
+        return f"TimeLimitExceeded: time limit exceeded{suffix}"
+    if exc is None or isinstance(exc, SkipMessage):
+        return "Expired: the message expired before a worker could run it"
+    text = str(exc)
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+class StatusMiddleware(dramatiq.Middleware):
+    """Keeps the status store in step with each message (see the module docstring)."""
+
+    def __init__(self, store: StatusStore, *, hold_seconds: float = 3600.0) -> None:
+        self.store = store
+        self.hold_seconds = hold_seconds
+        self._stopping = threading.Event()
+        # Retries bumps options["retries"] before our after_* hooks run; keep the attempt's own
+        # count from before_process_message (same worker thread).
+        self._attempt = threading.local()
+
+    def before_worker_shutdown(self, broker: dramatiq.Broker, worker: dramatiq.Worker) -> None:
+        # A message whose final write is still waiting for the store stays unacked and is
+        # redelivered after the restart; don't block shutdown on it.
+        self._stopping.set()
+
+    @staticmethod
+    def _defaults(message: dramatiq.Message) -> dict[str, Any]:
+        return {
+            "task_name": message.actor_name,
+            "args": list(message.args),
+            "kwargs": dict(message.kwargs),
+            "created_at": message.message_datetime,
+        }
+
+    def _write(self, message: dramatiq.Message, status: TaskStatus, **fields: Any) -> None:
+        fields.setdefault(
+            "retries",
+            getattr(self._attempt, "retries", None)
+            if getattr(self._attempt, "message_id", None) == message.message_id
+            else message.options.get("retries", 0),
+        )
+        delay = RETRY_FIRST
+        deadline = time.monotonic() + self.hold_seconds
+        while True:
+            try:
+                self.store.update(message.message_id, status, fields, self._defaults(message))
+                return
+            except StoreUnavailable as exc:
+                held = status.final and not self._stopping.is_set()
+                if not held or time.monotonic() > deadline:
+                    logger.error(
+                        "task %s %s: %s could not be recorded: %s",
+                        message.message_id,
+                        message.actor_name,
+                        status.value,
+                        exc,
+                    )
+                    if status.final:
+                        raise
+                    return
+                logger.warning(
+                    "task %s %s: store unavailable, holding %s: %s",
+                    message.message_id,
+                    message.actor_name,
+                    status.value,
+                    exc,
+                )
+                time.sleep(delay)
+                delay = min(delay * 2, RETRY_CAP)
+
+    def before_process_message(self, broker: dramatiq.Broker, message: dramatiq.Message) -> None:
+        self._attempt.message_id = message.message_id
+        self._attempt.retries = message.options.get("retries", 0)
+        logger.info("task %s %s started", message.message_id, message.actor_name)
+        self._write(message, TaskStatus.STARTED, started_at=utcnow(), completed_at=None)
+
+    def after_process_message(
+        self,
+        broker: dramatiq.Broker,
+        message: dramatiq.Message,
+        *,
+        result: Any = None,
+        exception: BaseException | None = None,
+    ) -> None:
+        if exception is None:
+            try:
+                json.dumps(result, allow_nan=False)
+            except (TypeError, ValueError) as exc:
+                error = (
+                    f"TypeError: the result ({type(result).__name__}) is not "
+                    f"JSON-serializable: {exc}"
+                )
+                self._fail(message, error)
+                return
+            logger.info("task %s %s succeeded", message.message_id, message.actor_name)
+            self._write(
+                message, TaskStatus.SUCCESS, result=result, error=None, completed_at=utcnow()
+            )
+        elif message.failed:
+            self._fail(message, describe_exception(exception, message))
+        else:
+            error = describe_exception(exception, message)
+            logger.warning(
+                "task %s %s will retry: %s", message.message_id, message.actor_name, error
+            )
+            self._write(
+                message, TaskStatus.RETRYING, error=error, retries=message.options.get("retries", 0)
+            )
+
+    def after_skip_message(self, broker: dramatiq.Broker, message: dramatiq.Message) -> None:
+        if message.failed:
+            self._fail(message, describe_exception(getattr(message, "_exception", None), message))
+
+    def after_nack(self, broker: dramatiq.Broker, message: dramatiq.Message) -> None:
+        # Runs on the consumer thread, which must not block: one attempt, no holding. For a
+        # failure the worker thread recorded already, the store ignores this write (final
+        # records are sticky); what is left is the message no worker thread saw.
+        error = describe_exception(getattr(message, "_exception", None), message)
+        fields = {
+            "error": error,
+            "completed_at": utcnow(),
+            "retries": message.options.get("retries", 0),
+        }
+        try:
+            if self.store.update(
+                message.message_id, TaskStatus.FAILURE, fields, self._defaults(message)
+            ):
+                logger.error("task %s %s failed: %s", message.message_id, message.actor_name, error)
+        except StoreUnavailable as exc:
+            logger.error(
+                "task %s %s: failure could not be recorded: %s",
+                message.message_id,
+                message.actor_name,
+                exc,
+            )
+
+    def _fail(self, message: dramatiq.Message, error: str) -> None:
+        logger.error("task %s %s failed: %s", message.message_id, message.actor_name, error)
+        self._write(message, TaskStatus.FAILURE, error=error, completed_at=utcnow())

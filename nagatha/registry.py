@@ -1,0 +1,398 @@
+"""The task registry: modules register tasks here; the CLI, API and bridge run them by name.
+
+``register_task(module, name, func, **options)`` declares a Dramatiq actor named
+``module.name``. Task options, lowest priority first: the hub's worker defaults, the options
+the module passes in code, the module's ``config.yaml`` (``tasks: {name: {...}}``), the hub
+config (``modules.settings.<module>.tasks.<name>``).
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+import re
+import types
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import dramatiq
+import pika.exceptions
+from dramatiq.middleware import TimeLimitExceeded
+
+from nagatha.config import FrameworkConfig
+from nagatha.errors import (
+    BrokerUnavailable,
+    InvalidArguments,
+    ModuleLoadError,
+    StoreUnavailable,
+    TaskNotFound,
+    TaskWaitTimeout,
+    UnknownTask,
+)
+from nagatha.loader import describe, import_module, iter_module_dirs, read_module_config
+from nagatha.stores import StatusStore
+from nagatha.types import ModuleMetadata, TaskInfo, TaskParameter, TaskRecord, TaskStatus, utcnow
+
+logger = logging.getLogger("nagatha.registry")
+
+TASK_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,63}")
+#: Queue names: Dramatiq's pattern, never a ``.DQ``/``.XQ`` suffix, never a Celery queue.
+QUEUE_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9._-]{0,127}")
+TASK_OPTIONS = frozenset(
+    {
+        "queue",
+        "max_retries",
+        "min_backoff",
+        "max_backoff",
+        "time_limit",
+        "priority",
+        "max_age",
+        "throws",
+        "retry_when",
+    }
+)
+DEFAULT_QUEUE = "default"
+
+
+@dataclass(frozen=True)
+class TaskSpec:
+    """A registered task: its function, signature and Dramatiq actor."""
+
+    name: str
+    module: str
+    func: Callable[..., Any]
+    signature: inspect.Signature
+    queue: str
+    actor: dramatiq.Actor[Any, Any]
+
+    @property
+    def description(self) -> str:
+        """First line of the function's docstring."""
+        doc = (self.func.__doc__ or "").strip()
+        return doc.splitlines()[0] if doc else ""
+
+    def info(self) -> TaskInfo:
+        """The task as listed by ``/tasks``."""
+        params = []
+        for param in self.signature.parameters.values():
+            if param.kind in (param.VAR_POSITIONAL, param.VAR_KEYWORD):
+                continue
+            required = param.default is param.empty
+            annotation = None
+            if param.annotation is not param.empty:
+                ann = param.annotation
+                annotation = ann if isinstance(ann, str) else getattr(ann, "__name__", repr(ann))
+            params.append(
+                TaskParameter(
+                    name=param.name,
+                    required=required,
+                    default=None if required else _jsonable(param.default),
+                    annotation=annotation,
+                )
+            )
+        return TaskInfo(
+            name=self.name,
+            module=self.module,
+            description=self.description,
+            queue=self.queue,
+            parameters=params,
+        )
+
+    def bind(self, args: list[Any], kwargs: dict[str, Any]) -> None:
+        """Raise :class:`InvalidArguments` unless ``args``/``kwargs`` fit the signature."""
+        params = self.signature.parameters
+        takes_any = any(p.kind is p.VAR_KEYWORD for p in params.values())
+        named = {n for n, p in params.items() if p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)}
+        unknown = [] if takes_any else [k for k in kwargs if k not in named]
+        try:
+            self.signature.bind(*args, **kwargs)
+        except TypeError as exc:
+            positional = [
+                n
+                for n, p in params.items()
+                if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)
+            ][: len(args)]
+            missing = [
+                n
+                for n, p in params.items()
+                if p.default is p.empty
+                and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)
+                and n not in kwargs
+                and n not in positional
+            ]
+            detail = None if (unknown or missing) else str(exc)
+            raise InvalidArguments(
+                self.name, unknown=unknown, missing=missing, detail=detail
+            ) from None
+        if unknown:
+            raise InvalidArguments(self.name, unknown=unknown)
+
+
+def _jsonable(value: Any) -> Any:
+    return value if isinstance(value, str | int | float | bool | type(None)) else repr(value)
+
+
+class TaskRegistry:
+    """Modules and their tasks, bound to a broker and a status store."""
+
+    def __init__(
+        self, broker: dramatiq.Broker, store: StatusStore, config: FrameworkConfig
+    ) -> None:
+        self.broker = broker
+        self.store = store
+        self.config = config
+        self._tasks: dict[str, TaskSpec] = {}
+        self._modules: dict[str, ModuleMetadata] = {}
+        self._module_objects: dict[str, types.ModuleType] = {}
+        self._module_configs: dict[str, dict[str, Any]] = {}
+        self._loading: str | None = None
+
+    # -- modules -------------------------------------------------------------------------
+
+    def discover_modules(self, paths: list[str] | None = None) -> list[ModuleMetadata]:
+        """Load every module folder under ``paths`` (default: ``modules.paths``).
+
+        A module that fails is logged and listed as ``failed``; the others still load.
+        """
+        for name, folder in iter_module_dirs(
+            paths if paths is not None else self.config.modules.paths
+        ):
+            self.load_module(str(folder), name)
+        return self.list_modules()
+
+    def load_module(self, path: str, name: str) -> ModuleMetadata:
+        """Import the module folder ``path`` as ``name`` and let it register its tasks."""
+        from pathlib import Path
+
+        folder = Path(path)
+        meta = ModuleMetadata(name=name, path=str(folder), status="loaded")
+        if name in self._modules:
+            meta.status, meta.error = "failed", f"a module named {name!r} is already loaded"
+            logger.error("module %s skipped: %s", name, meta.error)
+            return meta
+        try:
+            own_config = read_module_config(folder)
+            settings = self.config.modules.settings.get(name, {})
+            merged = {**own_config, **settings}
+            merged["tasks"] = _merge_task_options(own_config.get("tasks"), settings.get("tasks"))
+            self._module_configs[name] = merged
+            if name in self.config.modules.disabled or merged.get("enabled", True) is False:
+                meta.status = "disabled"
+                self._modules[name] = meta
+                return meta
+            module = import_module(name, folder)
+            meta.version, meta.description = describe(module)
+            register = getattr(module, "register_tasks", None)
+            if not callable(register):
+                raise ModuleLoadError("it has no register_tasks(registry) function")
+            self._loading = name
+            try:
+                register(self)
+            except ModuleLoadError:
+                raise
+            except Exception as exc:
+                raise ModuleLoadError(f"register_tasks raised {type(exc).__name__}: {exc}") from exc
+            finally:
+                self._loading = None
+        except ModuleLoadError as exc:
+            self._forget_tasks(name)
+            meta.status, meta.error, meta.tasks = "failed", str(exc), []
+            logger.error("module %s failed to load: %s", name, exc)
+        else:
+            meta.tasks = sorted(t.name for t in self._tasks.values() if t.module == name)
+            self._module_objects[name] = module
+            logger.debug("module %s %s loaded: %s", name, meta.version or "", ", ".join(meta.tasks))
+        self._modules[name] = meta
+        return meta
+
+    def module_config(self, module: str) -> dict[str, Any]:
+        """Settings of ``module``: its ``config.yaml`` overlaid with the hub config's."""
+        return dict(self._module_configs.get(module, {}))
+
+    def list_modules(self, *, heartbeats: bool = False) -> list[ModuleMetadata]:
+        """Every discovered module, loaded or not, by name (with ``heartbeat()`` results)."""
+        beats = self.heartbeats() if heartbeats else {}
+        return [
+            self._modules[name].model_copy(update={"heartbeat": beats.get(name)})
+            for name in sorted(self._modules)
+        ]
+
+    def heartbeats(self) -> dict[str, dict[str, Any]]:
+        """Call each loaded module's ``heartbeat()``; an exception becomes an ``error`` entry."""
+        beats: dict[str, dict[str, Any]] = {}
+        for name, module in sorted(self._module_objects.items()):
+            beat = getattr(module, "heartbeat", None)
+            if not callable(beat):
+                continue
+            try:
+                result = beat()
+                beats[name] = (
+                    result if isinstance(result, dict) else {"status": "ok", "detail": result}
+                )
+            except Exception as exc:
+                beats[name] = {"status": "error", "error": f"{type(exc).__name__}: {exc}"}
+        return beats
+
+    # -- tasks ---------------------------------------------------------------------------
+
+    def register_task(
+        self, module: str, name: str, func: Callable[..., Any], **options: Any
+    ) -> dramatiq.Actor[Any, Any]:
+        """Declare ``func`` as the Dramatiq actor ``module.name``.
+
+        ``options``: queue, max_retries, min_backoff, max_backoff (ms), time_limit (ms),
+        priority, max_age (ms), throws, retry_when. Config overrides them (see module doc).
+        """
+        if self._loading is not None and module != self._loading:
+            raise ModuleLoadError(f"module {self._loading!r} registered a task under {module!r}")
+        for part in (module, name):
+            if not TASK_NAME.fullmatch(part):
+                raise ModuleLoadError(f"invalid task name part {part!r}: use letters, digits, _")
+        full = f"{module}.{name}"
+        if full in self._tasks:
+            raise ModuleLoadError(f"task {full!r} is registered twice")
+        if not callable(func):
+            raise ModuleLoadError(f"task {full!r}: {func!r} is not callable")
+        configured = self._module_configs.get(module, {})
+        overrides = configured.get("tasks", {}).get(name, {})
+        opts = {**options, **overrides}
+        unknown = set(opts) - TASK_OPTIONS
+        if unknown:
+            raise ModuleLoadError(
+                f"task {full!r}: unknown options {', '.join(sorted(unknown))}; "
+                f"valid: {', '.join(sorted(TASK_OPTIONS))}"
+            )
+        queue = str(opts.pop("queue", configured.get("queue", DEFAULT_QUEUE)))
+        if (
+            not QUEUE_NAME.fullmatch(queue)
+            or queue.endswith((".DQ", ".XQ"))
+            or queue in self.config.bridge.queues
+        ):
+            raise ModuleLoadError(f"task {full!r}: invalid queue name {queue!r}")
+        # A time limit is final: retrying a task that ran out of time would only run out again.
+        opts.setdefault("throws", (TimeLimitExceeded,))
+        priority = opts.pop("priority", 0)
+        try:
+            actor = dramatiq.actor(
+                func,
+                actor_name=full,
+                queue_name=queue,
+                priority=priority,
+                broker=self.broker,
+                **opts,
+            )
+        except ValueError as exc:
+            raise ModuleLoadError(f"task {full!r}: {exc}") from None
+        self._tasks[full] = TaskSpec(
+            name=full,
+            module=module,
+            func=func,
+            signature=inspect.signature(func),
+            queue=queue,
+            actor=actor,
+        )
+        return actor
+
+    def _forget_tasks(self, module: str) -> None:
+        for full in [n for n, t in self._tasks.items() if t.module == module]:
+            del self._tasks[full]
+            self.broker.actors.pop(full, None)
+
+    def get_task(self, task_name: str) -> TaskSpec:
+        """Return the task registered as ``task_name`` or raise :class:`UnknownTask`."""
+        try:
+            return self._tasks[task_name]
+        except (KeyError, TypeError):
+            raise UnknownTask(str(task_name)[:200]) from None
+
+    def list_tasks(self) -> list[TaskInfo]:
+        """Every registered task, by name."""
+        return [self._tasks[name].info() for name in sorted(self._tasks)]
+
+    def submit(
+        self,
+        task_name: str,
+        args: list[Any] | None = None,
+        kwargs: dict[str, Any] | None = None,
+        *,
+        delay_ms: int | None = None,
+        task_id: str | None = None,
+    ) -> TaskRecord:
+        """Check the arguments, record ``pending``, enqueue; return the pending record.
+
+        The record is written before the message is published, so an id handed out is always
+        found. If RabbitMQ does not confirm the message, the record is removed and
+        :class:`BrokerUnavailable` is raised: nothing was enqueued.
+        """
+        spec = self.get_task(task_name)
+        args, kwargs = list(args or []), dict(kwargs or {})
+        spec.bind(args, kwargs)
+        record = TaskRecord(
+            task_id=task_id or str(uuid.uuid4()),
+            task_name=spec.name,
+            status=TaskStatus.PENDING,
+            args=args,
+            kwargs=kwargs,
+            created_at=utcnow(),
+        )
+        self.store.create(record)
+        message = dramatiq.Message(
+            queue_name=spec.queue,
+            actor_name=spec.name,
+            args=tuple(args),
+            kwargs=kwargs,
+            options={},
+            message_id=record.task_id,
+            message_timestamp=int(record.created_at.timestamp() * 1000),
+        )
+        try:
+            self.broker.enqueue(message, delay=delay_ms)
+        except (dramatiq.errors.BrokerError, pika.exceptions.AMQPError, OSError) as exc:
+            try:
+                self.store.delete(record.task_id)
+            except StoreUnavailable:
+                logger.error(
+                    "task %s: pending record left behind after a failed enqueue", record.task_id
+                )
+            raise BrokerUnavailable(
+                f"broker (RabbitMQ) unavailable, nothing was enqueued: {type(exc).__name__}"
+            ) from None
+        logger.info("task %s %s enqueued", record.task_id, spec.name)
+        return record
+
+    def run_task(self, task_name: str, /, **kwargs: Any) -> str:
+        """Enqueue ``task_name`` with ``kwargs``; return its task id (see :meth:`submit`)."""
+        return self.submit(task_name, kwargs=kwargs).task_id
+
+    def get_task_status(self, task_id: str) -> TaskRecord:
+        """Return the status record of ``task_id`` or raise :class:`TaskNotFound`."""
+        record = self.store.get(task_id)
+        if record is None:
+            raise TaskNotFound(task_id)
+        return record
+
+    def wait_for(self, task_id: str, timeout: float, *, strict: bool = False) -> TaskRecord:
+        """Wait up to ``timeout`` seconds for a final status; return the record then.
+
+        With ``strict``, a record still not final raises :class:`TaskWaitTimeout`.
+        """
+        record = self.store.wait(task_id, timeout)
+        if record is None:
+            raise TaskNotFound(task_id)
+        if strict and not record.status.final:
+            raise TaskWaitTimeout(task_id, timeout, record.status.value)
+        return record
+
+
+def _merge_task_options(*layers: Any) -> dict[str, dict[str, Any]]:
+    merged: dict[str, dict[str, Any]] = {}
+    for layer in layers:
+        if layer is None:
+            continue
+        if not isinstance(layer, dict) or not all(isinstance(v, dict) for v in layer.values()):
+            raise ModuleLoadError("'tasks' must map task names to option mappings")
+        for name, opts in layer.items():
+            merged.setdefault(name, {}).update(opts)
+    return merged

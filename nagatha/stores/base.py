@@ -1,0 +1,80 @@
+"""The status store interface: one record per task id, monotonic, with expiry.
+
+Implementations: :class:`~nagatha.stores.redis.RedisStatusStore` (production) and
+:class:`~nagatha.stores.memory.MemoryStatusStore` (embedded mode and unit tests).
+
+Rules every implementation keeps:
+
+* :meth:`StatusStore.create` writes a ``pending`` record only if none exists for the id.
+* :meth:`StatusStore.update` never moves a record out of a final status (``success`` or
+  ``failure``): a duplicate delivery that runs again cannot undo a result.
+* An update for an id without a record creates one from ``defaults`` (a message that reached a
+  worker without passing through the hub's producer still gets a record).
+* Records expire ``ttl`` seconds after their last write.
+"""
+
+from __future__ import annotations
+
+import abc
+import json
+from typing import Any
+
+from pydantic_core import to_jsonable_python
+
+from nagatha.types import TaskRecord, TaskStatus
+
+
+def encode_fields(values: dict[str, Any]) -> dict[str, str]:
+    """Encode each field value as JSON text (datetimes as ISO 8601)."""
+    return {
+        key: json.dumps(to_jsonable_python(value), ensure_ascii=False)
+        for key, value in values.items()
+    }
+
+
+def decode_fields(raw: dict[str, str]) -> TaskRecord:
+    """Rebuild a record from its JSON-encoded fields."""
+    return TaskRecord.model_validate({key: json.loads(value) for key, value in raw.items()})
+
+
+class StatusStore(abc.ABC):
+    """Where status records live. Every method may raise ``StoreUnavailable``."""
+
+    @abc.abstractmethod
+    def create(self, record: TaskRecord) -> bool:
+        """Write ``record`` unless a record with its id exists; return whether it was written."""
+
+    @abc.abstractmethod
+    def update(
+        self,
+        task_id: str,
+        status: TaskStatus,
+        fields: dict[str, Any],
+        defaults: dict[str, Any] | None = None,
+    ) -> bool:
+        """Move a record to ``status`` and set ``fields``; return False if it was already final.
+
+        ``defaults`` fill a new record when none exists for ``task_id``.
+        """
+
+    @abc.abstractmethod
+    def get(self, task_id: str) -> TaskRecord | None:
+        """Return the record of ``task_id``, or None if there is none (or it expired)."""
+
+    @abc.abstractmethod
+    def delete(self, task_id: str) -> None:
+        """Remove the record of ``task_id`` (used when an enqueue fails after ``create``)."""
+
+    @abc.abstractmethod
+    def wait(self, task_id: str, timeout: float) -> TaskRecord | None:
+        """Block until the record is final or ``timeout`` seconds pass; return the record then.
+
+        Implementations are woken by the write of the final status (no busy polling).
+        """
+
+    @abc.abstractmethod
+    def ping(self) -> None:
+        """Return if the store answers, else raise ``StoreUnavailable``."""
+
+    def close(self) -> None:  # noqa: B027 - optional hook, a no-op by default
+        """Release connections."""

@@ -1,0 +1,76 @@
+"""In-process status store for embedded mode (``memory://``) and unit tests."""
+
+from __future__ import annotations
+
+import threading
+import time
+from typing import Any
+
+from nagatha.stores.base import StatusStore
+from nagatha.types import TaskRecord, TaskStatus
+
+
+class MemoryStatusStore(StatusStore):
+    """Records in a dict guarded by a condition variable; expiry checked on read."""
+
+    def __init__(self, ttl: float = 86_400) -> None:
+        self.ttl = ttl
+        self._records: dict[str, tuple[float, TaskRecord]] = {}
+        self._changed = threading.Condition()
+
+    def _live(self, task_id: str) -> TaskRecord | None:
+        entry = self._records.get(task_id)
+        if entry is None:
+            return None
+        expires, record = entry
+        if expires < time.monotonic():
+            del self._records[task_id]
+            return None
+        return record
+
+    def _put(self, record: TaskRecord) -> None:
+        self._records[record.task_id] = (time.monotonic() + self.ttl, record)
+        self._changed.notify_all()
+
+    def create(self, record: TaskRecord) -> bool:
+        with self._changed:
+            if self._live(record.task_id) is not None:
+                return False
+            self._put(record)
+            return True
+
+    def update(
+        self,
+        task_id: str,
+        status: TaskStatus,
+        fields: dict[str, Any],
+        defaults: dict[str, Any] | None = None,
+    ) -> bool:
+        with self._changed:
+            current = self._live(task_id)
+            if current is not None and current.status.final:
+                return False
+            base = current.model_dump() if current else {"task_id": task_id, **(defaults or {})}
+            self._put(TaskRecord.model_validate({**base, **fields, "status": status}))
+            return True
+
+    def get(self, task_id: str) -> TaskRecord | None:
+        with self._changed:
+            return self._live(task_id)
+
+    def delete(self, task_id: str) -> None:
+        with self._changed:
+            self._records.pop(task_id, None)
+
+    def wait(self, task_id: str, timeout: float) -> TaskRecord | None:
+        deadline = time.monotonic() + timeout
+        with self._changed:
+            while True:
+                record = self._live(task_id)
+                remaining = deadline - time.monotonic()
+                if record is None or record.status.final or remaining <= 0:
+                    return record
+                self._changed.wait(remaining)
+
+    def ping(self) -> None:
+        return None

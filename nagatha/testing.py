@@ -1,0 +1,209 @@
+"""Test helpers shipped with the package: isolated services and hub processes.
+
+Used by nagatha's own suite and usable by module authors:
+
+* :class:`RabbitVhost` - a throwaway RabbitMQ vhost (``rabbitmqctl``), deleted afterwards.
+* :class:`RedisPrefix` - a unique key prefix in a Redis DB, whose keys are deleted afterwards.
+* :class:`HubProcess` - a ``nagatha ...`` subprocess with its log captured to a file, stopped by
+  its own PID.
+* :func:`wait_until` - poll a condition with a deadline (never a bare sleep).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import TypeVar
+from urllib.parse import quote
+
+import redis
+
+T = TypeVar("T")
+
+LOOPBACK = "127.0.0.1"
+
+
+def wait_until(
+    condition: Callable[[], T], timeout: float, interval: float = 0.05, message: str = "condition"
+) -> T:
+    """Return the first truthy value of ``condition()``; ``TimeoutError`` after ``timeout`` s."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{message} not met within {timeout:g}s")
+        time.sleep(interval)
+
+
+def free_port() -> int:
+    """A TCP port on loopback that was free a moment ago."""
+    with socket.socket() as sock:
+        sock.bind((LOOPBACK, 0))
+        return int(sock.getsockname()[1])
+
+
+def port_open(host: str, port: int, timeout: float = 1.0) -> bool:
+    """True if something accepts TCP connections on ``host:port``."""
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def rabbitmqctl(*args: str, timeout: float = 60) -> str:
+    """Run ``rabbitmqctl`` and return its output; raise ``RuntimeError`` on failure."""
+    done = subprocess.run(["rabbitmqctl", *args], capture_output=True, text=True, timeout=timeout)
+    if done.returncode != 0:
+        raise RuntimeError(f"rabbitmqctl {' '.join(args)} failed: {done.stderr.strip()}")
+    return done.stdout
+
+
+class RabbitVhost:
+    """A vhost of its own on the local RabbitMQ, for guest; ``delete()`` removes it."""
+
+    def __init__(self, name: str | None = None, host: str = LOOPBACK, port: int = 5672) -> None:
+        self.name = name or f"nagatha-test-{uuid.uuid4().hex[:10]}"
+        self.host, self.port = host, port
+        rabbitmqctl("add_vhost", self.name)
+        rabbitmqctl("set_permissions", "-p", self.name, "guest", ".*", ".*", ".*")
+
+    @property
+    def url(self) -> str:
+        """An AMQP URL for guest on this vhost."""
+        return f"amqp://guest:guest@{self.host}:{self.port}/{quote(self.name, safe='')}"
+
+    def delete(self) -> None:
+        """Delete the vhost and everything in it."""
+        rabbitmqctl("delete_vhost", self.name)
+
+
+class RedisPrefix:
+    """A unique key prefix in one Redis DB; ``cleanup()`` deletes every key under it."""
+
+    def __init__(self, url: str = f"redis://{LOOPBACK}:6379/15") -> None:
+        self.url = url
+        self.prefix = f"nagatha-test-{uuid.uuid4().hex[:10]}:"
+        self.client = redis.Redis.from_url(url)
+
+    def cleanup(self) -> None:
+        """Delete this prefix's keys."""
+        keys = list(self.client.scan_iter(match=f"{self.prefix}*", count=1000))
+        if keys:
+            self.client.delete(*keys)
+        self.client.close()
+
+
+class HubProcess:
+    """A ``python -m nagatha ...`` subprocess whose stdout+stderr go to a log file."""
+
+    def __init__(
+        self,
+        args: Sequence[str],
+        env: Mapping[str, str],
+        *,
+        cwd: str | os.PathLike[str] | None = None,
+    ) -> None:
+        self.args = list(args)
+        handle, path = tempfile.mkstemp(prefix="nagatha-proc-", suffix=".log")
+        os.close(handle)
+        self.log_path = Path(path)
+        self._log = self.log_path.open("wb")
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "nagatha", *self.args],
+            env=dict(env),
+            cwd=cwd,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+        )
+
+    @property
+    def pid(self) -> int:
+        """The subprocess's PID."""
+        return self.process.pid
+
+    def log(self) -> str:
+        """Everything the process printed so far."""
+        return self.log_path.read_text(encoding="utf-8", errors="replace")
+
+    def wait_for_log(self, pattern: str, timeout: float = 30, count: int = 1) -> re.Match[str]:
+        """Wait until ``pattern`` (a regex) matched ``count`` times in the log; return the last."""
+        regex = re.compile(pattern)
+
+        def found() -> re.Match[str] | None:
+            if self.process.poll() is not None and len(regex.findall(self.log())) < count:
+                raise RuntimeError(
+                    f"nagatha {' '.join(self.args)} exited "
+                    f"{self.process.returncode}:\n{self.log()[-3000:]}"
+                )
+            matches = list(regex.finditer(self.log()))
+            return matches[-1] if len(matches) >= count else None
+
+        try:
+            return wait_until(found, timeout, interval=0.1, message=f"log line /{pattern}/")
+        except TimeoutError as exc:
+            raise TimeoutError(f"{exc}; log so far:\n{self.log()[-3000:]}") from None
+
+    def signal(self, signum: int) -> None:
+        """Send ``signum`` to the process (if it still runs)."""
+        if self.process.poll() is None:
+            os.kill(self.process.pid, signum)
+
+    def stop(self, timeout: float = 30) -> int:
+        """SIGTERM, wait up to ``timeout``, SIGKILL if needed; return the exit code."""
+        self.signal(signal.SIGTERM)
+        try:
+            code = self.process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.kill()
+            code = self.process.wait(10)
+        self._log.close()
+        return code
+
+    def kill(self) -> None:
+        """SIGKILL the process and its children that share its process group, by PID."""
+        for pid in _children_of(self.process.pid):
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        self.signal(signal.SIGKILL)
+        self.process.wait(10)
+
+    def children(self) -> list[int]:
+        """PIDs of the direct children of the process (e.g. worker processes)."""
+        return _children_of(self.process.pid)
+
+
+def _children_of(pid: int) -> list[int]:
+    try:
+        text = Path(f"/proc/{pid}/task/{pid}/children").read_text()
+    except OSError:
+        return []
+    return [int(p) for p in text.split()]
+
+
+def run_cli(
+    args: Sequence[str], env: Mapping[str, str], timeout: float = 60, input_text: str | None = None
+) -> subprocess.CompletedProcess[str]:
+    """Run ``python -m nagatha ARGS`` to completion and return the result (text mode)."""
+    return subprocess.run(
+        [sys.executable, "-m", "nagatha", *args],
+        env=dict(env),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        input=input_text,
+    )

@@ -1,0 +1,93 @@
+"""The hub's data shapes, shared by the status store, the CLI and the HTTP API.
+
+Each is defined once here; ``model_dump(mode="json")`` of any of them is the JSON document
+that ``nagatha ... --json`` prints and the HTTP API answers.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+def utcnow() -> datetime:
+    """Now, as an aware UTC datetime."""
+    return datetime.now(UTC)
+
+
+class TaskStatus(StrEnum):
+    """Where a task is in its life. ``success`` and ``failure`` are final."""
+
+    PENDING = "pending"
+    STARTED = "started"
+    RETRYING = "retrying"
+    SUCCESS = "success"
+    FAILURE = "failure"
+
+    @property
+    def final(self) -> bool:
+        """True for ``success`` and ``failure``: nothing moves a record on from them."""
+        return self in (TaskStatus.SUCCESS, TaskStatus.FAILURE)
+
+
+class TaskRecord(BaseModel):
+    """The status record of one task id (DESIGN.md §4)."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    task_id: str
+    task_name: str
+    status: TaskStatus
+    args: list[Any] = Field(default_factory=list)
+    kwargs: dict[str, Any] = Field(default_factory=dict)
+    result: Any = None
+    error: str | None = None
+    retries: int = 0
+    created_at: datetime
+    started_at: datetime | None = None
+    completed_at: datetime | None = None
+
+
+class TaskParameter(BaseModel):
+    """One parameter of a task, read from the function's signature."""
+
+    name: str
+    required: bool
+    default: Any = None
+    annotation: str | None = None
+
+
+class TaskInfo(BaseModel):
+    """A registered task as listed by ``/tasks`` and ``nagatha list tasks``."""
+
+    name: str
+    module: str
+    description: str = ""
+    queue: str
+    parameters: list[TaskParameter] = Field(default_factory=list)
+
+
+class ModuleMetadata(BaseModel):
+    """A discovered module as listed by ``/modules`` and ``nagatha modules``."""
+
+    name: str
+    version: str | None = None
+    description: str = ""
+    path: str | None = None
+    status: Literal["loaded", "failed", "disabled"]
+    error: str | None = None
+    tasks: list[str] = Field(default_factory=list)
+    heartbeat: dict[str, Any] | None = None
+
+
+class TaskRequest(BaseModel):
+    """A request to run a task by name (the body of ``POST /tasks/run``)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    task_name: str = Field(min_length=1, max_length=200)
+    kwargs: dict[str, Any] = Field(default_factory=dict)
+    delay_ms: int | None = Field(default=None, ge=0, le=7 * 86_400_000)

@@ -1,0 +1,149 @@
+"""Run Dramatiq workers for every enabled module: supervised processes or one embedded worker.
+
+``run_workers`` is what ``nagatha worker`` runs: a supervisor (opens no connection itself)
+that forks worker processes, each building its own hub and broker connections. A worker
+process that dies unexpectedly is reported with its exit code and started again, unlike
+Dramatiq's own CLI, which stops every process when one dies. SIGTERM or SIGINT stops all
+processes gracefully: in-flight tasks get ``worker.shutdown_grace`` seconds to finish, and what
+is not finished is redelivered by RabbitMQ to another worker.
+"""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing
+import os
+import signal
+import threading
+import time
+from collections.abc import Sequence
+from multiprocessing.process import BaseProcess
+from types import FrameType
+
+import dramatiq
+
+from nagatha.config import FrameworkConfig, secrets_of
+from nagatha.hub import create_hub
+from nagatha.log import setup_logging
+
+logger = logging.getLogger("nagatha.worker")
+
+#: Seconds between restarts of a worker process that keeps dying (doubles up to the cap).
+RESTART_FIRST, RESTART_CAP = 1.0, 30.0
+
+
+def start_embedded_worker(
+    broker: dramatiq.Broker, *, threads: int = 4, queues: Sequence[str] | None = None
+) -> dramatiq.Worker:
+    """Start a Dramatiq worker inside this process and return it (call ``stop()`` later).
+
+    ``process_boot`` is emitted first: without it Dramatiq's TimeLimit middleware never starts
+    its timer thread and time limits would not be enforced.
+    """
+    broker.emit_after("process_boot")
+    worker = dramatiq.Worker(
+        broker, queues=set(queues) if queues else None, worker_threads=threads, worker_timeout=100
+    )
+    worker.start()
+    return worker
+
+
+def _worker_process(config: FrameworkConfig, threads: int, queues: Sequence[str]) -> None:
+    """Body of one worker process: build the hub here (after fork), consume until signalled."""
+    stop = threading.Event()
+
+    def on_signal(signum: int, frame: FrameType | None) -> None:
+        stop.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    setup_logging(config.logging, secrets_of(config))
+    registry = create_hub(config)
+    broker = registry.broker
+    broker.emit_after("process_boot")
+    worker = dramatiq.Worker(broker, queues=set(queues) if queues else None, worker_threads=threads)
+    worker.start()
+    logger.info(
+        "worker process %d consuming %s with %d threads",
+        os.getpid(),
+        ", ".join(sorted(queues or broker.get_declared_queues())),
+        threads,
+    )
+    stop.wait()
+    logger.info("worker process %d stopping (grace %gs)", os.getpid(), config.worker.shutdown_grace)
+    worker.stop(timeout=int(config.worker.shutdown_grace * 1000))
+    broker.close()
+    registry.store.close()
+
+
+class Supervisor:
+    """Keeps ``processes`` worker processes running until told to stop."""
+
+    def __init__(
+        self, config: FrameworkConfig, processes: int, threads: int, queues: Sequence[str]
+    ) -> None:
+        self.config = config
+        self.processes = processes
+        self.threads = threads
+        self.queues = list(queues)
+        self._context = multiprocessing.get_context("fork")
+        self._children: list[BaseProcess] = []
+        self._stopping = threading.Event()
+
+    def _spawn(self) -> BaseProcess:
+        child = self._context.Process(
+            target=_worker_process,
+            args=(self.config, self.threads, self.queues),
+            name="nagatha-worker",
+            daemon=False,
+        )
+        child.start()
+        return child
+
+    def stop(self, signum: int | None = None, frame: FrameType | None = None) -> None:
+        """Ask every worker process to finish (idempotent; safe from a signal handler)."""
+        self._stopping.set()
+
+    def run(self) -> int:
+        """Start the processes, restart any that die, stop them all on request; return 0."""
+        signal.signal(signal.SIGTERM, self.stop)
+        signal.signal(signal.SIGINT, self.stop)
+        self._children = [self._spawn() for _ in range(self.processes)]
+        logger.info("supervisor %d started %d worker processes", os.getpid(), self.processes)
+        delay = RESTART_FIRST
+        while not self._stopping.wait(0.5):
+            for index, child in enumerate(self._children):
+                if child.is_alive() or self._stopping.is_set():
+                    continue
+                logger.error(
+                    "worker process %s died with exit code %s; starting a new one in %gs",
+                    child.pid,
+                    child.exitcode,
+                    delay,
+                )
+                if self._stopping.wait(delay):
+                    break
+                self._children[index] = self._spawn()
+                delay = min(delay * 2, RESTART_CAP)
+        return self._shutdown()
+
+    def _shutdown(self) -> int:
+        for child in self._children:
+            if child.is_alive() and child.pid is not None:
+                os.kill(child.pid, signal.SIGTERM)
+        deadline = time.monotonic() + self.config.worker.shutdown_grace + 10
+        for child in self._children:
+            child.join(max(0.0, deadline - time.monotonic()))
+            if child.is_alive() and child.pid is not None:
+                logger.error("worker process %d did not stop in time; killing it", child.pid)
+                os.kill(child.pid, signal.SIGKILL)
+                child.join(5)
+        logger.info("supervisor %d stopped", os.getpid())
+        return 0
+
+
+def run_workers(
+    config: FrameworkConfig, *, processes: int, threads: int, queues: Sequence[str]
+) -> int:
+    """Run ``processes`` supervised worker processes until SIGTERM/SIGINT; return an exit code."""
+    return Supervisor(config, processes, threads, queues).run()

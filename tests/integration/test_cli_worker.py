@@ -1,0 +1,180 @@
+"""The CLI and `nagatha worker` against real RabbitMQ and Redis."""
+
+from __future__ import annotations
+
+import json
+import signal
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from nagatha.config import FrameworkConfig
+from nagatha.stores import RedisStatusStore
+from nagatha.testing import HubProcess, run_cli, wait_until
+
+pytestmark = pytest.mark.integration
+
+
+def store_for(config: FrameworkConfig) -> RedisStatusStore:
+    return RedisStatusStore(config.results.url, prefix=config.results.prefix)
+
+
+def test_echo_round_trip_prints_a_success_record(
+    hub_env: dict[str, str], worker: HubProcess
+) -> None:
+    done = run_cli(["run", "echo_bot.echo", "-k", "message=héllo", "--wait", "--json"], hub_env)
+    assert done.returncode == 0, done.stderr
+    record = json.loads(done.stdout)
+    assert record["status"] == "success"
+    assert record["result"] == "héllo"
+    for key in ("created_at", "started_at", "completed_at"):
+        assert record[key]
+    assert record["created_at"] <= record["started_at"] <= record["completed_at"]
+
+
+def test_add_parses_k_values_as_json(hub_env: dict[str, str], worker: HubProcess) -> None:
+    done = run_cli(
+        ["run", "diagnostics.add", "-k", "x=2", "-k", "y=3", "--wait", "--json"], hub_env
+    )
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["result"] == 5
+
+
+def test_failing_task_exits_1_with_its_message(hub_env: dict[str, str], worker: HubProcess) -> None:
+    done = run_cli(
+        ["run", "diagnostics.fail", "--kwargs", '{"message": "kaputt here"}', "--wait", "--json"],
+        hub_env,
+    )
+    assert done.returncode == 1
+    record = json.loads(done.stdout)
+    assert record["status"] == "failure"
+    assert "kaputt here" in record["error"]
+
+
+def test_status_of_an_unknown_id_says_not_found(hub_env: dict[str, str]) -> None:
+    done = run_cli(["status", "no-such-id"], hub_env)
+    assert done.returncode == 1
+    assert "not found" in done.stderr
+    assert "Traceback" not in done.stderr
+
+
+def test_status_follows_a_task_by_id(hub_env: dict[str, str], worker: HubProcess) -> None:
+    task_id = run_cli(["run", "diagnostics.sleep", "-k", "seconds=0.3"], hub_env).stdout.strip()
+    done = run_cli(["status", "--task-id", task_id, "--wait", "--json"], hub_env)
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["status"] == "success"
+
+
+def test_unknown_task_is_refused_before_enqueue(hub_env: dict[str, str], vhost) -> None:  # type: ignore[no-untyped-def]
+    done = run_cli(["run", "nope.missing", "-k", "a=1"], hub_env)
+    assert done.returncode == 2
+    assert done.stderr.strip() == (
+        "error: unknown task 'nope.missing': see `nagatha list tasks` or GET /tasks for the names"
+    )
+    bad = run_cli(["run", "diagnostics.add", "-k", "x=1", "-k", "zz=2"], hub_env)
+    assert bad.returncode == 2
+    assert "unknown zz" in bad.stderr and "missing y" in bad.stderr
+
+
+def test_unreachable_broker_exits_3_and_leaves_no_record(
+    hub_env: dict[str, str], hub_config: FrameworkConfig
+) -> None:
+    env = {**hub_env, "NAGATHA_BROKER_URL": "amqp://guest:guest@127.0.0.1:1//"}
+    done = run_cli(["run", "diagnostics.noop", "--json"], env)
+    assert done.returncode == 3
+    assert "nothing was enqueued" in done.stderr
+    store = store_for(hub_config)
+    assert list(store.client.scan_iter(match=f"{hub_config.results.prefix}task:*")) == []
+
+
+def test_worker_killed_mid_task_is_redelivered_to_a_new_worker(
+    hub_env: dict[str, str], hub_config: FrameworkConfig, start_process: type[HubProcess]
+) -> None:
+    first = start_process(["worker", "--processes", "1", "--threads", "2"], hub_env)
+    first.wait_for_log(r"worker process \d+ consuming", timeout=60)
+    task_id = run_cli(["run", "diagnostics.sleep", "-k", "seconds=3"], hub_env).stdout.strip()
+    store = store_for(hub_config)
+    wait_until(
+        lambda: (r := store.get(task_id)) and r.status == "started", 30, message="task started"
+    )
+    first.kill()  # SIGKILL the supervisor and its worker process: no graceful anything
+    assert store.get(task_id).status == "started"  # type: ignore[union-attr]
+
+    second = start_process(["worker", "--processes", "1", "--threads", "2"], hub_env)
+    second.wait_for_log(r"worker process \d+ consuming", timeout=60)
+    record = wait_until(
+        lambda: (r := store.get(task_id)) and r.status.final and r,
+        60,
+        message="redelivered task finished",
+    )
+    assert record.status == "success"
+    assert record.result == 3.0
+
+
+def test_a_dead_worker_process_is_reported_and_replaced(
+    hub_env: dict[str, str], start_process: type[HubProcess]
+) -> None:
+    supervisor = start_process(["worker", "--processes", "1", "--threads", "1"], hub_env)
+    supervisor.wait_for_log(r"worker process \d+ consuming", timeout=60)
+    (child,) = supervisor.children()
+    import os
+
+    os.kill(child, signal.SIGKILL)
+    supervisor.wait_for_log(rf"worker process {child} died with exit code -9", timeout=30)
+    supervisor.wait_for_log(r"worker process \d+ consuming", timeout=60, count=2)
+    assert supervisor.stop() == 0
+
+
+def test_modules_json_lists_good_failed_and_skips_private(
+    hub_env: dict[str, str], tmp_path: Path
+) -> None:
+    root = tmp_path / "mods"
+    for name, body in {
+        "good": '"""Good."""\n__version__ = "1.2.3"\ndef t():\n    pass\n'
+        'def register_tasks(r):\n    r.register_task("good", "t", t)\n',
+        "broken": "raise ImportError('cannot import this on purpose')\n",
+        "_private": "raise SystemExit(3)\n",
+    }.items():
+        (root / name).mkdir(parents=True)
+        (root / name / "__init__.py").write_text(textwrap.dedent(body))
+    done = run_cli(["modules", "--json"], {**hub_env, "NAGATHA_MODULES_PATHS": str(root)})
+    assert done.returncode == 0, done.stderr
+    modules = {m["name"]: m for m in json.loads(done.stdout)["modules"]}
+    assert set(modules) == {"good", "broken"}
+    assert (modules["good"]["status"], modules["good"]["version"]) == ("loaded", "1.2.3")
+    assert modules["broken"]["status"] == "failed"
+    assert "cannot import this on purpose" in modules["broken"]["error"]
+
+
+def test_list_tasks_json_matches_the_http_shape(hub_env: dict[str, str]) -> None:
+    done = run_cli(["list", "tasks", "--json"], hub_env)
+    tasks = {t["name"]: t for t in json.loads(done.stdout)["tasks"]}
+    assert tasks["diagnostics.add"]["parameters"][0] == {
+        "name": "x",
+        "required": True,
+        "default": None,
+        "annotation": "float",
+    }
+    assert tasks["echo_bot.echo"]["module"] == "echo_bot"
+
+
+def test_config_masks_secrets_and_names_sources(hub_env: dict[str, str]) -> None:
+    env = {
+        **hub_env,
+        "NAGATHA_API_TOKENS": "tok-very-secret",
+        "NAGATHA_BROKER_URL": "amqp://guest:pw-very-secret@127.0.0.1:5672/x",
+    }
+    done = run_cli(["config", "--json"], env)
+    assert done.returncode == 0
+    assert "very-secret" not in done.stdout + done.stderr
+    doc = json.loads(done.stdout)
+    assert doc["sources"]["api.tokens"] == "env NAGATHA_API_TOKENS"
+    one = run_cli(["config", "broker.url"], env)
+    assert one.stdout.strip() == "amqp://guest:****@127.0.0.1:5672/x"
+
+
+def test_bad_config_exits_2_with_one_line(hub_env: dict[str, str]) -> None:
+    done = run_cli(["list"], {**hub_env, "NAGATHA_RESULTS_TTL": "soon"})
+    assert done.returncode == 2
+    assert done.stderr.count("\n") == 1 and "results.ttl" in done.stderr

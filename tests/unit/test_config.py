@@ -1,0 +1,136 @@
+"""Config: precedence of sources, list parsing, one-line errors naming key and source."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from nagatha.config import load_config, mask_url, secrets_of
+from nagatha.errors import ConfigError
+
+
+def write(path: Path, text: str) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+@pytest.fixture
+def dirs(tmp_path: Path) -> tuple[Path, Path]:
+    home, cwd = tmp_path / "home", tmp_path / "cwd"
+    home.mkdir()
+    cwd.mkdir()
+    return home, cwd
+
+
+def test_defaults_apply_when_no_source_sets_a_value(dirs: tuple[Path, Path]) -> None:
+    home, cwd = dirs
+    loaded = load_config(env={}, home=home, cwd=cwd)
+    assert loaded.config.broker.url == "amqp://guest:guest@localhost:5672//"
+    assert loaded.config.results.url == "redis://localhost:6379/0"
+    assert (loaded.config.api.host, loaded.config.api.port) == ("127.0.0.1", 8000)
+    assert loaded.config.results.ttl == 86_400
+    assert loaded.sources["api.port"] == "default"
+
+
+def test_env_beats_local_file_beats_home_file_key_by_key(dirs: tuple[Path, Path]) -> None:
+    home, cwd = dirs
+    write(home / ".nagatha" / "config.yaml", "logging: {level: DEBUG}\napi: {port: 7000}\n")
+    write(cwd / "nagatha.yaml", "api: {port: 7100, host: 0.0.0.0}\n")
+    loaded = load_config(env={"NAGATHA_API_HOST": "127.0.0.2"}, home=home, cwd=cwd)
+    config = loaded.config
+    assert config.logging.level == "DEBUG"  # home file kept where nothing overrides it
+    assert config.api.port == 7100  # local file beats home file
+    assert config.api.host == "127.0.0.2"  # env beats both
+    assert loaded.sources["logging.level"].endswith("config.yaml")
+    assert loaded.sources["api.port"] == "./nagatha.yaml"
+    assert loaded.sources["api.host"] == "env NAGATHA_API_HOST"
+
+
+def test_explicit_config_file_replaces_the_local_one(
+    dirs: tuple[Path, Path], tmp_path: Path
+) -> None:
+    home, cwd = dirs
+    write(cwd / "nagatha.yaml", "api: {port: 7100}\n")
+    other = write(tmp_path / "other.yaml", "api: {port: 7200}\n")
+    assert load_config(other, env={}, home=home, cwd=cwd).config.api.port == 7200
+    via_env = load_config(env={"NAGATHA_CONFIG": str(other)}, home=home, cwd=cwd)
+    assert via_env.config.api.port == 7200
+
+
+def test_double_underscore_spelling_is_accepted(dirs: tuple[Path, Path]) -> None:
+    home, cwd = dirs
+    config = load_config(env={"NAGATHA_API__PORT": "9001"}, home=home, cwd=cwd).config
+    assert config.api.port == 9001
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [("/a", ["/a"]), ("/a:/b", ["/a", "/b"]), ('["/a", "/b:c"]', ["/a", "/b:c"])],
+)
+def test_module_paths_accept_one_path_colon_list_or_json(
+    dirs: tuple[Path, Path], raw: str, expected: list[str]
+) -> None:
+    home, cwd = dirs
+    config = load_config(env={"NAGATHA_MODULES_PATHS": raw}, home=home, cwd=cwd).config
+    assert config.modules.paths == expected
+
+
+@pytest.mark.parametrize(("raw", "expected"), [("a,b", ["a", "b"]), ('["x", "y"]', ["x", "y"])])
+def test_api_tokens_accept_comma_list_or_json(
+    dirs: tuple[Path, Path], raw: str, expected: list[str]
+) -> None:
+    home, cwd = dirs
+    assert (
+        load_config(env={"NAGATHA_API_TOKENS": raw}, home=home, cwd=cwd).config.api.tokens
+        == expected
+    )
+
+
+def test_memory_urls_select_embedded_mode(dirs: tuple[Path, Path]) -> None:
+    home, cwd = dirs
+    env = {"NAGATHA_BROKER_URL": "memory://", "NAGATHA_RESULTS_URL": "memory://"}
+    assert load_config(env=env, home=home, cwd=cwd).config.embedded
+
+
+@pytest.mark.parametrize(
+    ("env", "files", "needle"),
+    [
+        ({"NAGATHA_API_PORT": "abc"}, {}, "api.port = 'abc' (from env NAGATHA_API_PORT)"),
+        ({"NAGATHA_BROKER_URL": "http://x"}, {}, "broker.url"),
+        ({"NAGATHA_RESULTS_TTL": "-1"}, {}, "results.ttl"),
+        ({}, {"nagatha.yaml": "api: [1, 2"}, "invalid YAML in ./nagatha.yaml"),
+        ({}, {"nagatha.yaml": "apii: {port: 1}"}, "unknown section 'apii'"),
+        ({}, {"nagatha.yaml": "api: {prot: 1}"}, "unknown key 'api.prot' (from ./nagatha.yaml)"),
+        ({}, {"nagatha.yaml": "- 1\n- 2\n"}, "must hold a mapping"),
+        ({"NAGATHA_CONFIG": "/nonexistent/n.yaml"}, {}, "does not exist"),
+        ({"NAGATHA_LOGGING_FORMAT": "xml"}, {}, "logging.format"),
+    ],
+)
+def test_bad_values_raise_one_line_naming_key_and_source(
+    dirs: tuple[Path, Path], env: dict[str, str], files: dict[str, str], needle: str
+) -> None:
+    home, cwd = dirs
+    for name, text in files.items():
+        write(cwd / name, text)
+    with pytest.raises(ConfigError) as info:
+        load_config(env=env, home=home, cwd=cwd)
+    message = str(info.value)
+    assert needle in message
+    assert "\n" not in message
+
+
+def test_a_bad_url_error_never_shows_its_password(dirs: tuple[Path, Path]) -> None:
+    home, cwd = dirs
+    with pytest.raises(ConfigError) as info:
+        load_config(env={"NAGATHA_BROKER_URL": "http://u:s3cret-pw@h/"}, home=home, cwd=cwd)
+    assert "s3cret-pw" not in str(info.value)
+
+
+def test_secrets_are_collected_and_masked(dirs: tuple[Path, Path]) -> None:
+    home, cwd = dirs
+    env = {"NAGATHA_BROKER_URL": "amqp://u:pw123@h:5672/v", "NAGATHA_API_TOKENS": "tok-1"}
+    config = load_config(env=env, home=home, cwd=cwd).config
+    assert set(secrets_of(config)) == {"pw123", "tok-1"}
+    assert mask_url(config.broker.url) == "amqp://u:****@h:5672/v"

@@ -1,0 +1,173 @@
+"""Status records through Dramatiq's real hooks (stub broker, in-process worker)."""
+
+from __future__ import annotations
+
+import textwrap
+from collections.abc import Iterator
+from pathlib import Path
+
+import dramatiq
+import pytest
+from dramatiq.middleware import Retries
+
+from nagatha.config import FrameworkConfig
+from nagatha.hub import create_hub
+from nagatha.middleware.status import StatusMiddleware
+from nagatha.registry import TaskRegistry
+from nagatha.testing import wait_until
+from nagatha.types import TaskRecord, TaskStatus
+from nagatha.worker import start_embedded_worker
+
+BODY = """
+    import threading
+    calls = {"flaky": 0}
+
+    def ok(x):
+        return {"x": x, "list": [1, "é"]}
+
+    def flaky():
+        calls["flaky"] += 1
+        if calls["flaky"] < 3:
+            raise RuntimeError(f"attempt {calls['flaky']}")
+        return "third time"
+
+    def always():
+        raise ValueError("never works")
+
+    def unserializable():
+        return object()
+
+    def slow():
+        import time
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            time.sleep(0.01)
+
+    def register_tasks(registry):
+        registry.register_task("life", "ok", ok)
+        registry.register_task("life", "flaky", flaky, max_retries=5, min_backoff=10,
+                               max_backoff=20)
+        registry.register_task("life", "always", always, max_retries=2, min_backoff=10,
+                               max_backoff=20)
+        registry.register_task("life", "unserializable", unserializable)
+        registry.register_task("life", "slow", slow, time_limit=300, max_retries=3)
+"""
+
+
+@pytest.fixture
+def hub(tmp_path: Path) -> Iterator[TaskRegistry]:
+    folder = tmp_path / "mods" / "life"
+    folder.mkdir(parents=True)
+    (folder / "__init__.py").write_text(textwrap.dedent(BODY), encoding="utf-8")
+    config = FrameworkConfig.model_validate(
+        {
+            "broker": {"url": "memory://"},
+            "results": {"url": "memory://"},
+            "modules": {"paths": [str(tmp_path / "mods")]},
+        }
+    )
+    registry = create_hub(config)
+    worker = start_embedded_worker(registry.broker, threads=2)
+    yield registry
+    worker.stop(timeout=2000)
+
+
+def final_record(hub: TaskRegistry, task_id: str) -> TaskRecord:
+    """Wait for a record that appears without a pending write (message enqueued directly)."""
+    return wait_until(lambda: (r := hub.store.get(task_id)) and r.status.final and r, 10)
+
+
+def finish(hub: TaskRegistry, name: str, **kwargs: object):  # type: ignore[no-untyped-def]
+    record = hub.submit(name, kwargs=kwargs)
+    return hub.wait_for(record.task_id, 15, strict=True)
+
+
+def test_status_middleware_sits_before_retries_so_its_after_hooks_run_after() -> None:
+    config = FrameworkConfig.model_validate(
+        {"broker": {"url": "memory://"}, "results": {"url": "memory://"}}
+    )
+    kinds = [type(m) for m in create_hub(config, load_modules=False).broker.middleware]
+    assert kinds.index(StatusMiddleware) < kinds.index(Retries)
+
+
+def test_success_records_result_and_all_timestamps(hub: TaskRegistry) -> None:
+    record = finish(hub, "life.ok", x=1)
+    assert record.status is TaskStatus.SUCCESS
+    assert record.result == {"x": 1, "list": [1, "é"]}
+    assert record.created_at <= record.started_at <= record.completed_at  # type: ignore[operator]
+    assert record.error is None and record.retries == 0
+
+
+def test_retries_are_recorded_then_success_clears_the_error(hub: TaskRegistry) -> None:
+    record = finish(hub, "life.flaky")
+    assert record.status is TaskStatus.SUCCESS
+    assert record.result == "third time"
+    assert record.retries == 2
+    assert record.error is None
+
+
+def test_retrying_status_is_visible_between_attempts(hub: TaskRegistry) -> None:
+    seen: list[TaskStatus] = []
+    original = hub.store.update
+
+    def spy(task_id, status, fields, defaults=None):  # type: ignore[no-untyped-def]
+        seen.append(status)
+        return original(task_id, status, fields, defaults)
+
+    hub.store.update = spy  # type: ignore[method-assign]
+    record = finish(hub, "life.always")
+    assert record.status is TaskStatus.FAILURE
+    assert seen.count(TaskStatus.RETRYING) == 2
+    last_retrying = len(seen) - 1 - seen[::-1].index(TaskStatus.RETRYING)
+    assert seen.index(TaskStatus.FAILURE) > last_retrying
+
+
+def test_final_failure_comes_only_after_retries_are_exhausted(hub: TaskRegistry) -> None:
+    record = finish(hub, "life.always")
+    assert record.status is TaskStatus.FAILURE
+    assert record.error == "ValueError: never works"
+    assert record.retries == 2
+
+
+def test_a_result_that_is_not_json_fails_the_task_clearly(hub: TaskRegistry) -> None:
+    record = finish(hub, "life.unserializable")
+    assert record.status is TaskStatus.FAILURE
+    assert "not JSON-serializable" in (record.error or "")
+
+
+def test_time_limit_fails_without_retrying(hub: TaskRegistry) -> None:
+    record = finish(hub, "life.slow")
+    assert record.status is TaskStatus.FAILURE
+    assert "time limit exceeded" in (record.error or "")
+    assert record.retries == 0
+
+
+def test_message_for_an_unknown_actor_ends_as_failure(hub: TaskRegistry) -> None:
+    message = dramatiq.Message(
+        queue_name="default", actor_name="life.gone", args=(), kwargs={}, options={}
+    )
+    hub.broker.enqueue(message)
+    record = final_record(hub, message.message_id)
+    assert record.status is TaskStatus.FAILURE
+    assert "no worker has a task named 'life.gone'" in (record.error or "")
+
+
+def test_expired_message_ends_as_failure(hub: TaskRegistry) -> None:
+    message = dramatiq.Message(
+        queue_name="default",
+        actor_name="life.ok",
+        args=(1,),
+        kwargs={},
+        options={"max_age": 1},
+        message_timestamp=1,
+    )
+    hub.broker.enqueue(message)
+    record = final_record(hub, message.message_id)
+    assert record.status is TaskStatus.FAILURE
+    assert "expired" in (record.error or "")
+
+
+def test_final_status_is_sticky_against_duplicate_deliveries(hub: TaskRegistry) -> None:
+    record = finish(hub, "life.ok", x=2)
+    assert not hub.store.update(record.task_id, TaskStatus.STARTED, {"started_at": None})
+    assert hub.get_task_status(record.task_id).status is TaskStatus.SUCCESS
