@@ -6,6 +6,7 @@ config, ``worker.py``); errors become one line and an exit code (``errors.py``).
 
 from __future__ import annotations
 
+import logging
 import sys
 from typing import Any
 
@@ -13,7 +14,7 @@ import click
 
 from nagatha import __version__
 from nagatha.cli.context import CliContext
-from nagatha.cli.errors import EXIT_USAGE, exit_code_for
+from nagatha.cli.errors import EXIT_TASK_FAILED, EXIT_USAGE, exit_code_for
 from nagatha.errors import NagathaError
 
 
@@ -29,6 +30,16 @@ class HubGroup(click.Group):
                 raise
             click.echo(f"error: {exc}", err=True)
             ctx.exit(exit_code_for(exc))
+        except (click.exceptions.Exit, click.ClickException, click.Abort, SystemExit):
+            raise
+        except Exception as exc:
+            obj = ctx.find_object(CliContext)
+            if obj is not None and obj.debug:
+                raise
+            logging.getLogger("nagatha.cli").debug("unexpected error", exc_info=True)
+            click.echo(f"error: unexpected {type(exc).__name__}: {exc} "
+                       "(run with --debug for the traceback)", err=True)
+            ctx.exit(EXIT_TASK_FAILED)
 
 
 @click.group(cls=HubGroup, context_settings={"help_option_names": ["-h", "--help"]})
