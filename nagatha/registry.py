@@ -15,6 +15,7 @@ import types
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import dramatiq
@@ -164,8 +165,6 @@ class TaskRegistry:
 
     def load_module(self, path: str, name: str) -> ModuleMetadata:
         """Import the module folder ``path`` as ``name`` and let it register its tasks."""
-        from pathlib import Path
-
         folder = Path(path)
         meta = ModuleMetadata(name=name, path=str(folder), status="loaded")
         if name in self._modules:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from typing import Any
 
 import click
@@ -39,6 +40,27 @@ def parse_kwargs_json(text: str | None) -> dict[str, Any]:
     return value
 
 
+def wait_options(command: Callable[..., None]) -> Callable[..., None]:
+    """The ``--wait``, ``--timeout`` and ``--json`` options shared by run and status."""
+    for option in reversed(
+        (
+            click.option("--wait", is_flag=True, help="Wait for the final status."),
+            click.option(
+                "--timeout",
+                type=click.FloatRange(min=0),
+                default=DEFAULT_TIMEOUT,
+                show_default=True,
+                help="Seconds --wait waits.",
+            ),
+            click.option(
+                "--json", "as_json", is_flag=True, help="Print JSON (the HTTP body shapes)."
+            ),
+        )
+    ):
+        command = option(command)
+    return command
+
+
 def _finish(record: TaskRecord, as_json: bool) -> None:
     if as_json:
         emit_json(record)
@@ -58,15 +80,7 @@ def _finish(record: TaskRecord, as_json: bool) -> None:
     help="A keyword argument; VALUE is parsed as JSON when it can be (-k x=2 is 2).",
 )
 @click.option("--kwargs", "kwargs_json", metavar="JSON", help="Keyword arguments as a JSON object.")
-@click.option("--wait", is_flag=True, help="Wait for the final status and print the record.")
-@click.option(
-    "--timeout",
-    type=click.FloatRange(min=0),
-    default=DEFAULT_TIMEOUT,
-    show_default=True,
-    help="Seconds --wait waits.",
-)
-@click.option("--json", "as_json", is_flag=True, help="Print JSON (the HTTP body shapes).")
+@wait_options
 @pass_context
 def run_command(
     obj: CliContext,
@@ -104,15 +118,7 @@ def run_command(
 @click.command("status")
 @click.argument("task_id", required=False)
 @click.option("--task-id", "task_id_option", help="The task id (instead of the argument).")
-@click.option("--wait", is_flag=True, help="Wait for the final status.")
-@click.option(
-    "--timeout",
-    type=click.FloatRange(min=0),
-    default=DEFAULT_TIMEOUT,
-    show_default=True,
-    help="Seconds --wait waits.",
-)
-@click.option("--json", "as_json", is_flag=True, help="Print the record as JSON.")
+@wait_options
 @pass_context
 def status_command(
     obj: CliContext,
