@@ -4,30 +4,81 @@ CONTRACT (called by the worker-side result middleware, ``bridge/middleware.py``)
 
 * :func:`dispatch_success` is called after a bridged task succeeded and **before** its
   SUCCESS meta is stored (Celery's order: ``children`` must be known). It publishes each
-  ``link`` callback and the next ``chain`` step as Celery task messages, completes a chord
-  header member's join, and returns the ids of the messages it published (the ``children``).
+  ``link`` callback (several at once as one group, as Celery does) and the next ``chain``
+  step as Celery task messages, completes a chord header member's join, and returns the ids
+  of the tasks it published (the ``children``; a group's or chord header's member ids).
 * :func:`dispatch_failure` is called after a bridged task's final failure was stored. It
-  publishes the ``link_error`` errbacks and stores FAILURE for the remaining chain steps (and a
-  chord's body) so that ``get()`` on a chain raises instead of hanging.
+  counts a chord header member as failed, stores FAILURE for the remaining chain steps (and
+  a chord body in them) so that ``get()`` on a chain raises instead of hanging, then
+  publishes the ``link_error`` errbacks with ``args = (task_id,) + errback.args``.
+* :func:`dispatch_revoked` is called when a bridged task is revoked or expired instead of
+  run: a chord header member still counts (REVOKED), or the chord would never complete.
 
-This file holds the signatures; the implementation is being written (issue 4).
+When a header completes, the member that completes it publishes the chord body with the
+header's results in ``group_index`` order; if a member failed the body is stored as FAILURE
+``ChordError("Dependency <id> raised ...")``, its errbacks run and its chain fails.
+
+:func:`apply_signature` applies plain tasks, groups of plain tasks and chords of those with
+a plain body (what ``chain(a, group(b, c), d)`` becomes). Another shape is logged; where the
+client holds result ids for it (a chain step), they are stored as FAILURE
+``NotImplementedError`` so that the client's ``get()`` raises. Every function may raise
+``BrokerUnavailable`` or ``StoreUnavailable`` (a retry may publish some messages twice, as
+Celery may) and TypeError when a result cannot be JSON-encoded for the next step.
 """
 
 from __future__ import annotations
 
+import logging
+from collections import deque
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 import redis
 
-from bridge.celery_results import RedisResultWriter
+from bridge.celery_results import (
+    FAILURE,
+    REVOKED,
+    SUCCESS,
+    RedisResultWriter,
+    RpcReplyWriter,
+    error_info,
+    failure_meta,
+)
+from bridge.chords import ChordJoin, CompletedHeader, apply_chord, exception_repr
+from bridge.outgoing import (
+    Application,
+    Sender,
+    UnsupportedCanvas,
+    apply_group,
+    clean,
+    task_message,
+    without_none,
+)
+from bridge.outgoing import group_signature as _group_of
 from bridge.task import CeleryTask
+
+__all__ = [
+    "TaskPublisher",
+    "apply_signature",
+    "dispatch_failure",
+    "dispatch_revoked",
+    "dispatch_success",
+]
+
+logger = logging.getLogger("nagatha.bridge.workflows")
 
 
 class TaskPublisher(Protocol):
     """Publishes one Celery task message with publisher confirms (raises BrokerUnavailable)."""
 
     def publish(
-        self, *, exchange: str, routing_key: str, body: bytes, headers: dict[str, Any],
+        self,
+        *,
+        exchange: str,
+        routing_key: str,
+        body: bytes,
+        headers: dict[str, Any],
         properties: dict[str, Any],
     ) -> None: ...
 
@@ -39,9 +90,22 @@ def dispatch_success(
     publisher: TaskPublisher,
     results: RedisResultWriter | None,
     redis_client: redis.Redis | None,
+    rpc: RpcReplyWriter | None = None,
 ) -> list[str]:
     """Publish callbacks and the next chain step; return the child task ids (see module doc)."""
-    return []
+    run = _Run(task, publisher, results, redis_client, rpc)
+    children: list[str] = []
+    options = {"parent_id": task.task_id, "root_id": run.root_id, "priority": None}
+    for sig in _callback_signatures(task.callbacks or []):
+        children += run.apply(sig, (result,), options, what="link callback") or []
+    if task.chain:
+        chain_options = {"chain": task.chain[:-1], **options}
+        step = run.apply(task.chain[-1], (result,), chain_options, what="chain step")
+        if step is None:
+            run.fail_chain(task.chain, _unsupported_info(task.chain[-1]), None)
+        children += step or []
+    run.chord_part(task.task_id, task, SUCCESS, result)
+    return children
 
 
 def dispatch_failure(
@@ -51,6 +115,238 @@ def dispatch_failure(
     publisher: TaskPublisher,
     results: RedisResultWriter | None,
     redis_client: redis.Redis | None,
+    traceback: str | None = None,
+    rpc: RpcReplyWriter | None = None,
 ) -> None:
-    """Publish errbacks and fail the rest of the chain (``error`` as in failure metas)."""
-    return None
+    """Fail the chord part and the rest of the chain, then publish errbacks (module doc).
+
+    ``error`` is the exception info stored for the task (``{"exc_type", "exc_message",
+    "exc_module"}``); ``traceback`` is stored with the chain steps' failures; ``rpc`` also
+    sends those failures to the steps' ``reply_to`` (``rpc://`` clients).
+    """
+    run = _Run(task, publisher, results, redis_client, rpc)
+    run.chord_part(task.task_id, task, FAILURE, error)
+    run.fail_chain(task.chain, error, traceback)
+    run.errbacks(task.errbacks, task.task_id, run.root_id)
+
+
+def dispatch_revoked(
+    task: CeleryTask,
+    reason: str,
+    *,
+    publisher: TaskPublisher,
+    results: RedisResultWriter | None,
+    redis_client: redis.Redis | None,
+) -> None:
+    """Count a revoked or expired chord header member (Celery's ``mark_as_revoked``)."""
+    info = error_info("TaskRevokedError", [reason], "celery.exceptions")
+    _Run(task, publisher, results, redis_client, None).chord_part(task.task_id, task, REVOKED, info)
+
+
+def apply_signature(
+    sig: Mapping[str, Any],
+    args: Sequence[Any] = (),
+    kwargs: Mapping[str, Any] | None = None,
+    options: Mapping[str, Any] | None = None,
+    *,
+    sender: Sender,
+) -> Application:
+    """Return what ``signature(sig).apply_async(args, kwargs, **options)`` publishes.
+
+    Raises:
+        UnsupportedCanvas: a shape other than a plain task, a group of plain tasks or a
+            chord of those with a plain body.
+        ProtocolError: ``sig`` is not a valid serialized signature.
+        TypeError: an argument that kombu's JSON cannot encode.
+    """
+    sig = clean(sig)
+    kind = sig["subtask_type"]
+    if kind is None:
+        message = task_message(sig, args, kwargs, without_none(options), sender=sender)
+        return Application(messages=[message])
+    if kind == "group":
+        return apply_group(sig, args, kwargs, dict(options or {}), sender=sender)
+    if kind == "chord":
+        return apply_chord(sig, args, kwargs, dict(options or {}), sender=sender)
+    raise UnsupportedCanvas(f"a {kind!r} signature ({sig['task']}) cannot be applied here")
+
+
+@dataclass(frozen=True)
+class _Member:
+    """What the chord join needs of a header member (a task, or a failed chain element)."""
+
+    group_id: str | None
+    group_index: int | None
+    chord: Mapping[str, Any] | None
+
+
+class _Run:
+    """The services and identity of one dispatch, and the steps built on them."""
+
+    def __init__(
+        self,
+        task: CeleryTask,
+        publisher: TaskPublisher,
+        results: RedisResultWriter | None,
+        redis_client: redis.Redis | None,
+        rpc: RpcReplyWriter | None,
+    ) -> None:
+        self.task = task
+        self.root_id: str = task.root_id or task.task_id
+        self.sender = Sender(task_id=task.task_id, root_id=self.root_id)
+        self.publisher = publisher
+        self.results = results
+        self.rpc = rpc
+        client = redis_client if redis_client is not None else getattr(results, "client", None)
+        self.join: ChordJoin | None = None
+        if client is not None:
+            self.join = ChordJoin(
+                client,
+                key_prefix=results.key_prefix if results is not None else "",
+                expires_s=results.expires_s if results is not None else 86400,
+            )
+
+    def apply(
+        self, sig: Mapping[str, Any], args: Sequence[Any], options: dict[str, Any], *, what: str
+    ) -> list[str] | None:
+        """Apply ``sig`` and publish it; the published ids, or None if it is unsupported."""
+        try:
+            application = apply_signature(sig, args, None, options, sender=self.sender)
+        except UnsupportedCanvas as exc:
+            logger.error("task %s: %s %s not sent: %s", self.task.task_id, what, sig["task"], exc)
+            return None
+        return self.publish(application)
+
+    def publish(self, application: Application) -> list[str]:
+        """Record the chord sizes, then publish every message in order."""
+        for group_id, size in application.chord_sizes:
+            if self.join is None:
+                logger.error(
+                    "chord %s needs the Redis result backend; it cannot complete", group_id
+                )
+            else:
+                self.join.set_size(group_id, size)
+        for message in application.messages:
+            self.publisher.publish(
+                exchange=message.exchange,
+                routing_key=message.routing_key,
+                body=message.body,
+                headers=message.headers,
+                properties=message.properties,
+            )
+        return application.task_ids
+
+    def errbacks(
+        self, errbacks: Sequence[Mapping[str, Any]] | None, task_id: str, root_id: str
+    ) -> None:
+        """Publish old-style errbacks as one group, like ``Backend._call_task_errbacks``."""
+        if errbacks:
+            options = {"parent_id": task_id, "root_id": root_id}
+            self.apply(_group_of(errbacks), (task_id,), options, what="errback")
+
+    def store_failure(
+        self, options: Mapping[str, Any], info: dict[str, Any], traceback: str | None
+    ) -> None:
+        """Store FAILURE for a frozen signature's id (and tell its rpc client)."""
+        meta = failure_meta(
+            options["task_id"],
+            info,
+            traceback=traceback,
+            group_id=options.get("group_id"),
+            parent_id=options.get("parent_id"),
+        )
+        if self.results is not None:
+            self.results.write(meta)
+        if self.rpc is not None and options.get("reply_to"):
+            self.rpc.write(meta, reply_to=options["reply_to"])
+
+    def fail_chain(
+        self, chain: Sequence[Mapping[str, Any]] | None, info: dict[str, Any], traceback: str | None
+    ) -> None:
+        """``Backend._fail_chain``: every remaining step with an id fails, chord bodies too."""
+        pending = deque(chain or ())
+        while pending:
+            element = pending.popleft()
+            options = element.get("options") or {}
+            if options.get("task_id"):
+                self.store_failure(options, info, traceback)
+                if "chord" in options:
+                    member = _Member(
+                        options.get("group_id"), options.get("group_index"), options["chord"]
+                    )
+                    self.chord_part(options["task_id"], member, FAILURE, info)
+            if element.get("subtask_type") == "chord":
+                body = (element.get("kwargs") or {}).get("body")
+                if isinstance(body, Mapping):
+                    pending.append(body)
+
+    def chord_part(
+        self, task_id: str, member: CeleryTask | _Member, state: str, value: Any
+    ) -> None:
+        """Count a chord header member; the one completing the header dispatches the body."""
+        if member.chord is None or not member.group_id:
+            return
+        if self.join is None:
+            logger.error(
+                "chord %s needs the Redis result backend; it cannot complete", member.group_id
+            )
+            return
+        header = self.join.add_part(
+            group_id=member.group_id,
+            task_id=task_id,
+            group_index=member.group_index,
+            state=state,
+            result=value,
+        )
+        if header is not None:
+            self._dispatch_body(member.chord, header)
+
+    def _dispatch_body(self, body: Mapping[str, Any], header: CompletedHeader) -> None:
+        assert self.join is not None
+        if header.failure is not None:
+            failed_id, info = header.failure
+            try:
+                self.chord_error(body, f"Dependency {failed_id} raised {exception_repr(info)}")
+            finally:
+                self.join.abandon(header)
+            return
+        try:
+            application = apply_signature(body, (header.results,), sender=self.sender)
+        except UnsupportedCanvas as exc:
+            self.join.finish(header)
+            self.chord_error(body, f"Callback error: {exc!r}")
+            return
+        try:
+            self.publish(application)
+        except BaseException:
+            self.join.release(header)  # a retry of this member may claim and publish it
+            raise
+        self.join.finish(header)
+
+    def chord_error(self, body: Mapping[str, Any], message: str) -> None:
+        """``Backend.chord_error_from_stack``: errbacks, FAILURE ChordError, fail the chain."""
+        logger.error("chord body %s failed: %s", body.get("task"), message)
+        options = dict(body.get("options") or {})
+        body_id = options.get("task_id")
+        info = error_info("ChordError", [message], "celery.exceptions")
+        if not body_id:
+            return
+        errbacks = options.get("link_error")
+        self.errbacks([errbacks] if isinstance(errbacks, Mapping) else errbacks, body_id, body_id)
+        self.store_failure({"task_id": body_id}, info, None)
+        self.fail_chain(options.get("chain"), info, None)
+
+
+def _callback_signatures(callbacks: Sequence[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
+    """Celery sends several callbacks as their groups plus one group of the rest."""
+    if len(callbacks) <= 1:
+        return list(callbacks)
+    groups = [sig for sig in callbacks if sig.get("subtask_type") == "group"]
+    rest = [sig for sig in callbacks if sig.get("subtask_type") != "group"]
+    return groups + ([_group_of(rest)] if rest else [])
+
+
+def _unsupported_info(sig: Mapping[str, Any]) -> dict[str, Any]:
+    kind = sig.get("subtask_type") or "task"
+    text = f"the nagatha Celery bridge cannot run this {kind} signature ({sig.get('task')})"
+    return error_info("NotImplementedError", [text], "builtins")

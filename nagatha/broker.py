@@ -17,7 +17,7 @@ from dramatiq.middleware import (
     TimeLimit,
 )
 
-from nagatha.config import BrokerConfig, FrameworkConfig
+from nagatha.config import MEMORY_URL, BrokerConfig, FrameworkConfig
 from nagatha.middleware.status import StatusMiddleware
 from nagatha.stores import StatusStore
 
@@ -51,8 +51,20 @@ def build_middleware(config: FrameworkConfig, store: StatusStore) -> list[dramat
     ``StatusMiddleware`` sits *before* ``Retries``: Dramatiq calls ``after_*`` hooks in reverse
     order, so the status hook runs after ``Retries`` has decided whether the attempt was the
     last one (``message.failed``) and can write ``retrying`` or ``failure`` accordingly.
+
+    ``CeleryResultsMiddleware`` (Celery bridge; only when results live in Redis, not
+    ``memory://``) sits just *before* ``StatusMiddleware``: ``before_*`` hooks run in list
+    order, so its check for a revoked or expired Celery task raises ``SkipMessage`` before the
+    status hook records ``started`` (a task that never runs never looks started); its
+    ``after_*`` hooks run last, after ``Retries`` decided and after the hub record is final, so
+    a Celery client is answered only once ``/tasks/{id}`` shows the same outcome.
     """
     worker = config.worker
+    celery: list[dramatiq.Middleware] = []
+    if config.results.url != MEMORY_URL:
+        from bridge.middleware import CeleryResultsMiddleware
+
+        celery.append(CeleryResultsMiddleware(config, store))
     return [
         AgeLimit(),
         TimeLimit(time_limit=worker.time_limit),
@@ -60,6 +72,7 @@ def build_middleware(config: FrameworkConfig, store: StatusStore) -> list[dramat
         Callbacks(),
         Pipelines(),
         CurrentMessage(),
+        *celery,
         StatusMiddleware(store),
         Retries(
             max_retries=worker.max_retries,

@@ -268,6 +268,7 @@ class TaskRegistry:
             not QUEUE_NAME.fullmatch(queue)
             or queue.endswith((".DQ", ".XQ"))
             or queue in self.config.bridge.queues
+            or queue == self.config.bridge.dead_letter_queue
         ):
             raise ModuleLoadError(f"task {full!r}: invalid queue name {queue!r}")
         # A time limit is final: retrying a task that ran out of time would only run out again.

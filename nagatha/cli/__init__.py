@@ -37,8 +37,11 @@ class HubGroup(click.Group):
             if obj is not None and obj.debug:
                 raise
             logging.getLogger("nagatha.cli").debug("unexpected error", exc_info=True)
-            click.echo(f"error: unexpected {type(exc).__name__}: {exc} "
-                       "(run with --debug for the traceback)", err=True)
+            click.echo(
+                f"error: unexpected {type(exc).__name__}: {exc} "
+                "(run with --debug for the traceback)",
+                err=True,
+            )
             ctx.exit(EXIT_TASK_FAILED)
 
 
@@ -59,9 +62,9 @@ def cli(ctx: click.Context, config_file: str | None, debug: bool) -> None:
 
 
 def _register_commands() -> None:
-    from nagatha.cli import info, tasks, worker
+    from nagatha.cli import bridge, info, serve, tasks, worker
 
-    for module in (tasks, info, worker):
+    for module in (tasks, info, worker, serve, bridge):
         for command in module.COMMANDS:
             cli.add_command(command)
 

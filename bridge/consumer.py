@@ -1,0 +1,219 @@
+"""``nagatha bridge``: consume Celery queues and hand each task to the hub's Dramatiq workers.
+
+The bridge holds one pika connection of its own for consuming. On it, it declares
+
+* each Celery queue exactly as a Celery client or worker does (durable, no arguments, bound
+  to the durable ``celery`` direct exchange with the queue name as routing key), so that
+  neither side ever meets ``PRECONDITION_FAILED``;
+* its dead-letter queue (``bridge.dead_letter_queue``);
+* its control queue (:mod:`bridge.pidbox`), for ``ping`` and ``revoke``.
+
+Each delivery goes through :class:`bridge.intake.Intake`; the Celery message is acked only
+after everything the intake wrote was confirmed (the Dramatiq message by RabbitMQ, records by
+Redis). Killed at any point, the bridge loses nothing: unacked messages are delivered again
+(a task may then be enqueued twice; its Celery result is written once).
+
+When RabbitMQ or Redis goes away the connection is dropped (RabbitMQ requeues what was not
+acked) and made again with exponential backoff. SIGTERM/SIGINT stop it gracefully: the message
+in hand is finished, the prefetched rest is handed back.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import signal
+import threading
+import time
+from collections.abc import Sequence
+from types import FrameType
+from typing import Any, Final
+
+import pika
+import pika.exceptions
+from pika.adapters.blocking_connection import BlockingChannel
+from pika.spec import Basic
+
+from bridge.answers import build_answers, build_revocations
+from bridge.dead_letters import DeadLetters, declare_dead_letter_queue
+from bridge.intake import Intake
+from bridge.pidbox import Pidbox, Revoker, default_node_name
+from bridge.publisher import ConfirmedPublisher
+from nagatha.broker import amqp_url
+from nagatha.config import FrameworkConfig
+from nagatha.errors import ConfigError, ServiceUnavailable
+from nagatha.registry import TaskRegistry
+
+__all__ = ["CELERY_EXCHANGE", "Bridge", "run_bridge"]
+
+logger = logging.getLogger("nagatha.bridge")
+
+#: Celery's default exchange (``task_default_exchange``), direct and durable.
+CELERY_EXCHANGE: Final = "celery"
+#: Seconds before the first reconnect; doubles up to the cap, back to the first once a
+#: connection handled a message or lived longer than the cap.
+RECONNECT_FIRST_S, RECONNECT_CAP_S = 0.5, 30.0
+#: Longest time (s) the loop waits for deliveries before checking for a stop request.
+POLL_S: Final = 1.0
+
+_CONNECTION_ERRORS: Final = (pika.exceptions.AMQPError, ServiceUnavailable, OSError)
+
+
+class Bridge:
+    """The consumer loop: ``run()`` until ``stop()`` (callable from a signal handler)."""
+
+    def __init__(
+        self,
+        config: FrameworkConfig,
+        registry: TaskRegistry,
+        *,
+        queues: Sequence[str] | None = None,
+        node_name: str | None = None,
+    ) -> None:
+        self.config = config
+        self.queues = list(queues or config.bridge.queues)
+        self.url = amqp_url(config.broker)
+        self.publisher = ConfirmedPublisher(self.url)
+        answers = build_answers(config, registry.store, self.publisher)
+        revocations = build_revocations(config)
+        self.intake = Intake(
+            registry,
+            answers=answers,
+            revocations=revocations,
+            dead_letters=DeadLetters(self.publisher, config.bridge.dead_letter_queue),
+            publisher=self.publisher,
+            max_body_bytes=config.bridge.max_message_bytes,
+        )
+        self.pidbox = Pidbox(node_name or default_node_name(), Revoker(revocations, answers).revoke)
+        self._stop = threading.Event()
+        self._handled = 0
+
+    @property
+    def node_name(self) -> str:
+        """The Celery node name the bridge answers ``ping`` with."""
+        return self.pidbox.node_name
+
+    def stop(self, signum: int | None = None, frame: FrameType | None = None) -> None:
+        """Ask the loop to finish the message in hand and return (idempotent)."""
+        self._stop.set()
+
+    def run(self) -> int:
+        """Consume until :meth:`stop`, reconnecting after failures; return an exit code (0)."""
+        delay = RECONNECT_FIRST_S
+        while not self._stop.is_set():
+            started, handled = time.monotonic(), self._handled
+            try:
+                self._session()
+            except _CONNECTION_ERRORS as exc:
+                if self._stop.is_set():
+                    break
+                if self._handled > handled or time.monotonic() - started > RECONNECT_CAP_S:
+                    delay = RECONNECT_FIRST_S
+                logger.error(
+                    "bridge connection lost (%s: %s); reconnecting in %gs",
+                    type(exc).__name__,
+                    exc,
+                    delay,
+                )
+                self._stop.wait(delay)
+                delay = min(delay * 2, RECONNECT_CAP_S)
+        self.publisher.close_all()
+        logger.info("bridge %s stopped", self.node_name)
+        return 0
+
+    def _session(self) -> None:
+        """One connection's life: declare, consume until stopped, close (requeues the rest)."""
+        connection = pika.BlockingConnection(pika.URLParameters(self.url))
+        try:
+            channel = connection.channel()
+            channel.add_on_cancel_callback(_on_cancelled)
+            self._declare(channel)
+            channel.basic_qos(prefetch_count=self.config.bridge.prefetch)
+            for queue in self.queues:
+                channel.basic_consume(queue, functools.partial(self._on_delivery, queue))
+            channel.basic_consume(
+                self.pidbox.declare(channel), self.pidbox.on_message, auto_ack=True
+            )
+            logger.info(
+                "bridge %s consuming %s (prefetch %d)",
+                self.node_name,
+                ", ".join(self.queues),
+                self.config.bridge.prefetch,
+            )
+            while not self._stop.is_set():
+                connection.process_data_events(time_limit=POLL_S)
+        finally:
+            _close_quietly(connection)
+
+    def _declare(self, channel: BlockingChannel) -> None:
+        channel.exchange_declare(CELERY_EXCHANGE, exchange_type="direct", durable=True)
+        for queue in self.queues:
+            channel.queue_declare(queue, durable=True)
+            channel.queue_bind(queue, CELERY_EXCHANGE, routing_key=queue)
+        declare_dead_letter_queue(channel, self.config.bridge.dead_letter_queue)
+
+    def _on_delivery(
+        self,
+        queue: str,
+        channel: BlockingChannel,
+        method: Basic.Deliver,
+        properties: pika.BasicProperties,
+        body: bytes,
+    ) -> None:
+        if self._stop.is_set():
+            return  # not acked: RabbitMQ hands it back when the connection closes
+        try:
+            outcome = self.intake.handle(queue, body, properties)
+        except _CONNECTION_ERRORS:
+            raise
+        except Exception as exc:  # a bug of ours must not stop the bridge or loop forever
+            logger.exception("message from %s could not be handled", queue)
+            self.intake.dead_letters.put(
+                body=body,
+                properties=properties,
+                reason=f"bridge error: {type(exc).__name__}: {exc}",
+                source_queue=queue,
+            )
+            outcome = "dead-lettered"
+        channel.basic_ack(method.delivery_tag)
+        self._handled += 1
+        logger.debug("message %s from %s: %s", method.delivery_tag, queue, outcome)
+
+
+def _on_cancelled(method: Any) -> None:
+    """RabbitMQ cancelled a consumer (its queue was deleted): reconnect, which redeclares."""
+    raise pika.exceptions.ConsumerCancelled(f"RabbitMQ cancelled a consumer: {method!r}")
+
+
+def _close_quietly(connection: pika.BlockingConnection) -> None:
+    try:
+        if connection.is_open:
+            connection.close()
+    except Exception:  # the connection may already be broken in any way pika knows
+        logger.debug("closing the bridge connection failed", exc_info=True)
+
+
+def run_bridge(config: FrameworkConfig, *, queues: Sequence[str] | None = None) -> int:
+    """Build the hub (every enabled module) and run a bridge until SIGTERM/SIGINT.
+
+    Raises:
+        ConfigError: a chosen Celery queue is also a hub task queue.
+    """
+    from nagatha.hub import create_hub
+
+    registry = create_hub(config)
+    chosen = list(queues or config.bridge.queues)
+    clashes = sorted({task.queue for task in registry.list_tasks()} & set(chosen))
+    if clashes:
+        raise ConfigError(
+            f"queue {', '.join(clashes)} is a hub task queue: Dramatiq declares those with other "
+            "arguments than Celery, choose another Celery queue"
+        )
+    bridge = Bridge(config, registry, queues=chosen)
+    signal.signal(signal.SIGTERM, bridge.stop)
+    signal.signal(signal.SIGINT, bridge.stop)
+    try:
+        return bridge.run()
+    finally:
+        registry.broker.close()
+        registry.store.close()

@@ -1,0 +1,357 @@
+"""Worker side of the bridge: answer the Celery client of every task that came through it.
+
+:class:`CeleryResultsMiddleware` acts only on messages whose options carry ``"celery"`` (set
+by :mod:`bridge.intake`); every other message passes untouched.
+
+=========================  ==================================================================
+hook                       what it does
+=========================  ==================================================================
+before_process_message     revoked or expired → REVOKED answered, hub record ``failure`` with
+                           the reason, :func:`bridge.workflows.dispatch_revoked` (a chord
+                           member still counts), ``SkipMessage`` (the task does not run; the
+                           message is acked); else STARTED when ``bridge.track_started``
+after_process_message      success → :func:`bridge.workflows.dispatch_success` (its ids are
+                           the ``children``), then SUCCESS; a retry to come → RETRY; the final
+                           failure → FAILURE, then :func:`bridge.workflows.dispatch_failure`
+after_nack                 FAILURE for a message no worker thread answered (no such actor on
+                           this worker); REVOKED ``expired`` when the task's ``max_age``
+                           passed
+=========================  ==================================================================
+
+Answers go to the Redis result backend and, with ``bridge.rpc_replies``, to the message's
+``reply_to``; with ``ignore_result`` nothing is stored (workflows still run). Final answers
+and workflow steps are held (retried) while Redis or RabbitMQ is unreachable.
+
+It must sit *before* :class:`~nagatha.middleware.status.StatusMiddleware` in the broker's
+list (see :func:`nagatha.broker.build_middleware`).
+
+Arguments reach hub tasks as the JSON they travelled as: kombu's ``{"__type__", "__value__"}``
+envelopes for datetimes, decimals, UUIDs and bytes are not decoded (hub tasks take JSON), and
+a result holding such an envelope reaches the client as the original type.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import socket
+import threading
+import time
+import weakref
+from collections.abc import Callable
+from typing import Any, Final
+
+import dramatiq
+from dramatiq.errors import ActorNotFound
+from dramatiq.middleware import SkipMessage
+
+from bridge import workflows
+from bridge.answers import Answers, build_answers, build_revocations, client_error_info
+from bridge.answers import format_traceback as traceback_of
+from bridge.celery_results import (
+    error_info,
+    failure_meta,
+    retry_meta,
+    revoked_meta,
+    started_meta,
+    success_meta,
+)
+from bridge.publisher import ConfirmedPublisher
+from bridge.task import CeleryTask
+from nagatha.broker import amqp_url
+from nagatha.config import FrameworkConfig
+from nagatha.errors import NagathaError, ServiceUnavailable
+from nagatha.stores import StatusStore
+from nagatha.types import utcnow
+
+__all__ = ["CeleryResultsMiddleware"]
+
+logger = logging.getLogger("nagatha.bridge")
+
+#: Seconds between attempts at a final answer while a service is down (doubles, capped).
+RETRY_FIRST_S, RETRY_CAP_S = 0.2, 5.0
+_HUB_REASONS: Final = {
+    "expired": "TaskRevokedError: expired (its expires time had passed before it could run)",
+    "revoked": "TaskRevokedError: revoked by a Celery client before it ran",
+}
+
+
+class CeleryResultsMiddleware(dramatiq.Middleware):
+    """Write Celery states for bridged tasks (see the module docstring)."""
+
+    def __init__(
+        self,
+        config: FrameworkConfig,
+        store: StatusStore,
+        *,
+        publisher: ConfirmedPublisher | None = None,
+    ) -> None:
+        self.publisher = publisher or ConfirmedPublisher(amqp_url(config.broker))
+        self.answers: Answers = build_answers(config, store, self.publisher)
+        self.revocations = build_revocations(config)
+        self.track_started = config.bridge.track_started
+        self.hostname = f"nagatha@{socket.gethostname()}"
+        # Deliveries whose outcome was answered on a worker thread, by id() of their proxy;
+        # after_nack answers the rest. Weak values: an entry goes with its delivery, so a
+        # reused id() cannot match (proxies define __eq__ and cannot be hashed themselves).
+        self._answered: weakref.WeakValueDictionary[int, Any] = weakref.WeakValueDictionary()
+        self._lock = threading.Lock()
+        self._single_attempt = threading.local()  # set while a hook must not hold (see _hold)
+
+    # -- hooks ---------------------------------------------------------------------------
+
+    def after_worker_shutdown(self, broker: dramatiq.Broker, worker: dramatiq.Worker) -> None:
+        self.publisher.close_all()
+
+    def before_process_message(
+        self, broker: dramatiq.Broker, message: dramatiq.MessageProxy
+    ) -> None:
+        task = _task_of(message)
+        if task is None:
+            return
+        reason = self._discard_reason(task)
+        if reason is not None:
+            self._discard(task, reason)
+            raise SkipMessage(f"Celery task {reason}")
+        if self.track_started and not task.ignore_result:
+            meta = started_meta(
+                task.task_id,
+                pid=os.getpid(),
+                hostname=self.hostname,
+                group_id=task.group_id,
+                parent_id=task.parent_id,
+            )
+            self._send(task, meta, final=False)
+
+    def after_process_message(
+        self,
+        broker: dramatiq.Broker,
+        message: dramatiq.MessageProxy,
+        *,
+        result: Any = None,
+        exception: BaseException | None = None,
+    ) -> None:
+        task = _task_of(message)
+        if task is None:
+            return
+        if exception is None:
+            problem = _unstorable(result)
+            if problem is None:
+                self._mark_answered(message)
+                self._succeed(task, result)
+                return
+            exception = problem
+        if not message.failed and not isinstance(exception, _ResultError):
+            if not task.ignore_result:
+                meta = retry_meta(
+                    task.task_id,
+                    client_error_info(exception),
+                    traceback=traceback_of(exception),
+                    group_id=task.group_id,
+                    parent_id=task.parent_id,
+                )
+                self._send(task, meta, final=False)
+            return
+        self._mark_answered(message)
+        info = client_error_info(exception, time_limit_ms=message.options.get("time_limit"))
+        self._fail(task, info, traceback_of(exception))
+
+    def after_nack(self, broker: dramatiq.Broker, message: dramatiq.MessageProxy) -> None:
+        task = _task_of(message)
+        if task is None:
+            return
+        with self._lock:
+            if self._answered.get(id(message)) is message:
+                return
+        # Runs on the consumer thread, which must not block: one attempt at each write.
+        self._single_attempt.active = True
+        try:
+            exception = getattr(message, "_exception", None)
+            if isinstance(exception, SkipMessage):  # the task's max_age passed (AgeLimit)
+                self._discard(task, "expired")
+                return
+            if isinstance(exception, ActorNotFound):
+                info = error_info("NotRegistered", [task.task_name], "celery.exceptions")
+            elif exception is not None:
+                info = client_error_info(exception)
+            else:
+                info = error_info("RuntimeError", ["the hub rejected the task"])
+            self._fail(task, info, None)
+        finally:
+            self._single_attempt.active = False
+
+    # -- outcomes ------------------------------------------------------------------------
+
+    def _discard_reason(self, task: CeleryTask) -> str | None:
+        if task.expires is not None and task.expires <= utcnow():
+            return "expired"
+        try:
+            if self.revocations.is_revoked(task.task_id):
+                return "revoked"
+        except ServiceUnavailable as exc:
+            logger.warning("task %s: revoke check skipped (%s); running it", task.task_id, exc)
+        return None
+
+    def _discard(self, task: CeleryTask, reason: str) -> None:
+        """Answer REVOKED, fail the hub record, count a chord member: the task is not run."""
+        logger.warning("task %s %s not run: %s", task.task_id, task.task_name, reason)
+        self._hold(
+            task,
+            "hub record",
+            lambda: self.answers.hub_failure(
+                task.task_id, task_name=task.task_name, error=_HUB_REASONS[reason]
+            ),
+        )
+        if not task.ignore_result:
+            meta = revoked_meta(
+                task.task_id, reason, group_id=task.group_id, parent_id=task.parent_id
+            )
+            self._send(task, meta, final=True)
+        self._workflow(
+            task, lambda: workflows.dispatch_revoked(task, reason, **self._workflow_kwargs())
+        )
+
+    def _succeed(self, task: CeleryTask, result: Any) -> None:
+        children, error = self._workflow(
+            task,
+            lambda: workflows.dispatch_success(
+                task, result, rpc=self.answers.replies, **self._workflow_kwargs()
+            ),
+        )
+        if error is not None:  # the next steps could not be sent: a failure, as in Celery
+            self._fail(task, client_error_info(error), traceback_of(error))
+            return
+        if not task.ignore_result:
+            meta = success_meta(
+                task.task_id,
+                result,
+                children=[[[child, None], None] for child in children or []],
+                group_id=task.group_id,
+                parent_id=task.parent_id,
+            )
+            self._send(task, meta, final=True)
+
+    def _fail(self, task: CeleryTask, info: dict[str, Any], traceback: str | None) -> None:
+        """Answer FAILURE, then fail the workflow (chain, chord, errbacks)."""
+        if not task.ignore_result:
+            meta = failure_meta(
+                task.task_id,
+                info,
+                traceback=traceback,
+                group_id=task.group_id,
+                parent_id=task.parent_id,
+            )
+            self._send(task, meta, final=True)
+        self._workflow(
+            task,
+            lambda: workflows.dispatch_failure(
+                task,
+                info,
+                traceback=traceback,
+                rpc=self.answers.replies,
+                **self._workflow_kwargs(),
+            ),
+        )
+
+    # -- delivery ------------------------------------------------------------------------
+
+    def _workflow_kwargs(self) -> dict[str, Any]:
+        results = self.answers.results
+        return {
+            "publisher": self.publisher,
+            "results": results,
+            "redis_client": results.client if results is not None else None,
+        }
+
+    def _workflow(
+        self, task: CeleryTask, dispatch: Callable[[], Any]
+    ) -> tuple[Any, Exception | None]:
+        """Run a workflow dispatch, held while services are down; (its result, its error)."""
+        try:
+            return self._hold(task, "workflow", dispatch, reraise=True), None
+        except Exception as exc:  # a workflow error must not lose the task's own answer
+            logger.exception("task %s %s: workflow dispatch failed", task.task_id, task.task_name)
+            return None, exc
+
+    def _send(self, task: CeleryTask, meta: dict[str, Any], *, final: bool) -> None:
+        """Store ``meta`` and reply to an rpc client; final answers are held until written."""
+        state = meta["status"]
+        if not final:
+            try:
+                self.answers.celery(
+                    meta, reply_to=task.reply_to, correlation_id=task.correlation_id
+                )
+            except (NagathaError, TypeError, ValueError) as exc:
+                logger.warning("task %s: %s not written: %s", task.task_id, state, exc)
+            return
+        fresh = self._hold(task, state, lambda: self.answers.store_meta(meta))
+        if fresh is False:
+            return  # a duplicate delivery: the client was answered already
+        self._hold(
+            task,
+            f"{state} reply",
+            lambda: self.answers.reply(
+                meta, reply_to=task.reply_to, correlation_id=task.correlation_id
+            ),
+        )
+
+    def _hold(
+        self, task: CeleryTask, what: str, write: Callable[[], Any], *, reraise: bool = False
+    ) -> Any:
+        """Call ``write`` until Redis and RabbitMQ take it; return its result.
+
+        Services down: retried with backoff for as long as the process lives, like the hub's
+        final status writes (``nagatha/middleware/status.py``): giving up would let Dramatiq
+        ack the message with its client never answered; a worker stopped meanwhile exits
+        without the ack and the message is delivered again. On the consumer thread
+        (``after_nack``) there is one attempt only. Data that cannot be encoded
+        (TypeError/ValueError) is logged and dropped, or raised with ``reraise``.
+        """
+        delay = RETRY_FIRST_S
+        while True:
+            try:
+                return write()
+            except ServiceUnavailable as exc:
+                if getattr(self._single_attempt, "active", False):
+                    logger.error("task %s: %s not written: %s", task.task_id, what, exc)
+                    if reraise:
+                        raise
+                    return None
+                logger.warning("task %s: holding %s: %s", task.task_id, what, exc)
+                time.sleep(delay)
+                delay = min(delay * 2, RETRY_CAP_S)
+            except (TypeError, ValueError) as exc:
+                if reraise:
+                    raise
+                logger.error("task %s: %s cannot be written: %s", task.task_id, what, exc)
+                return None
+
+    def _mark_answered(self, message: dramatiq.MessageProxy) -> None:
+        with self._lock:
+            self._answered[id(message)] = message
+
+
+class _ResultError(TypeError):
+    """The task returned a value that cannot be stored (not JSON): a final failure."""
+
+
+def _unstorable(result: Any) -> _ResultError | None:
+    """Return the error of a result the hub cannot store (plain JSON, no NaN), or None."""
+    try:
+        json.dumps(result, allow_nan=False)
+    except (TypeError, ValueError) as exc:
+        return _ResultError(f"the result ({type(result).__name__}) is not JSON-serializable: {exc}")
+    return None
+
+
+def _task_of(message: dramatiq.MessageProxy) -> CeleryTask | None:
+    """Return the Celery task a message carries, or None for a message not bridged."""
+    options = message.options.get("celery")
+    if options is None:
+        return None
+    try:
+        return CeleryTask.from_options(options, args=message.args, kwargs=message.kwargs)
+    except NagathaError as exc:
+        logger.error("message %s: unreadable Celery options: %s", message.message_id, exc)
+        return None

@@ -1,0 +1,277 @@
+"""Unmodified Celery clients call hub tasks through ``nagatha bridge``.
+
+The client is the real ``celery`` package; the server side is ``nagatha worker`` and
+``nagatha bridge`` subprocesses on a vhost and Redis prefix of this module's own (one stack
+for the module: starting processes is the slow part). No Celery worker runs anywhere.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from billiard.exceptions import TimeLimitExceeded
+from bridge_stack import CeleryClient, HubStack, hub_stack
+from celery.exceptions import NotRegistered, TaskRevokedError
+from dramatiq.middleware import Retries
+from kombu.exceptions import ContentDisallowed
+
+from bridge.middleware import CeleryResultsMiddleware
+from nagatha.hub import create_hub
+from nagatha.middleware.status import StatusMiddleware
+from nagatha.testing import HubProcess, wait_until
+from nagatha.types import TaskStatus
+
+pytestmark = pytest.mark.integration
+
+#: Generous: two cores shared with other test runs.
+GET_TIMEOUT = 60
+
+
+@pytest.fixture(scope="module")
+def stack(
+    rabbitmq: None, redis_server: None, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[HubStack]:
+    """A vhost and Redis prefix for this module; its processes are stopped at the end."""
+    with hub_stack(tmp_path_factory.mktemp("bridge")) as created:
+        yield created
+
+
+@pytest.fixture(scope="module")
+def worker(stack: HubStack) -> HubProcess:
+    """A running ``nagatha worker`` storing STARTED; ``diagnostics.fail`` retries once."""
+    settings = stack.workdir / "worker.yaml"
+    settings.write_text(
+        "modules:\n  settings:\n    diagnostics:\n      tasks:\n        fail:\n"
+        "          {max_retries: 1, min_backoff: 1500, max_backoff: 1500}\n"
+    )
+    return stack.start_worker(NAGATHA_BRIDGE_TRACK_STARTED="true", NAGATHA_CONFIG=str(settings))
+
+
+@pytest.fixture(scope="module")
+def bridge(stack: HubStack) -> HubProcess:
+    """A running ``nagatha bridge`` on the default ``celery`` queue."""
+    return stack.start_bridge()
+
+
+@pytest.fixture
+def client(stack: HubStack, worker: HubProcess, bridge: HubProcess) -> Iterator[CeleryClient]:
+    """A Celery app with the Redis result backend, as a service would configure it."""
+    created = CeleryClient(stack)
+    yield created
+    created.close()
+
+
+def test_celery_results_middleware_runs_its_before_hooks_before_the_status_hooks(
+    stack: HubStack,
+) -> None:
+    kinds = [type(m) for m in create_hub(stack.config, load_modules=False).broker.middleware]
+    assert kinds.index(CeleryResultsMiddleware) + 1 == kinds.index(StatusMiddleware)
+    assert kinds.index(StatusMiddleware) < kinds.index(Retries)
+
+
+# --- calling tasks ----------------------------------------------------------------------------
+
+
+def test_send_task_with_kwargs_returns_the_task_result(client: CeleryClient) -> None:
+    result = client.send("echo_bot.echo", kwargs={"message": {"a": [1, 2.5, None, True]}})
+    assert result.get(timeout=GET_TIMEOUT) == {"a": [1, 2.5, None, True]}
+    assert result.state == "SUCCESS"
+
+
+def test_send_task_with_positional_args(client: CeleryClient) -> None:
+    assert client.send("diagnostics.add", args=[2, 3]).get(timeout=GET_TIMEOUT) == 5
+
+
+def test_non_ascii_text_round_trips_unchanged(client: CeleryClient) -> None:
+    text = "héllo wörld ✓ 日本語 🚀"
+    assert client.send("echo_bot.echo", kwargs={"message": text}).get(timeout=GET_TIMEOUT) == text
+
+
+def test_a_client_chosen_task_id_is_the_hub_task_id(client: CeleryClient, stack: HubStack) -> None:
+    task_id = client.new_id()
+    result = client.send("diagnostics.add", kwargs={"x": 1, "y": 2}, task_id=task_id)
+    assert result.id == task_id
+    assert result.get(timeout=GET_TIMEOUT) == 3
+    record = stack.record(task_id)
+    assert record is not None and record.status is TaskStatus.SUCCESS
+    assert (record.task_name, record.kwargs, record.result) == (
+        "diagnostics.add",
+        {"x": 1, "y": 2},
+        3,
+    )
+
+
+def test_a_protocol_1_client_is_understood(
+    stack: HubStack, worker: HubProcess, bridge: HubProcess
+) -> None:
+    client = CeleryClient(stack, task_protocol=1)
+    try:
+        result = client.send("echo_bot.echo", kwargs={"message": "v1"})
+        assert result.get(timeout=GET_TIMEOUT) == "v1"
+    finally:
+        client.close()
+
+
+def test_msgpack_serialized_tasks_are_understood(client: CeleryClient) -> None:
+    result = client.send("diagnostics.add", args=[20, 22], serializer="msgpack")
+    assert result.get(timeout=GET_TIMEOUT) == 42
+
+
+def test_countdown_is_honoured(client: CeleryClient, stack: HubStack) -> None:
+    sent_at = datetime.now(UTC)
+    result = client.send("echo_bot.echo", kwargs={"message": "later"}, countdown=2)
+    assert result.get(timeout=GET_TIMEOUT) == "later"
+    record = stack.record(result.id)
+    assert record is not None and record.started_at is not None
+    # The client's eta is its clock at sending + 2 s, so at least sent_at + 2 s.
+    assert record.started_at >= sent_at + timedelta(seconds=2)
+
+
+def test_started_is_visible_when_track_started_is_on(client: CeleryClient) -> None:
+    result = client.send("diagnostics.sleep", kwargs={"seconds": 3})
+    state = wait_until(
+        lambda: result.state != "PENDING" and result.state, GET_TIMEOUT, interval=0.02
+    )
+    assert state == "STARTED"
+    assert result.info["hostname"].startswith("nagatha@") and result.info["pid"] > 0
+    assert result.get(timeout=GET_TIMEOUT) == 3
+
+
+def test_ignore_result_stores_nothing_for_the_client(client: CeleryClient, stack: HubStack) -> None:
+    result = client.send("echo_bot.echo", kwargs={"message": "x"}, ignore_result=True)
+    assert stack.final_record(result.id).status is TaskStatus.SUCCESS
+    assert client.app.backend.client.exists(f"celery-task-meta-{result.id}") == 0
+
+
+# --- failures ---------------------------------------------------------------------------------
+
+
+def test_a_failing_task_raises_with_its_message(client: CeleryClient) -> None:
+    result = client.send("diagnostics.fail", kwargs={"message": "kaputt on purpose"})
+    with pytest.raises(Exception, match="kaputt on purpose") as caught:
+        result.get(timeout=GET_TIMEOUT)
+    # The hub's own exception class is not importable by clients: its builtin base arrives,
+    # and the traceback names the real one.
+    assert type(caught.value) is Exception
+    assert result.state == "FAILURE"
+    assert "DiagnosticFailure: kaputt on purpose" in (result.traceback or "")
+
+
+def test_a_retry_of_the_hub_task_shows_as_retry_before_the_failure(
+    client: CeleryClient,
+) -> None:
+    result = client.send("diagnostics.fail", kwargs={"message": "once more"})
+    wait_until(lambda: result.state == "RETRY", GET_TIMEOUT, interval=0.02, message="RETRY")
+    assert str(result.info) == "once more"
+    with pytest.raises(Exception, match="once more"):
+        result.get(timeout=GET_TIMEOUT)
+    assert result.state == "FAILURE"
+
+
+def test_an_unknown_task_raises_not_registered(client: CeleryClient, stack: HubStack) -> None:
+    result = client.send("nope.missing", kwargs={"a": 1})
+    with pytest.raises(NotRegistered, match="nope.missing"):
+        result.get(timeout=GET_TIMEOUT)
+    record = stack.final_record(result.id)
+    assert record.status is TaskStatus.FAILURE and "NotRegistered" in (record.error or "")
+
+
+def test_arguments_that_do_not_fit_raise_type_error(client: CeleryClient) -> None:
+    result = client.send("echo_bot.echo", kwargs={"wrong": 1})
+    with pytest.raises(TypeError, match="wrong"):
+        result.get(timeout=GET_TIMEOUT)
+
+
+def test_a_task_over_its_time_limit_raises_time_limit_exceeded(client: CeleryClient) -> None:
+    result = client.send("diagnostics.sleep", kwargs={"seconds": 30}, time_limit=1)
+    with pytest.raises(TimeLimitExceeded):
+        result.get(timeout=GET_TIMEOUT)
+
+
+def test_an_already_expired_task_raises_revoked_and_never_runs(
+    client: CeleryClient, stack: HubStack
+) -> None:
+    expired = datetime.now(UTC) - timedelta(seconds=5)
+    result = client.send("echo_bot.echo", kwargs={"message": "too late"}, expires=expired)
+    with pytest.raises(TaskRevokedError, match="expired"):
+        result.get(timeout=GET_TIMEOUT)
+    record = stack.final_record(result.id)
+    assert record.status is TaskStatus.FAILURE and record.started_at is None
+    assert "expired" in (record.error or "")
+
+
+def test_a_task_that_expires_while_delayed_is_revoked_by_the_worker(
+    client: CeleryClient, stack: HubStack, worker: HubProcess
+) -> None:
+    result = client.send("echo_bot.echo", kwargs={"message": "x"}, countdown=2, expires=1)
+    with pytest.raises(TaskRevokedError, match="expired"):
+        result.get(timeout=GET_TIMEOUT)
+    worker.wait_for_log(rf"task {re.escape(result.id)} echo_bot.echo not run: expired", 30)
+    assert stack.final_record(result.id).started_at is None
+
+
+def test_a_pickled_task_is_refused_with_a_failure_not_a_hang(client: CeleryClient) -> None:
+    result = client.send("echo_bot.echo", kwargs={"message": "x"}, serializer="pickle")
+    with pytest.raises(ContentDisallowed, match="pickle"):
+        result.get(timeout=GET_TIMEOUT)
+
+
+# --- revoke and control -----------------------------------------------------------------------
+
+
+def test_revoking_a_delayed_task_means_it_never_runs(
+    client: CeleryClient, stack: HubStack, worker: HubProcess
+) -> None:
+    result = client.send("echo_bot.echo", kwargs={"message": "never"}, countdown=3)
+    wait_until(lambda: stack.record(result.id), GET_TIMEOUT, message="the bridge took the task")
+    result.revoke()
+    with pytest.raises(TaskRevokedError, match="revoked"):
+        result.get(timeout=GET_TIMEOUT)
+    # When its eta comes, the worker discards it.
+    worker.wait_for_log(rf"task {re.escape(result.id)} echo_bot.echo not run: revoked", 30)
+    record = stack.final_record(result.id)
+    assert record.status is TaskStatus.FAILURE and record.started_at is None
+    assert "revoked" in (record.error or "")
+
+
+def test_control_ping_lists_the_bridge_as_a_node(client: CeleryClient, bridge: HubProcess) -> None:
+    node = bridge.wait_for_log(r"bridge (\S+) consuming").group(1)
+    replies = client.app.control.ping(timeout=5)
+    assert {node: {"ok": "pong"}} in replies
+
+
+# --- rpc:// backend ---------------------------------------------------------------------------
+
+
+def test_the_rpc_backend_gets_results_and_failures(
+    stack: HubStack, worker: HubProcess, bridge: HubProcess
+) -> None:
+    client = CeleryClient(stack, backend="rpc://")
+    try:
+        ok = client.send("echo_bot.echo", kwargs={"message": "over rpc"})
+        bad = client.send("diagnostics.fail", kwargs={"message": "rpc failure"})
+        assert ok.get(timeout=GET_TIMEOUT) == "over rpc"
+        with pytest.raises(Exception, match="rpc failure"):
+            bad.get(timeout=GET_TIMEOUT)
+    finally:
+        client.close()
+
+
+# --- volume -----------------------------------------------------------------------------------
+
+
+def test_a_thousand_tasks_are_all_answered(client: CeleryClient) -> None:
+    results = [client.send("diagnostics.add", args=[i, 1]) for i in range(1000)]
+    assert [r.get(timeout=GET_TIMEOUT) for r in results] == [i + 1 for i in range(1000)]
+
+
+def test_the_results_live_in_the_backend_the_clients_read(client: CeleryClient) -> None:
+    result = client.send("echo_bot.echo", kwargs={"message": "stored"})
+    result.get(timeout=GET_TIMEOUT)
+    stored = client.app.backend.get_task_meta(result.id)
+    assert stored["status"] == "SUCCESS" and stored["task_id"] == result.id
+    # Celery's default result_expires (one day) unless bridge.result_expires says otherwise.
+    assert 0 < client.app.backend.client.ttl(f"celery-task-meta-{result.id}") <= 86_400

@@ -1,0 +1,270 @@
+"""The bridge under bad input and hard stops: dead letters, replay, SIGKILL under load.
+
+Real ``celery`` clients and raw pika publishes (for what no Celery client would send) against
+``nagatha worker``/``nagatha bridge`` subprocesses, each test on a stack of its own.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import signal
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pika
+import pytest
+from bridge_stack import BRIDGE_READY, CeleryClient, HubStack, hub_stack
+from celery.exceptions import InvalidTaskError, NotRegistered
+
+from bridge.dead_letters import HEADER_PREFIX
+from nagatha.broker import amqp_url
+from nagatha.testing import rabbitmqctl, run_cli, wait_until
+
+pytestmark = pytest.mark.integration
+
+GET_TIMEOUT = 60
+#: The bridge's size limit in these tests; "huge" messages are bigger.
+MAX_BYTES = 65_536
+
+
+@pytest.fixture
+def stack(rabbitmq: None, redis_server: None, tmp_path: Path) -> Iterator[HubStack]:
+    """A vhost and Redis prefix of this test's own, with a worker running."""
+    with hub_stack(tmp_path, NAGATHA_BRIDGE_MAX_MESSAGE_BYTES=str(MAX_BYTES)) as created:
+        created.start_worker()
+        yield created
+
+
+@pytest.fixture
+def client(stack: HubStack) -> Iterator[CeleryClient]:
+    """A Celery app with the Redis result backend."""
+    created = CeleryClient(stack)
+    yield created
+    created.close()
+
+
+def publish_raw(stack: HubStack, body: bytes, **properties: Any) -> None:
+    """Publish what no Celery client would: straight to the ``celery`` queue."""
+    connection = pika.BlockingConnection(pika.URLParameters(amqp_url(stack.config.broker)))
+    try:
+        channel = connection.channel()
+        channel.confirm_delivery()
+        channel.basic_publish("", "celery", body, pika.BasicProperties(**properties))
+    finally:
+        connection.close()
+
+
+def dlq(stack: HubStack, *args: str) -> Any:
+    """Run ``nagatha bridge dlq ARGS --json`` and return its JSON output."""
+    done = run_cli(["bridge", "dlq", *args, "--json"], stack.env)
+    assert done.returncode == 0, done.stderr
+    return json.loads(done.stdout)
+
+
+def test_bad_messages_are_dead_lettered_while_good_ones_around_them_complete(
+    stack: HubStack, client: CeleryClient
+) -> None:
+    bridge = stack.start_bridge()
+    before = client.send("echo_bot.echo", kwargs={"message": "before"})
+    bad_id = client.new_id()
+    publish_raw(  # a body that is not JSON, with a readable task id
+        stack,
+        b"{not json",
+        content_type="application/json",
+        content_encoding="utf-8",
+        headers={"task": "echo_bot.echo", "id": bad_id},
+    )
+    publish_raw(  # a protocol 2 body without its headers
+        stack,
+        b'[[], {"message": "x"}, {}]',
+        content_type="application/json",
+        content_encoding="utf-8",
+    )
+    publish_raw(  # headers of the wrong types
+        stack,
+        b"[[], {}, {}]",
+        content_type="application/json",
+        content_encoding="utf-8",
+        headers={"task": 42, "id": ["not", "text"]},
+    )
+    huge = client.send("echo_bot.echo", kwargs={"message": "x" * (MAX_BYTES + 1)})
+    after = client.send("echo_bot.echo", kwargs={"message": "after"})
+
+    assert before.get(timeout=GET_TIMEOUT) == "before"
+    assert after.get(timeout=GET_TIMEOUT) == "after"
+    with pytest.raises(InvalidTaskError, match=f"exceeds {MAX_BYTES}"):
+        huge.get(timeout=GET_TIMEOUT)
+    with pytest.raises(InvalidTaskError, match="cannot decode"):
+        client.result(bad_id).get(timeout=GET_TIMEOUT)
+
+    letters = wait_until(
+        lambda: (found := dlq(stack, "list")["dead_letters"]) and len(found) == 4 and found,
+        GET_TIMEOUT,
+        message="four dead letters",
+    )
+    reasons = sorted((letter["task_id"] or "", letter["reason"]) for letter in letters)
+    anonymous = [reason for task_id, reason in reasons if not task_id]
+    assert dict(reasons)[huge.id].endswith(f"bytes exceeds {MAX_BYTES}")
+    assert "cannot decode" in dict(reasons)[bad_id]
+    assert any("not a Celery task message" in reason for reason in anonymous)
+    assert any("must be a string" in reason for reason in anonymous)
+    assert all(letter["queue"] == "celery" for letter in letters)
+    bridge.wait_for_log(r"dead-lettered as \w+", count=4)
+    assert bridge.process.poll() is None, "the bridge must stay up"
+
+
+def test_dead_letters_keep_the_message_and_say_why(stack: HubStack, client: CeleryClient) -> None:
+    stack.start_bridge()
+    result = client.send("nope.missing", kwargs={"a": 1})
+    with pytest.raises(NotRegistered):
+        result.get(timeout=GET_TIMEOUT)
+    # The client is answered first, then the message is dead-lettered.
+    wait_until(lambda: dlq(stack, "list")["dead_letters"], GET_TIMEOUT, message="a dead letter")
+    connection = pika.BlockingConnection(pika.URLParameters(amqp_url(stack.config.broker)))
+    try:
+        channel = connection.channel()
+        method, properties, body = channel.basic_get(stack.config.bridge.dead_letter_queue)
+        assert method is not None
+        channel.basic_nack(method.delivery_tag, requeue=True)
+    finally:
+        connection.close()
+    headers = properties.headers
+    assert headers["id"] == result.id and headers["task"] == "nope.missing"
+    assert "unknown task 'nope.missing'" in headers[f"{HEADER_PREFIX}reason"]
+    assert json.loads(body)[1] == {"a": 1}
+
+
+def test_a_replayed_dead_letter_runs_and_stores_its_new_outcome(
+    stack: HubStack, client: CeleryClient
+) -> None:
+    # Given a bridge that does not know the diagnostics module (disabled by mistake)
+    bridge = stack.start_bridge(NAGATHA_MODULES_DISABLED="diagnostics")
+    first = client.send("diagnostics.add", kwargs={"x": 40, "y": 2})
+    second = client.send("diagnostics.add", kwargs={"x": 1, "y": 1})
+    for result in (first, second):
+        with pytest.raises(NotRegistered):
+            result.get(timeout=GET_TIMEOUT)
+    letters = wait_until(
+        lambda: len(found := dlq(stack, "list")["dead_letters"]) == 2 and found, GET_TIMEOUT
+    )
+    by_task = {letter["task_id"]: letter["id"] for letter in letters}
+    # When the bridge is fixed and one dead letter is replayed
+    bridge.stop()
+    stack.start_bridge()
+    replayed = dlq(stack, "replay", by_task[first.id])["replayed"]
+    assert [letter["task_id"] for letter in replayed] == [first.id]
+    # Then it runs and the real result is stored (read by a new client: a Celery app caches
+    # the final states it has seen); the other one stays put until replayed in turn
+    reader = CeleryClient(stack)
+    try:
+        assert reader.result(first.id).get(timeout=GET_TIMEOUT) == 42
+        assert [letter["id"] for letter in dlq(stack, "list")["dead_letters"]] == [
+            by_task[second.id]
+        ]
+        assert dlq(stack, "replay", "--all")["replayed"][0]["task_id"] == second.id
+        assert reader.result(second.id).get(timeout=GET_TIMEOUT) == 2
+    finally:
+        reader.close()
+    assert dlq(stack, "list")["dead_letters"] == []
+
+
+def test_a_worker_without_the_task_answers_not_registered(
+    rabbitmq: None, redis_server: None, tmp_path: Path
+) -> None:
+    # Given a bridge that knows diagnostics.add and a worker that does not
+    with hub_stack(tmp_path) as stack:
+        stack.start_worker(NAGATHA_MODULES_DISABLED="diagnostics")
+        stack.start_bridge()
+        client = CeleryClient(stack)
+        try:
+            result = client.send("diagnostics.add", args=[1, 2])
+            # Then the worker's dead-lettering still answers the client
+            with pytest.raises(NotRegistered, match="diagnostics.add"):
+                result.get(timeout=GET_TIMEOUT)
+            assert stack.final_record(result.id).status.value == "failure"
+        finally:
+            client.close()
+
+
+def test_a_hub_task_queue_is_refused_as_a_celery_queue(
+    rabbitmq: None, redis_server: None, tmp_path: Path
+) -> None:
+    with hub_stack(tmp_path) as stack:
+        done = run_cli(["bridge", "--queue", "default"], stack.env)
+    assert done.returncode == 2
+    assert "queue default is a hub task queue" in done.stderr
+
+
+def test_replay_of_an_unknown_id_exits_1(stack: HubStack) -> None:
+    done = run_cli(["bridge", "dlq", "replay", "no-such-letter"], stack.env)
+    assert done.returncode == 1
+    assert "no dead letter with id no-such-letter" in done.stderr
+
+
+def test_a_bridge_killed_under_load_loses_nothing(stack: HubStack, client: CeleryClient) -> None:
+    # Given a bridge busy with a backlog
+    bridge = stack.start_bridge()
+    total = 1500
+    results = [client.send("diagnostics.add", args=[i, i]) for i in range(total)]
+    taken = wait_until(
+        lambda: (n := _hub_records(stack)) >= 100 and n, GET_TIMEOUT, message="100 taken"
+    )
+    # When it is killed with SIGKILL mid-stream and started again
+    bridge.signal(signal.SIGKILL)
+    bridge.process.wait(30)
+    assert taken < total, "the kill must land while messages are still queued"
+    stack.start_bridge()
+    # Then every client gets its one result
+    assert [r.get(timeout=GET_TIMEOUT) for r in results] == [2 * i for i in range(total)]
+
+
+@pytest.mark.faults
+def test_bridge_and_workers_reconnect_when_rabbitmq_drops_their_connections(
+    stack: HubStack, client: CeleryClient
+) -> None:
+    # Given a working bridge
+    bridge = stack.start_bridge()
+    assert client.send("diagnostics.add", args=[1, 1]).get(timeout=GET_TIMEOUT) == 2
+    # When RabbitMQ closes every connection of this vhost (bridge, worker, client)
+    assert _close_connections(stack.vhost.name) > 0
+    bridge.wait_for_log(r"bridge connection lost", timeout=GET_TIMEOUT)
+    bridge.wait_for_log(BRIDGE_READY, count=2, timeout=GET_TIMEOUT)
+    # Then tasks sent afterwards are all answered
+    results = [client.send("diagnostics.add", args=[i, 1]) for i in range(20)]
+    assert [r.get(timeout=GET_TIMEOUT) for r in results] == [i + 1 for i in range(20)]
+
+
+@pytest.mark.faults
+def test_a_deleted_celery_queue_is_declared_again(stack: HubStack, client: CeleryClient) -> None:
+    bridge = stack.start_bridge()
+    connection = pika.BlockingConnection(pika.URLParameters(amqp_url(stack.config.broker)))
+    try:
+        connection.channel().queue_delete("celery")
+    finally:
+        connection.close()
+    bridge.wait_for_log(r"bridge connection lost \(ConsumerCancelled", timeout=GET_TIMEOUT)
+    bridge.wait_for_log(BRIDGE_READY, count=2, timeout=GET_TIMEOUT)
+    assert client.send("diagnostics.add", args=[2, 2]).get(timeout=GET_TIMEOUT) == 4
+
+
+def test_sigterm_stops_the_bridge_gracefully(stack: HubStack) -> None:
+    bridge = stack.start_bridge()
+    node = bridge.wait_for_log(r"bridge (\S+) consuming").group(1)
+    assert bridge.stop(timeout=30) == 0
+    assert re.search(rf"bridge {re.escape(node)} stopped", bridge.log())
+
+
+def _hub_records(stack: HubStack) -> int:
+    pattern = f"{stack.config.results.prefix}task:*"
+    return sum(1 for _ in stack.store.client.scan_iter(match=pattern, count=1000))
+
+
+def _close_connections(vhost: str) -> int:
+    """Close every AMQP connection of ``vhost`` (only this test's processes use it)."""
+    listed = rabbitmqctl("list_connections", "pid", "vhost", "--no-table-headers", "--quiet")
+    pids = [line.split("\t")[0] for line in listed.splitlines() if line.endswith(f"\t{vhost}")]
+    for pid in pids:
+        rabbitmqctl("close_connection", pid, "nagatha test: connection dropped on purpose")
+    return len(pids)
