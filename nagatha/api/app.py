@@ -1,0 +1,103 @@
+"""Build the Falcon WSGI app: ``create_app(config, registry=None)``.
+
+Building opens no connection (the registry connects on first use), so an app can be created,
+and a server can start, while RabbitMQ or Redis are down: it answers 503 until they are back.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import falcon
+
+from nagatha import __version__
+from nagatha.api import errors
+from nagatha.api.auth import TokenAuth
+from nagatha.api.health import HealthChecker
+from nagatha.api.middleware import AccessLog, BodyLimit, RequestId
+from nagatha.api.openapi import build_openapi
+from nagatha.api.resources.catalog import ModulesResource, TasksResource
+from nagatha.api.resources.health import HealthResource
+from nagatha.api.resources.system import OpenApiResource, PingResource
+from nagatha.api.resources.tasks import RunTaskResource, TaskStatusResource
+from nagatha.api.routes import Route, build_routes
+from nagatha.config import FrameworkConfig
+from nagatha.registry import TaskRegistry
+
+
+class HubApp(falcon.App[falcon.Request, falcon.Response]):
+    """The Falcon app plus what it owns: the registry and the health checker."""
+
+    def __init__(
+        self,
+        registry: TaskRegistry,
+        health: HealthChecker,
+        routes: tuple[Route, ...],
+        middleware: list[Any],
+    ) -> None:
+        super().__init__(middleware=middleware)
+        self.registry = registry
+        self.health = health
+        self.routes = routes
+
+    def close(self) -> None:
+        """Release the broker connections, the store's connections and the probe threads."""
+        self.health.close()
+        self.registry.broker.close()
+        self.registry.store.close()
+
+
+def create_app(
+    config: FrameworkConfig,
+    registry: TaskRegistry | None = None,
+    *,
+    health: HealthChecker | None = None,
+) -> HubApp:
+    """Return the API for ``config``, on ``registry`` (a new hub with its modules if None)."""
+    if registry is None:
+        from nagatha.hub import create_hub
+
+        registry = create_hub(config)
+    api = config.api
+    health = health or HealthChecker(registry, config)
+    auth = TokenAuth(api.tokens, health_public=api.health_public)
+    routes = build_routes(api)
+    document = build_openapi(
+        routes, protects=auth.protects, version=__version__, max_body_bytes=api.max_body_bytes
+    )
+    resources: dict[str, object] = {
+        "ping": PingResource(),
+        "health": HealthResource(health),
+        "modules": ModulesResource(registry),
+        "tasks": TasksResource(registry),
+        "run": RunTaskResource(registry, api.max_body_bytes),
+        "status": TaskStatusResource(registry, api.max_wait),
+        "openapi": OpenApiResource(document),
+    }
+    app = HubApp(
+        registry,
+        health,
+        routes,
+        middleware=[RequestId(), AccessLog(), auth, BodyLimit(api.max_body_bytes)],
+    )
+    app.req_options.auto_parse_qs_csv = False
+    errors.install(app)
+    for route in routes:
+        resource = resources[route.resource]
+        _check_responders(route, resource)
+        app.add_route(route.path, resource)
+    return app
+
+
+def _check_responders(route: Route, resource: object) -> None:
+    """Fail at startup if a resource answers other methods than the route table lists."""
+    declared = {operation.method for operation in route.operations}
+    served = {
+        name[3:].upper()
+        for name in dir(resource)
+        if name.startswith("on_") and callable(getattr(resource, name))
+    }
+    if declared != served:
+        raise RuntimeError(
+            f"route {route.path}: table lists {sorted(declared)}, resource serves {sorted(served)}"
+        )

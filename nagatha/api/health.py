@@ -1,0 +1,155 @@
+"""Readiness checks for ``GET /health``: RabbitMQ, the status store, module heartbeats.
+
+Design:
+
+* **Broker**: a fresh pika connection with short timeouts (opened, then closed). The
+  registry's own publisher connections cannot answer the question: an idle connection that
+  RabbitMQ has already reaped still reports ``is_open``. The embedded (``memory://``) broker
+  lives in this process and is always ready.
+* **Store**: :meth:`StatusStore.ping`.
+* **Heartbeats**: :meth:`TaskRegistry.heartbeats`; they are reported but never make the hub
+  unready (a module's own service being down does not stop the hub running other tasks).
+
+The probes run in parallel on a small thread pool with one deadline (``timeout``), so
+``/health`` answers within about that time even when a dependency hangs; a probe that missed
+the deadline is reported ``timeout`` and, if still running at the next check, is awaited
+rather than started again (no pile-up). One report is cached for ``cache_seconds`` and
+concurrent requests share it, which bounds the load many probes (or many replicas) put on
+RabbitMQ and Redis.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor, wait
+from typing import Any
+
+import pika
+
+from nagatha.api.schemas import CheckResult, HealthReport
+from nagatha.broker import amqp_url
+from nagatha.config import BrokerConfig, FrameworkConfig, secrets_of
+from nagatha.registry import TaskRegistry
+from nagatha.types import utcnow
+
+Probe = Callable[[], Any]
+
+#: Seconds every probe together may take.
+DEFAULT_TIMEOUT = 2.0
+#: Seconds a report is reused.
+DEFAULT_CACHE = 1.5
+
+
+def probe_rabbitmq(config: BrokerConfig, timeout: float) -> None:
+    """Open and close one AMQP connection to ``config.url``; raise if that fails."""
+    params = pika.URLParameters(amqp_url(config))
+    params.connection_attempts = 1
+    params.socket_timeout = timeout
+    params.stack_timeout = timeout
+    params.blocked_connection_timeout = timeout
+    connection = pika.BlockingConnection(params)
+    connection.close()
+
+
+class HealthChecker:
+    """Probes the hub's dependencies and caches the :class:`HealthReport` briefly."""
+
+    def __init__(
+        self,
+        registry: TaskRegistry,
+        config: FrameworkConfig,
+        *,
+        timeout: float = DEFAULT_TIMEOUT,
+        cache_seconds: float = DEFAULT_CACHE,
+        broker_probe: Probe | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.registry = registry
+        self.timeout = timeout
+        self.cache_seconds = cache_seconds
+        self._clock = clock
+        self._secrets = secrets_of(config)
+        if broker_probe is not None:
+            self._broker_probe = broker_probe
+        elif config.embedded:
+            self._broker_probe = lambda: "in-process broker (memory://)"
+        else:
+            self._broker_probe = lambda: probe_rabbitmq(config.broker, timeout)
+        self._lock = threading.Lock()
+        self._cached: tuple[float, HealthReport] | None = None
+        self._inflight: dict[str, Future[Any]] = {}
+        self._pool: ThreadPoolExecutor | None = None
+
+    def check(self) -> HealthReport:
+        """The current report (a cached one if younger than ``cache_seconds``)."""
+        with self._lock:
+            now = self._clock()
+            if self._cached is not None and now < self._cached[0]:
+                return self._cached[1]
+            report = self._probe_all()
+            self._cached = (self._clock() + self.cache_seconds, report)
+            return report
+
+    def close(self) -> None:
+        """Stop the probe threads (probes still running finish on their own)."""
+        if self._pool is not None:
+            self._pool.shutdown(wait=False, cancel_futures=True)
+            self._pool = None
+
+    def _submit(self, name: str, probe: Probe) -> Future[Any]:
+        running = self._inflight.get(name)
+        if running is not None and not running.done():
+            return running
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(max_workers=3, thread_name_prefix="nagatha-health")
+        started = time.perf_counter()
+
+        def timed() -> tuple[float, Any]:
+            value = probe()
+            return (time.perf_counter() - started) * 1000, value
+
+        future = self._pool.submit(timed)
+        self._inflight[name] = future
+        return future
+
+    def _probe_all(self) -> HealthReport:
+        futures = {
+            "broker": self._submit("broker", self._broker_probe),
+            "store": self._submit("store", self.registry.store.ping),
+            "modules": self._submit("modules", self.registry.heartbeats),
+        }
+        wait(futures.values(), timeout=self.timeout)
+        checks = {name: self._result(futures[name]) for name in ("broker", "store")}
+        modules = self._heartbeats(futures["modules"])
+        ready = all(check.status == "ok" for check in checks.values())
+        return HealthReport(
+            status="ok" if ready else "unavailable",
+            checks=checks,
+            modules=modules,
+            checked_at=utcnow(),
+        )
+
+    def _result(self, future: Future[Any]) -> CheckResult:
+        if not future.done():
+            return CheckResult(status="timeout", detail=f"no answer within {self.timeout:g}s")
+        error = future.exception()
+        if error is not None:
+            return CheckResult(status="unavailable", detail=self._describe(error))
+        latency_ms, value = future.result()
+        detail = value if isinstance(value, str) else None
+        return CheckResult(status="ok", detail=detail, latency_ms=round(latency_ms, 1))
+
+    def _heartbeats(self, future: Future[Any]) -> dict[str, dict[str, Any]]:
+        if future.done() and future.exception() is None:
+            return dict(future.result()[1])
+        status = "timeout" if not future.done() else "error"
+        loaded = (m.name for m in self.registry.list_modules() if m.status == "loaded")
+        return {name: {"status": status} for name in loaded}
+
+    def _describe(self, error: BaseException) -> str:
+        text = f"{type(error).__name__}: {error}".strip().rstrip(":")
+        for secret in self._secrets:
+            text = text.replace(secret, "****")
+        return text[:300]

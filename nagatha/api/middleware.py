@@ -1,0 +1,93 @@
+"""Falcon middleware: request ids, the body-size limit and the access log.
+
+Order in :func:`nagatha.api.app.create_app`: ``RequestId`` first (so every answer, even a
+401 or 413, carries ``X-Request-ID``), then ``AccessLog``, then authentication, then
+``BodyLimit``. The access log is written here rather than by gunicorn so that the embedded
+server logs the same lines, through nagatha's logging (text or JSON, secrets redacted).
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+import uuid
+
+import falcon
+
+from nagatha.api.errors import request_id_of, too_large
+
+access_logger = logging.getLogger("nagatha.api.access")
+
+#: An incoming X-Request-ID is kept only if it looks like an id (no log injection).
+_REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
+REQUEST_ID_HEADER = "X-Request-ID"
+_UNSAFE = re.compile(r'[\x00-\x20"\x7f]')
+
+
+def _escape(text: str) -> str:
+    """Percent-encode spaces, quotes and control characters (one log line per request)."""
+    return _UNSAFE.sub(lambda match: f"%{ord(match.group()):02X}", text)
+
+
+class RequestId:
+    """Give each request an id: the client's ``X-Request-ID`` if sane, else a new one."""
+
+    def process_request(self, req: falcon.Request, resp: falcon.Response) -> None:
+        """Set ``req.context.request_id``."""
+        incoming = req.get_header(REQUEST_ID_HEADER)
+        if incoming and _REQUEST_ID.fullmatch(incoming):
+            req.context.request_id = incoming
+        else:
+            req.context.request_id = uuid.uuid4().hex
+
+    def process_response(
+        self, req: falcon.Request, resp: falcon.Response, resource: object, req_succeeded: bool
+    ) -> None:
+        """Echo the id in the ``X-Request-ID`` response header."""
+        request_id = request_id_of(req)
+        if request_id:
+            resp.set_header(REQUEST_ID_HEADER, request_id)
+
+
+class BodyLimit:
+    """Refuse a declared body over ``max_bytes`` with 413 before anything reads it.
+
+    Chunked bodies declare no length: :func:`nagatha.api.body.read_json_object` stops reading
+    them at the same limit.
+    """
+
+    def __init__(self, max_bytes: int) -> None:
+        self.max_bytes = max_bytes
+
+    def process_request(self, req: falcon.Request, resp: falcon.Response) -> None:
+        """Raise 413 if ``Content-Length`` exceeds the limit."""
+        length = req.content_length
+        if length is not None and length > self.max_bytes:
+            raise too_large(self.max_bytes)
+
+
+class AccessLog:
+    """One ``nagatha.api.access`` INFO line per request, as ``key=value`` pairs."""
+
+    def process_request(self, req: falcon.Request, resp: falcon.Response) -> None:
+        """Note the start time."""
+        req.context.started = time.perf_counter()
+
+    def process_response(
+        self, req: falcon.Request, resp: falcon.Response, resource: object, req_succeeded: bool
+    ) -> None:
+        """Log method, path, status, duration, request id and client address."""
+        started = getattr(req.context, "started", None)
+        duration_ms = (time.perf_counter() - started) * 1000 if started is not None else -1.0
+        query = f"?{req.query_string}" if req.query_string else ""
+        access_logger.info(
+            'request_id=%s method=%s path="%s%s" status=%d duration_ms=%.1f remote=%s',
+            request_id_of(req),
+            req.method,
+            _escape(req.path),
+            _escape(query),
+            resp.status_code,
+            duration_ms,
+            req.remote_addr,
+        )

@@ -1,0 +1,32 @@
+"""``GET /ping`` (liveness, touches nothing) and ``GET /openapi.json``."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import falcon
+
+from nagatha import __version__
+from nagatha.api.resources import send
+from nagatha.api.schemas import Ping
+
+
+class PingResource:
+    """Liveness: the process answers; RabbitMQ and Redis are not consulted."""
+
+    def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
+        """Answer ``{"status": "ok", "version": ...}``."""
+        send(resp, Ping(version=__version__))
+
+
+class OpenApiResource:
+    """Serve the OpenAPI document built once at startup."""
+
+    def __init__(self, document: dict[str, Any]) -> None:
+        self._body = json.dumps(document, ensure_ascii=False).encode("utf-8")
+
+    def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
+        """Answer the document."""
+        resp.content_type = falcon.MEDIA_JSON
+        resp.data = self._body

@@ -1,0 +1,92 @@
+"""``POST /tasks/run`` and ``GET /tasks/{task_id}`` (also mounted as ``/status/{task_id}``)."""
+
+from __future__ import annotations
+
+import math
+
+import falcon
+
+from nagatha.api.body import parse_model, read_json_object
+from nagatha.api.errors import bad_request
+from nagatha.api.resources import send
+from nagatha.api.schemas import TaskAccepted
+from nagatha.errors import TaskNotFound
+from nagatha.registry import TaskRegistry
+from nagatha.types import TaskRequest
+
+#: Longer ids were never handed out; refusing them early keeps them out of Redis keys.
+MAX_TASK_ID_LENGTH = 200
+
+
+def status_url(task_id: str) -> str:
+    """The path where a task is followed (relative: no trust in the Host header)."""
+    return f"/tasks/{falcon.uri.encode_value(task_id)}"
+
+
+class RunTaskResource:
+    """Start a task by name; answer 202 only once the broker confirmed the message."""
+
+    def __init__(self, registry: TaskRegistry, max_body_bytes: int) -> None:
+        self.registry = registry
+        self.max_body_bytes = max_body_bytes
+
+    def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
+        """Validate the body, submit, answer 202 with the task id and where to follow it.
+
+        Errors come from the registry (unknown task 404, kwargs 422, broker or store 503) and
+        from :mod:`nagatha.api.body` (400, 413); see :mod:`nagatha.api.errors`.
+        """
+        request = parse_model(TaskRequest, read_json_object(req, self.max_body_bytes))
+        record = self.registry.submit(
+            request.task_name, kwargs=request.kwargs, delay_ms=request.delay_ms
+        )
+        url = status_url(record.task_id)
+        resp.location = url
+        send(
+            resp,
+            TaskAccepted(
+                task_id=record.task_id,
+                task_name=record.task_name,
+                status=record.status,
+                created_at=record.created_at,
+                status_url=url,
+            ),
+            202,
+        )
+
+
+class TaskStatusResource:
+    """The status record of a task; ``?wait=S`` holds until it is final or S seconds pass."""
+
+    def __init__(self, registry: TaskRegistry, max_wait: float) -> None:
+        self.registry = registry
+        self.max_wait = max_wait
+
+    def wait_seconds(self, req: falcon.Request) -> float:
+        """The ``wait`` query parameter: seconds in ``[0, max_wait]`` (0 when absent); else 400."""
+        raw = req.get_param("wait")
+        if raw is None or raw == "":
+            return 0.0
+        try:
+            value = float(raw)
+        except ValueError:
+            value = math.nan
+        if not (math.isfinite(value) and 0 <= value <= self.max_wait):
+            raise bad_request(
+                "Invalid parameter",
+                f'The "wait" parameter is invalid. The value must be a number of seconds '
+                f"from 0 to {self.max_wait:g}.",
+            )
+        return value
+
+    def on_get(self, req: falcon.Request, resp: falcon.Response, task_id: str) -> None:
+        """Answer the record; with ``wait``, as soon as it is final (the store wakes us)."""
+        wait = self.wait_seconds(req)
+        if len(task_id) > MAX_TASK_ID_LENGTH:
+            raise TaskNotFound(task_id[:MAX_TASK_ID_LENGTH] + "...")
+        if wait > 0:
+            record = self.registry.wait_for(task_id, wait)
+        else:
+            record = self.registry.get_task_status(task_id)
+        send(resp, record)
+        resp.cache_control = ["no-store"]

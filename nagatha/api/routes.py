@@ -1,0 +1,208 @@
+"""The route table: every path, method and status code the API serves, in one place.
+
+:func:`nagatha.api.app.create_app` mounts these routes and checks that each resource answers
+exactly the methods listed; :func:`nagatha.api.openapi.build_openapi` describes them. Statuses
+that the middleware adds to every route (401 where a token is required, 413, 500) are not
+repeated here: :func:`common_replies` adds them, from the same policy the middleware applies.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from pydantic import BaseModel
+
+from nagatha.api.schemas import (
+    ErrorBody,
+    HealthReport,
+    ModuleList,
+    OpenApiDocument,
+    Ping,
+    TaskAccepted,
+    TaskList,
+)
+from nagatha.config import ApiConfig
+from nagatha.types import TaskRecord, TaskRequest
+
+
+@dataclass(frozen=True)
+class Reply:
+    """One documented response: what it means and the model of its JSON body."""
+
+    description: str
+    model: type[BaseModel] = ErrorBody
+
+
+@dataclass(frozen=True)
+class Parameter:
+    """A path or query parameter with its JSON Schema."""
+
+    name: str
+    location: Literal["path", "query"]
+    description: str
+    schema: Mapping[str, Any]
+    required: bool = False
+
+
+@dataclass(frozen=True)
+class Operation:
+    """One method on one path."""
+
+    method: str
+    operation_id: str
+    summary: str
+    replies: Mapping[int, Reply]
+    body: type[BaseModel] | None = None
+    parameters: tuple[Parameter, ...] = ()
+
+
+@dataclass(frozen=True)
+class Route:
+    """A path, the key of the resource serving it, and its operations."""
+
+    path: str
+    resource: str
+    operations: tuple[Operation, ...] = field(default_factory=tuple)
+
+
+NOT_AUTHORIZED = Reply("Missing or invalid bearer token (`Authorization: Bearer <token>`).")
+TOO_LARGE = Reply("Request body larger than `api.max_body_bytes`.")
+UNEXPECTED = Reply("Unexpected error; logged with the request id, no internals in the body.")
+
+
+def common_replies(protected: bool) -> dict[int, Reply]:
+    """The statuses the middleware may answer on any route (401 only where ``protected``)."""
+    replies = {413: TOO_LARGE, 500: UNEXPECTED}
+    if protected:
+        replies[401] = NOT_AUTHORIZED
+    return replies
+
+
+def _status_operation(operation_id: str, summary: str, max_wait: float) -> Operation:
+    return Operation(
+        method="GET",
+        operation_id=operation_id,
+        summary=summary,
+        parameters=(
+            Parameter(
+                "task_id",
+                "path",
+                "The task id handed out by `POST /tasks/run`.",
+                {"type": "string"},
+                True,
+            ),
+            Parameter(
+                "wait",
+                "query",
+                "Hold the request up to this many seconds until the task is final "
+                "(success or failure); the record is answered as it is then.",
+                {"type": "number", "minimum": 0, "maximum": max_wait, "default": 0},
+            ),
+        ),
+        replies={
+            200: Reply("The status record (final, or as it was when `wait` ran out).", TaskRecord),
+            400: Reply("`wait` is not a number of seconds within the allowed range."),
+            404: Reply("No record for this id: never handed out, or expired."),
+            503: Reply("The status store (Redis) is unreachable."),
+        },
+    )
+
+
+def build_routes(api: ApiConfig) -> tuple[Route, ...]:
+    """The API's routes for this configuration (``?wait`` is bounded by ``api.max_wait``)."""
+    return (
+        Route(
+            "/ping",
+            "ping",
+            (
+                Operation(
+                    "GET",
+                    "ping",
+                    "Liveness: answers without touching RabbitMQ or Redis.",
+                    {200: Reply("The process is up.", Ping)},
+                ),
+            ),
+        ),
+        Route(
+            "/health",
+            "health",
+            (
+                Operation(
+                    "GET",
+                    "health",
+                    "Readiness: RabbitMQ, the status store and each module's heartbeat.",
+                    {
+                        200: Reply("Broker and store answer.", HealthReport),
+                        503: Reply("Broker or store does not answer.", HealthReport),
+                    },
+                ),
+            ),
+        ),
+        Route(
+            "/modules",
+            "modules",
+            (
+                Operation(
+                    "GET",
+                    "listModules",
+                    "Modules with version, description, status (loaded/failed/disabled), tasks.",
+                    {200: Reply("Every discovered module.", ModuleList)},
+                ),
+            ),
+        ),
+        Route(
+            "/tasks",
+            "tasks",
+            (
+                Operation(
+                    "GET",
+                    "listTasks",
+                    "Tasks with module, description, queue and parameters.",
+                    {200: Reply("Every registered task.", TaskList)},
+                ),
+            ),
+        ),
+        Route(
+            "/tasks/run",
+            "run",
+            (
+                Operation(
+                    "POST",
+                    "runTask",
+                    "Start a task by name; 202 once RabbitMQ has confirmed the message.",
+                    {
+                        202: Reply("Enqueued and confirmed by the broker.", TaskAccepted),
+                        400: Reply("Malformed JSON, a body that is not an object, or bad fields."),
+                        404: Reply("No task of that name."),
+                        422: Reply("kwargs do not bind to the task (`unknown`, `missing`)."),
+                        503: Reply("Broker or store unreachable: nothing was enqueued."),
+                    },
+                    body=TaskRequest,
+                ),
+            ),
+        ),
+        Route(
+            "/tasks/{task_id}",
+            "status",
+            (_status_operation("getTask", "The status record of a task.", api.max_wait),),
+        ),
+        Route(
+            "/status/{task_id}",
+            "status",
+            (_status_operation("getStatus", "Alias of `GET /tasks/{task_id}`.", api.max_wait),),
+        ),
+        Route(
+            "/openapi.json",
+            "openapi",
+            (
+                Operation(
+                    "GET",
+                    "openapi",
+                    "This OpenAPI document.",
+                    {200: Reply("An OpenAPI 3.1 document.", OpenApiDocument)},
+                ),
+            ),
+        ),
+    )

@@ -1,0 +1,192 @@
+"""Serve the API: gunicorn for production, one process for the embedded hub.
+
+``nagatha serve`` calls :func:`serve`. Two shapes:
+
+* **gunicorn** (:class:`GunicornServer`): a master that never builds the app (so never holds a
+  broker connection) and ``api.workers`` gthread workers that each build theirs after the fork
+  (:mod:`nagatha.api.gunicorn_conf` has the settings and hooks).
+* **embedded** (:func:`run_embedded`): the API *and* a Dramatiq worker in one process, on the
+  in-memory broker and status store. This uses the standard library's threaded WSGI server,
+  not gunicorn: the stub broker and the memory store exist only inside the process that
+  created them, so the HTTP threads and the Dramatiq worker must share one process, and
+  gunicorn always serves from forked workers (even one worker is a second process beside its
+  master). A thread per request is plenty for a development hub; production uses gunicorn.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+import signal
+import socketserver
+import threading
+from types import FrameType
+from typing import Any
+from wsgiref.simple_server import WSGIRequestHandler, WSGIServer
+
+from gunicorn.app.base import BaseApplication
+
+from nagatha.api import gunicorn_conf
+from nagatha.api.wsgi import LazyApp
+from nagatha.config import MEMORY_URL, FrameworkConfig
+from nagatha.errors import ConfigError
+
+logger = logging.getLogger("nagatha.api")
+
+#: Dramatiq worker threads of the embedded hub.
+EMBEDDED_WORKER_THREADS = 4
+
+
+def is_loopback(host: str) -> bool:
+    """True for ``localhost`` and loopback addresses (127.0.0.0/8, ::1)."""
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def check_exposure(config: FrameworkConfig) -> None:
+    """Raise :class:`ConfigError` if the API would listen beyond loopback with no token.
+
+    ``api.allow_anonymous: true`` accepts that explicitly.
+    """
+    api = config.api
+    if api.tokens or api.allow_anonymous or is_loopback(api.host):
+        return
+    raise ConfigError(
+        f"refusing to serve on {api.host} without tokens: set NAGATHA_API_TOKENS "
+        "(api.tokens), or api.allow_anonymous: true to serve anyone on the network"
+    )
+
+
+def embedded_config(config: FrameworkConfig, *, forced: bool) -> FrameworkConfig | None:
+    """The config to serve embedded, or None when the config asks for gunicorn.
+
+    ``forced`` (``--embedded``) puts broker and store in memory. Without it, a ``memory://``
+    broker means embedded (the store may stay in Redis); a ``memory://`` store with RabbitMQ
+    is refused: the workers elsewhere could not write to this process's memory.
+    """
+    if forced:
+        return config.with_overrides(broker={"url": MEMORY_URL}, results={"url": MEMORY_URL})
+    if config.embedded:
+        return config
+    if config.results.url == MEMORY_URL:
+        raise ConfigError(
+            "results.url is memory:// but broker.url is RabbitMQ: workers could not record "
+            "status in this process's memory; use Redis, or `nagatha serve --embedded`"
+        )
+    return None
+
+
+def serve(config: FrameworkConfig, *, embedded: bool = False) -> int:
+    """Serve the API as ``config`` says until SIGTERM/SIGINT; return the exit code.
+
+    Raises :class:`ConfigError` before anything starts if the API would be exposed without
+    tokens (:func:`check_exposure`).
+    """
+    check_exposure(config)
+    chosen = embedded_config(config, forced=embedded)
+    if chosen is not None:
+        return run_embedded(chosen)
+    return run_gunicorn(config)
+
+
+class GunicornServer(BaseApplication):  # type: ignore[misc]
+    """gunicorn with the settings of :mod:`nagatha.api.gunicorn_conf` for ``config``."""
+
+    def __init__(self, config: FrameworkConfig) -> None:
+        self.hub_config = config
+        super().__init__(prog="nagatha serve")
+
+    def load_config(self) -> None:
+        """Apply :func:`nagatha.api.gunicorn_conf.settings` (no gunicorn command line)."""
+        for key, value in gunicorn_conf.settings(self.hub_config.api).items():
+            self.cfg.set(key, value)
+
+    def load(self) -> LazyApp:
+        """The WSGI app, called in each worker; built by ``post_worker_init``, after the fork."""
+        from nagatha.api.app import create_app
+
+        config = self.hub_config
+        return LazyApp(lambda: create_app(config))
+
+
+def run_gunicorn(config: FrameworkConfig) -> int:
+    """Run the gunicorn master until it stops; return its exit code."""
+    try:
+        GunicornServer(config).run()
+    except SystemExit as exc:
+        return exc.code if isinstance(exc.code, int) else 1
+    return 0
+
+
+class _QuietHandler(WSGIRequestHandler):
+    """wsgiref's handler without its own access log (the app writes one)."""
+
+    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - stdlib signature
+        """Drop wsgiref's per-request line."""
+
+
+class ThreadingWSGIServer(socketserver.ThreadingMixIn, WSGIServer):
+    """wsgiref's server with a thread per request; binds without a reverse DNS lookup."""
+
+    daemon_threads = True
+    allow_reuse_address = True
+
+    def server_bind(self) -> None:
+        """Bind, then set the WSGI environ base (wsgiref would resolve the host name)."""
+        socketserver.TCPServer.server_bind(self)
+        host, port = self.server_address[:2]
+        self.server_name = str(host)
+        self.server_port = int(port)
+        self.setup_environ()
+
+
+def run_embedded(config: FrameworkConfig) -> int:
+    """Serve the API and run a Dramatiq worker in this process until SIGTERM/SIGINT."""
+    from nagatha.api.app import create_app
+    from nagatha.hub import create_hub
+    from nagatha.worker import start_embedded_worker
+
+    registry = create_hub(config)
+    app = create_app(config, registry)
+    worker = start_embedded_worker(registry.broker, threads=EMBEDDED_WORKER_THREADS)
+    api = config.api
+    try:
+        httpd = ThreadingWSGIServer((api.host, api.port), _QuietHandler)
+    except OSError as exc:
+        worker.stop(timeout=1000)
+        raise ConfigError(f"cannot listen on {api.host}:{api.port}: {exc.strerror}") from None
+    httpd.set_app(app)
+    stop = threading.Event()
+
+    def on_signal(signum: int, frame: FrameType | None) -> None:
+        stop.set()
+
+    previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
+    thread = threading.Thread(target=httpd.serve_forever, name="nagatha-http", daemon=True)
+    thread.start()
+    host, port = httpd.server_address[:2]
+    logger.info(
+        "embedded hub serving on http://%s:%d (in-process broker %s, store %s, %d worker threads)",
+        host,
+        port,
+        config.broker.url,
+        "memory://" if config.results.url == MEMORY_URL else "Redis",
+        EMBEDDED_WORKER_THREADS,
+    )
+    try:
+        while not stop.wait(1.0):
+            pass
+    finally:
+        logger.info("embedded hub stopping")
+        httpd.shutdown()
+        httpd.server_close()
+        thread.join(5)
+        worker.stop(timeout=int(config.worker.shutdown_grace * 1000))
+        app.close()
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    return 0

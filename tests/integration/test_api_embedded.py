@@ -1,0 +1,74 @@
+"""`nagatha serve --embedded`: API and worker in one process, no RabbitMQ or Redis."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from nagatha.testing import HubProcess, free_port, wait_until
+
+pytestmark = pytest.mark.integration
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture
+def bare_env(home: Path) -> dict[str, str]:
+    """No broker, store or module settings at all: what a newcomer's shell has."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("NAGATHA_")}
+    env.update({"HOME": str(home), "PYTHONPATH": str(ROOT), "NAGATHA_WORKER_TIME_LIMIT": "1000"})
+    return env
+
+
+@pytest.fixture
+def embedded(
+    bare_env: dict[str, str], start_process: type[HubProcess]
+) -> Iterator[tuple[HubProcess, httpx.Client]]:
+    port = free_port()
+    process = start_process(["serve", "--embedded", "--port", str(port)], bare_env)
+    process.wait_for_log(rf"embedded hub serving on http://127\.0\.0\.1:{port}", timeout=60)
+    with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30) as client:
+        wait_until(lambda: client.get("/ping").status_code == 200, 30, message="/ping")
+        yield process, client
+
+
+def test_embedded_hub_adds_20_and_22_over_http(
+    embedded: tuple[HubProcess, httpx.Client],
+) -> None:
+    _, client = embedded
+    response = client.post(
+        "/tasks/run", json={"task_name": "diagnostics.add", "kwargs": {"x": 20, "y": 22}}
+    )
+    assert response.status_code == 202, response.text
+    record = client.get(response.json()["status_url"], params={"wait": 20}).json()
+    assert (record["status"], record["result"]) == ("success", 42)
+
+
+def test_embedded_hub_is_healthy_and_lists_its_tasks(
+    embedded: tuple[HubProcess, httpx.Client],
+) -> None:
+    _, client = embedded
+    health = client.get("/health").json()
+    assert health["status"] == "ok"
+    assert "memory://" in health["checks"]["broker"]["detail"]
+    names = {task["name"] for task in client.get("/tasks").json()["tasks"]}
+    assert {"diagnostics.add", "echo_bot.echo"} <= names
+
+
+def test_embedded_worker_enforces_time_limits(embedded: tuple[HubProcess, httpx.Client]) -> None:
+    _, client = embedded
+    body = {"task_name": "diagnostics.sleep", "kwargs": {"seconds": 20}}
+    task_id = client.post("/tasks/run", json=body).json()["task_id"]
+    record = client.get(f"/tasks/{task_id}", params={"wait": 15}).json()
+    assert record["status"] == "failure"
+    assert "TimeLimitExceeded" in record["error"]
+
+
+def test_embedded_hub_stops_on_sigterm(embedded: tuple[HubProcess, httpx.Client]) -> None:
+    process, _ = embedded
+    assert process.stop(timeout=30) == 0
+    assert "embedded hub stopping" in process.log()

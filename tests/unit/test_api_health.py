@@ -1,0 +1,141 @@
+"""``/health``: probes, the short cache, the deadline, and 503."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from falcon.testing import TestClient
+
+from nagatha.api import create_app
+from nagatha.api.health import HealthChecker, probe_rabbitmq
+from nagatha.config import BrokerConfig, FrameworkConfig
+from nagatha.errors import StoreUnavailable
+from nagatha.hub import create_hub
+from nagatha.registry import TaskRegistry
+from nagatha.testing import free_port
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+def hub() -> TaskRegistry:
+    return create_hub(
+        FrameworkConfig.model_validate(
+            {"broker": {"url": "memory://"}, "results": {"url": "memory://"}}
+        )
+    )
+
+
+@pytest.fixture
+def release() -> Iterator[threading.Event]:
+    event = threading.Event()
+    yield event
+    event.set()
+
+
+def checker(hub: TaskRegistry, probe: Any, **kwargs: Any) -> HealthChecker:
+    return HealthChecker(hub, hub.config, broker_probe=probe, **kwargs)
+
+
+def test_ready_when_broker_and_store_answer_with_heartbeats(hub: TaskRegistry) -> None:
+    app = create_app(hub.config, hub)
+    result = TestClient(app).simulate_get("/health")
+    assert result.status_code == 200
+    body = result.json
+    assert body["status"] == "ok"
+    assert body["checks"]["broker"]["status"] == "ok"
+    assert body["checks"]["store"]["status"] == "ok"
+    assert body["modules"]["diagnostics"] == {"status": "ok"}
+    assert result.headers["cache-control"] == "no-store"
+    app.health.close()
+
+
+def test_a_failing_broker_is_503_with_the_reason(hub: TaskRegistry) -> None:
+    def refused() -> None:
+        raise ConnectionRefusedError("connection refused")
+
+    health = checker(hub, refused)
+    app = create_app(hub.config, hub, health=health)
+    result = TestClient(app).simulate_get("/health")
+    assert result.status_code == 503
+    broker = result.json["checks"]["broker"]
+    assert broker["status"] == "unavailable"
+    assert "ConnectionRefusedError" in broker["detail"]
+    health.close()
+
+
+def test_a_failing_store_is_503(hub: TaskRegistry, monkeypatch: pytest.MonkeyPatch) -> None:
+    def down() -> None:
+        raise StoreUnavailable("status store (Redis) unavailable: ConnectionError")
+
+    monkeypatch.setattr(hub.store, "ping", down)
+    health = checker(hub, lambda: None)
+    report = health.check()
+    assert report.status == "unavailable"
+    assert report.checks["store"].status == "unavailable"
+    health.close()
+
+
+def test_a_hanging_probe_is_reported_timeout_within_the_deadline(
+    hub: TaskRegistry, release: threading.Event
+) -> None:
+    calls: list[int] = []
+
+    def hangs() -> None:
+        calls.append(1)
+        release.wait(30)
+
+    clock = Clock()
+    health = checker(hub, hangs, timeout=0.2, clock=clock)
+    report = health.check()
+    assert report.status == "unavailable"
+    assert report.checks["broker"].status == "timeout"
+    assert report.checks["store"].status == "ok"
+    clock.now += 10
+    health.check()
+    assert calls == [1], "a probe still running is awaited, not started again"
+    release.set()
+    health.close()
+
+
+def test_reports_are_cached_briefly(hub: TaskRegistry) -> None:
+    calls: list[int] = []
+    clock = Clock()
+    health = checker(hub, lambda: calls.append(1), cache_seconds=1.5, clock=clock)
+    first = health.check()
+    clock.now += 1.0
+    assert health.check() is first
+    clock.now += 1.0
+    assert health.check() is not first
+    assert len(calls) == 2
+    health.close()
+
+
+def test_probe_rabbitmq_fails_fast_on_a_closed_port() -> None:
+    config = BrokerConfig(url=f"amqp://guest:secret-pw@127.0.0.1:{free_port()}/x")
+    with pytest.raises(Exception) as caught:
+        probe_rabbitmq(config, timeout=1.0)
+    assert "secret-pw" not in str(caught.value)
+
+
+def test_details_never_show_secrets(hub: TaskRegistry) -> None:
+    config = FrameworkConfig.model_validate(
+        {"broker": {"url": "amqp://u:hunter22@localhost//"}, "results": {"url": "memory://"}}
+    )
+
+    def leaky() -> None:
+        raise RuntimeError("cannot log in as u:hunter22")
+
+    health = HealthChecker(hub, config, broker_probe=leaky)
+    detail = health.check().checks["broker"].detail or ""
+    assert "hunter22" not in detail and "****" in detail
+    health.close()

@@ -1,0 +1,126 @@
+"""Serving: the lazy WSGI app, gunicorn settings and hooks, the serve command's refusals."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+
+from nagatha.api import gunicorn_conf
+from nagatha.api.server import GunicornServer
+from nagatha.api.wsgi import LazyApp
+from nagatha.config import ApiConfig, FrameworkConfig
+from nagatha.testing import free_port, run_cli
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+class FakeApp:
+    closed = 0
+
+    def __call__(self, environ: dict[str, Any], start_response: Any) -> list[bytes]:
+        start_response("200 OK", [])
+        return [b"ok"]
+
+    def close(self) -> None:
+        FakeApp.closed += 1
+
+
+def test_lazy_app_builds_once_on_first_use_and_closes() -> None:
+    built: list[FakeApp] = []
+
+    def factory() -> Any:
+        built.append(FakeApp())
+        return built[-1]
+
+    lazy = LazyApp(factory)
+    assert not lazy.loaded and built == []
+    assert lazy({}, lambda status, headers: None) == [b"ok"]
+    lazy.load()
+    assert len(built) == 1 and lazy.loaded
+    lazy.close()
+    assert not lazy.loaded and FakeApp.closed == 1
+
+
+def test_forget_drops_an_inherited_app_without_closing_it() -> None:
+    lazy = LazyApp(FakeApp)  # type: ignore[arg-type]
+    lazy.load()
+    before = FakeApp.closed
+    gunicorn_conf.post_fork(SimpleNamespace(app=SimpleNamespace(callable=lazy)), None)
+    assert not lazy.loaded and FakeApp.closed == before
+
+
+def test_gunicorn_settings_are_gthread_without_preload() -> None:
+    api = ApiConfig(host="0.0.0.0", port=8123, workers=3, threads=5, timeout=40)
+    settings = gunicorn_conf.settings(api)
+    assert settings["worker_class"] == "gthread"
+    assert settings["preload_app"] is False
+    assert settings["bind"] == ["0.0.0.0:8123"]
+    assert (settings["workers"], settings["threads"], settings["timeout"]) == (3, 5, 40)
+    assert gunicorn_conf.settings(ApiConfig(host="::1"))["bind"] == ["[::1]:8000"]
+
+
+def test_the_gunicorn_application_takes_its_settings_and_builds_no_app_in_the_master() -> None:
+    config = FrameworkConfig.model_validate({"api": {"port": 8124, "workers": 2, "threads": 3}})
+    server = GunicornServer(config)
+    assert server.cfg.worker_class_str == "gthread"
+    assert server.cfg.preload_app is False
+    assert server.cfg.bind == ["127.0.0.1:8124"]
+    assert (server.cfg.workers, server.cfg.threads) == (2, 3)
+    assert server.cfg.accesslog is None
+    app = server.load()
+    assert isinstance(app, LazyApp) and not app.loaded
+
+
+def test_post_worker_init_exits_with_the_boot_error_code_when_the_app_fails() -> None:
+    def broken() -> Any:
+        raise RuntimeError("cannot build")
+
+    worker = SimpleNamespace(wsgi=LazyApp(broken))
+    with pytest.raises(SystemExit) as stopped:
+        gunicorn_conf.post_worker_init(worker)
+    assert stopped.value.code == gunicorn_conf.WORKER_BOOT_ERROR
+
+
+def test_gunicorn_reads_the_config_module_alone() -> None:
+    from gunicorn.app.wsgiapp import WSGIApplication
+
+    argv = sys.argv
+    sys.argv = [
+        "gunicorn",
+        "-c",
+        "python:nagatha.api.gunicorn_conf",
+        "nagatha.api.wsgi:application",
+    ]
+    try:
+        app = WSGIApplication()
+    finally:
+        sys.argv = argv
+    assert app.cfg.worker_class_str == "gthread"
+    assert app.cfg.preload_app is False
+    assert app.cfg.control_socket_disable is True
+
+
+def cli_env(tmp_path: Path, **extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("NAGATHA_")}
+    env.update({"HOME": str(tmp_path), "PYTHONPATH": str(ROOT), **extra})
+    return env
+
+
+def test_serving_beyond_loopback_without_tokens_exits_2_with_one_line(tmp_path: Path) -> None:
+    done = run_cli(["serve", "--host", "0.0.0.0", "--port", str(free_port())], cli_env(tmp_path))
+    assert done.returncode == 2
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1, done.stderr
+    assert lines[0].startswith("error: refusing to serve on 0.0.0.0 without tokens")
+
+
+def test_memory_store_with_a_rabbitmq_broker_exits_2(tmp_path: Path) -> None:
+    env = cli_env(tmp_path, NAGATHA_RESULTS_URL="memory://")
+    done = run_cli(["serve", "--port", str(free_port())], env)
+    assert done.returncode == 2
+    assert "results.url is memory://" in done.stderr and "Traceback" not in done.stderr
