@@ -50,7 +50,12 @@ def _split_list(value: Any, separator: str) -> Any:
 
 
 def _check_scheme(url: str, allowed: tuple[str, ...]) -> str:
-    scheme = urlsplit(url).scheme
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 - raises ValueError for a port out of range
+    except ValueError as exc:
+        raise ValueError(f"not a valid URL ({exc})") from None
+    scheme = parts.scheme
     if f"{scheme}://" == MEMORY_URL and url.rstrip("/") == "memory:":
         return MEMORY_URL
     if scheme not in allowed:
@@ -126,6 +131,11 @@ class BridgeConfig(_Section):
     @classmethod
     def _queues(cls, value: Any) -> Any:
         return _split_list(value, ",")
+
+    @field_validator("result_backend_url")
+    @classmethod
+    def _backend(cls, value: str | None) -> str | None:
+        return None if value is None else _check_scheme(value, ("redis", "rediss", "unix"))
 
 
 class WorkerConfig(_Section):
@@ -226,6 +236,10 @@ def _read_yaml(path: Path, label: str) -> dict[str, Any]:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
         raise ConfigError(f"cannot read config file {label}: {exc.strerror}") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(
+            f"{label} is not UTF-8 text (byte {exc.start}): save it as UTF-8"
+        ) from None
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
@@ -278,11 +292,13 @@ def _describe_error(exc: ValidationError, sources: Mapping[str, str]) -> str:
     source = sources.get(key, DEFAULT_SOURCE)
     if error["type"] == "extra_forbidden":
         return f"unknown key {key!r} (from {source}); see `nagatha config` for the valid keys"
+    shown_key = " ".join(".".join(loc).split())
     shown = error.get("input")
     if key in SECRET_KEYS or (isinstance(shown, str) and "://" in shown):
         shown = mask_value(key, shown)
     message = error["msg"].removeprefix("Value error, ")
-    return f"{'.'.join(loc)} = {shown!r} (from {source}): {message}"
+    text = f"{shown_key} = {shown!r} (from {source}): {message}"
+    return " ".join(text.split())  # one line, whatever the key or message held
 
 
 def load_config(
@@ -340,8 +356,12 @@ MASK = "****"
 
 def mask_url(url: str) -> str:
     """Replace the password of a URL with ``****`` (``amqp://user:****@host//``)."""
-    parts = urlsplit(url)
-    if parts.password is None:
+    try:
+        parts = urlsplit(url)
+        password = parts.password
+    except ValueError:
+        return MASK  # not a URL we can take apart: show nothing of it
+    if password is None:
         return url
     netloc = parts.netloc.rsplit("@", 1)
     user = netloc[0].split(":", 1)[0]
@@ -363,7 +383,7 @@ def secrets_of(config: FrameworkConfig) -> list[str]:
     """Every secret string in the config (tokens, URL passwords), for log redaction."""
     found = list(config.api.tokens)
     for url in (config.broker.url, config.results.url, config.bridge.result_backend_url):
-        password = urlsplit(url).password if url else None
+        password = urlsplit(url).password if url and "://" in url else None
         if password:
             found.append(password)
     return [s for s in found if s]

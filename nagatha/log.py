@@ -9,6 +9,7 @@ from collections.abc import Iterable
 from datetime import UTC, datetime
 
 from nagatha.config import MASK, LoggingConfig
+from nagatha.errors import ConfigError
 
 _HANDLER_NAME = "nagatha"
 #: Dramatiq warns on every non-None return without its Results middleware; the hub keeps
@@ -68,7 +69,12 @@ def setup_logging(config: LoggingConfig, secrets: Iterable[str] = ()) -> None:
             handler.close()
     handler: logging.Handler
     if config.file:
-        handler = logging.FileHandler(config.file, encoding="utf-8")
+        try:
+            handler = logging.FileHandler(config.file, encoding="utf-8")
+        except OSError as exc:
+            raise ConfigError(
+                f"logging.file = {config.file!r}: cannot open it for writing ({exc.strerror})"
+            ) from None
     else:
         handler = logging.StreamHandler(sys.stderr)
     handler.set_name(_HANDLER_NAME)

@@ -16,7 +16,10 @@ after_nack                 ``failure`` for what no worker thread saw (unknown ta
 =========================  ==================================================================
 
 Final writes are retried while the store is unreachable: the worker thread holds the message
-(unacked) until its result is recorded, so a result is never dropped on a Redis outage.
+(unacked) until its result is recorded, so a result is never dropped on a Redis outage. There is
+no giving up: Dramatiq logs and swallows an exception from an ``after_*`` hook and then *acks*
+the message, which would lose the result. A worker stopped while it holds a write exits at the
+end of its grace period without the ack, and RabbitMQ redelivers the message.
 """
 
 from __future__ import annotations
@@ -58,18 +61,11 @@ def describe_exception(exc: BaseException | None, message: dramatiq.Message) -> 
 class StatusMiddleware(dramatiq.Middleware):
     """Keeps the status store in step with each message (see the module docstring)."""
 
-    def __init__(self, store: StatusStore, *, hold_seconds: float = 3600.0) -> None:
+    def __init__(self, store: StatusStore) -> None:
         self.store = store
-        self.hold_seconds = hold_seconds
-        self._stopping = threading.Event()
         # Retries bumps options["retries"] before our after_* hooks run; keep the attempt's own
         # count from before_process_message (same worker thread).
         self._attempt = threading.local()
-
-    def before_worker_shutdown(self, broker: dramatiq.Broker, worker: dramatiq.Worker) -> None:
-        # A message whose final write is still waiting for the store stays unacked and is
-        # redelivered after the restart; don't block shutdown on it.
-        self._stopping.set()
 
     @staticmethod
     def _defaults(message: dramatiq.Message) -> dict[str, Any]:
@@ -88,14 +84,12 @@ class StatusMiddleware(dramatiq.Middleware):
             else message.options.get("retries", 0),
         )
         delay = RETRY_FIRST
-        deadline = time.monotonic() + self.hold_seconds
         while True:
             try:
                 self.store.update(message.message_id, status, fields, self._defaults(message))
                 return
             except StoreUnavailable as exc:
-                held = status.final and not self._stopping.is_set()
-                if not held or time.monotonic() > deadline:
+                if not status.final:
                     logger.error(
                         "task %s %s: %s could not be recorded: %s",
                         message.message_id,
@@ -103,9 +97,9 @@ class StatusMiddleware(dramatiq.Middleware):
                         status.value,
                         exc,
                     )
-                    if status.final:
-                        raise
                     return
+                # NOTE: hold for as long as this process lives (see the module docstring):
+                # raising here would get the message acked and its result lost.
                 logger.warning(
                     "task %s %s: store unavailable, holding %s: %s",
                     message.message_id,
