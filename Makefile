@@ -25,6 +25,7 @@ test: install
 lint: install
 	$(BIN)/ruff check nagatha bridge modules tests
 	$(BIN)/ruff format --check nagatha bridge modules tests
+	$(BIN)/mypy
 
 bench: install
 	$(BIN)/python -m pip install --quiet -e '.[bench]'

@@ -198,7 +198,7 @@ class ChordJoin:
             if ready == -1 or not claimed:
                 return None
             entries = self.client.zrange(self.key_for(group_id, ".j"), 0, -1)
-        return _completed(group_id, claim, entries)
+        return _completed(group_id, claim, entries)  # type: ignore[arg-type]  # bytes client
 
     def finish(self, header: CompletedHeader) -> None:
         """The body was published: delete the join keys and mark the chord done."""

@@ -20,7 +20,9 @@ from nagatha.errors import StoreUnavailable
 class RevocationStore:
     """Record and check revoked task ids (``revoke`` is idempotent)."""
 
-    def __init__(self, client: redis.Redis, *, prefix: str = "nagatha:", ttl_s: int = 86_400) -> None:
+    def __init__(
+        self, client: redis.Redis, *, prefix: str = "nagatha:", ttl_s: int = 86_400
+    ) -> None:
         self.client = client
         self.prefix = prefix
         self.ttl_s = ttl_s

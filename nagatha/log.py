@@ -63,10 +63,10 @@ class JsonFormatter(logging.Formatter):
 def setup_logging(config: LoggingConfig, secrets: Iterable[str] = ()) -> None:
     """Configure the root logger once per process (calling again replaces the setup)."""
     root = logging.getLogger()
-    for handler in list(root.handlers):
-        if handler.get_name() == _HANDLER_NAME:
-            root.removeHandler(handler)
-            handler.close()
+    for old in list(root.handlers):
+        if old.get_name() == _HANDLER_NAME:
+            root.removeHandler(old)
+            old.close()
     handler: logging.Handler
     if config.file:
         try:

@@ -275,7 +275,7 @@ class TaskRegistry:
         opts.setdefault("throws", (TimeLimitExceeded,))
         priority = opts.pop("priority", 0)
         try:
-            actor = dramatiq.actor(
+            actor: dramatiq.Actor[Any, Any] = dramatiq.actor(  # type: ignore[call-overload]
                 func,
                 actor_name=full,
                 queue_name=queue,
@@ -338,7 +338,7 @@ class TaskRegistry:
             created_at=utcnow(),
         )
         self.store.create(record)
-        message = dramatiq.Message(
+        message: dramatiq.Message[Any] = dramatiq.Message(
             queue_name=spec.queue,
             actor_name=spec.name,
             args=tuple(args),

@@ -33,7 +33,10 @@ LOOPBACK = "127.0.0.1"
 
 
 def wait_until(
-    condition: Callable[[], T], timeout: float, interval: float = 0.05, message: str = "condition"
+    condition: Callable[[], T | None],
+    timeout: float,
+    interval: float = 0.05,
+    message: str = "condition",
 ) -> T:
     """Return the first truthy value of ``condition()``; ``TimeoutError`` after ``timeout`` s."""
     deadline = time.monotonic() + timeout

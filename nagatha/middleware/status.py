@@ -31,6 +31,7 @@ import time
 from typing import Any
 
 import dramatiq
+from dramatiq.broker import MessageProxy
 from dramatiq.errors import ActorNotFound
 from dramatiq.middleware import SkipMessage, TimeLimitExceeded
 
@@ -44,7 +45,7 @@ logger = logging.getLogger("nagatha.tasks")
 RETRY_FIRST, RETRY_CAP = 0.2, 5.0
 
 
-def describe_exception(exc: BaseException | None, message: dramatiq.Message) -> str:
+def describe_exception(exc: BaseException | None, message: MessageProxy) -> str:
     """The ``error`` text of a failed task: ``Type: message``, clear for the usual causes."""
     if isinstance(exc, ActorNotFound):
         return f"UnknownTask: no worker has a task named {message.actor_name!r}"
@@ -68,7 +69,7 @@ class StatusMiddleware(dramatiq.Middleware):
         self._attempt = threading.local()
 
     @staticmethod
-    def _defaults(message: dramatiq.Message) -> dict[str, Any]:
+    def _defaults(message: MessageProxy) -> dict[str, Any]:
         return {
             "task_name": message.actor_name,
             "args": list(message.args),
@@ -76,7 +77,7 @@ class StatusMiddleware(dramatiq.Middleware):
             "created_at": message.message_datetime,
         }
 
-    def _write(self, message: dramatiq.Message, status: TaskStatus, **fields: Any) -> None:
+    def _write(self, message: MessageProxy, status: TaskStatus, **fields: Any) -> None:
         fields.setdefault(
             "retries",
             getattr(self._attempt, "retries", None)
@@ -110,7 +111,7 @@ class StatusMiddleware(dramatiq.Middleware):
                 time.sleep(delay)
                 delay = min(delay * 2, RETRY_CAP)
 
-    def before_process_message(self, broker: dramatiq.Broker, message: dramatiq.Message) -> None:
+    def before_process_message(self, broker: dramatiq.Broker, message: MessageProxy) -> None:
         self._attempt.message_id = message.message_id
         self._attempt.retries = message.options.get("retries", 0)
         logger.info("task %s %s started", message.message_id, message.actor_name)
@@ -119,7 +120,7 @@ class StatusMiddleware(dramatiq.Middleware):
     def after_process_message(
         self,
         broker: dramatiq.Broker,
-        message: dramatiq.Message,
+        message: MessageProxy,
         *,
         result: Any = None,
         exception: BaseException | None = None,
@@ -149,11 +150,11 @@ class StatusMiddleware(dramatiq.Middleware):
                 message, TaskStatus.RETRYING, error=error, retries=message.options.get("retries", 0)
             )
 
-    def after_skip_message(self, broker: dramatiq.Broker, message: dramatiq.Message) -> None:
+    def after_skip_message(self, broker: dramatiq.Broker, message: MessageProxy) -> None:
         if message.failed:
             self._fail(message, describe_exception(getattr(message, "_exception", None), message))
 
-    def after_nack(self, broker: dramatiq.Broker, message: dramatiq.Message) -> None:
+    def after_nack(self, broker: dramatiq.Broker, message: MessageProxy) -> None:
         # Runs on the consumer thread, which must not block: one attempt, no holding. For a
         # failure the worker thread recorded already, the store ignores this write (final
         # records are sticky); what is left is the message no worker thread saw.
@@ -176,6 +177,6 @@ class StatusMiddleware(dramatiq.Middleware):
                 exc,
             )
 
-    def _fail(self, message: dramatiq.Message, error: str) -> None:
+    def _fail(self, message: MessageProxy, error: str) -> None:
         logger.error("task %s %s failed: %s", message.message_id, message.actor_name, error)
         self._write(message, TaskStatus.FAILURE, error=error, completed_at=utcnow())

@@ -26,10 +26,7 @@ from nagatha.types import TaskRecord, TaskStatus
 
 def encode_fields(values: dict[str, Any]) -> dict[str, str]:
     """Encode each field value as JSON text (datetimes as ISO 8601)."""
-    return {
-        key: json.dumps(to_jsonable_python(value))
-        for key, value in values.items()
-    }
+    return {key: json.dumps(to_jsonable_python(value)) for key, value in values.items()}
 
 
 def decode_fields(raw: dict[str, str]) -> TaskRecord:

@@ -130,7 +130,7 @@ class RedisStatusStore(StatusStore):
             raw = self.client.hgetall(self._key(task_id))
         except RedisError as exc:
             raise _unavailable(exc) from None
-        return decode_fields(raw) if raw else None
+        return decode_fields(raw) if raw else None  # type: ignore[arg-type]
 
     def delete(self, task_id: str) -> None:
         try:
@@ -141,7 +141,7 @@ class RedisStatusStore(StatusStore):
     def wait(self, task_id: str, timeout: float) -> TaskRecord | None:
         deadline = time.monotonic() + timeout
         try:
-            with self.client.pubsub(ignore_subscribe_messages=True) as pubsub:
+            with self.client.pubsub(ignore_subscribe_messages=True) as pubsub:  # type: ignore[no-untyped-call]
                 # Subscribe first, then read: a final write between the two cannot be missed.
                 pubsub.subscribe(self._channel(task_id))
                 record = self.get(task_id)

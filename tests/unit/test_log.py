@@ -57,7 +57,8 @@ def test_dramatiq_results_middleware_warning_is_dropped(captured: Captured) -> N
     setup_logging(LoggingConfig(level="INFO"), [])
     logging.getLogger("dramatiq.worker.WorkerThread").warning(
         "Actor 'x' returned a value that is not None, and you haven't added the Results "
-        "middleware to the broker")
+        "middleware to the broker"
+    )
     assert captured.getvalue() == ""
 
 
