@@ -1,6 +1,7 @@
 """``nagatha bridge``: consume Celery queues and hand each task to the hub's Dramatiq workers.
 
-The bridge holds one pika connection of its own for consuming. On it, it declares
+The bridge consumes on ``bridge.concurrency`` pika connections of its own (lanes). On each it
+declares
 
 * each Celery queue exactly as a Celery client or worker does (durable, no arguments, bound
   to the durable ``celery`` direct exchange with the queue name as routing key), so that
@@ -87,6 +88,7 @@ class Bridge:
         self.pidbox = Pidbox(node_name or default_node_name(), Revoker(revocations, answers).revoke)
         self._stop = threading.Event()
         self._handled = 0
+        self._count_lock = threading.Lock()
 
     @property
     def node_name(self) -> str:
@@ -98,12 +100,33 @@ class Bridge:
         self._stop.set()
 
     def run(self) -> int:
-        """Consume until :meth:`stop`, reconnecting after failures; return an exit code (0)."""
+        """Consume until :meth:`stop` on ``bridge.concurrency`` connections; return 0.
+
+        Each lane is a thread with its own connection, channel and prefetch: handling a
+        message is mostly waiting (Redis, publisher confirms), so lanes overlap those waits.
+        Only lane 0 consumes the control queue (it is exclusive to one connection).
+        """
+        lanes = [
+            threading.Thread(target=self._lane, args=(index,), name=f"bridge-lane-{index}")
+            for index in range(self.config.bridge.concurrency)
+        ]
+        for lane in lanes:
+            lane.start()
+        while any(lane.is_alive() for lane in lanes):
+            # Join in short steps: the main thread must stay free to run signal handlers.
+            for lane in lanes:
+                lane.join(POLL_S)
+        self.publisher.close_all()
+        logger.info("bridge %s stopped", self.node_name)
+        return 0
+
+    def _lane(self, index: int) -> None:
+        """One lane: consume, reconnecting with exponential backoff after failures."""
         delay = RECONNECT_FIRST_S
         while not self._stop.is_set():
             started, handled = time.monotonic(), self._handled
             try:
-                self._session()
+                self._session(control=index == 0)
             except _CONNECTION_ERRORS as exc:
                 if self._stop.is_set():
                     break
@@ -117,11 +140,11 @@ class Bridge:
                 )
                 self._stop.wait(delay)
                 delay = min(delay * 2, RECONNECT_CAP_S)
-        self.publisher.close_all()
-        logger.info("bridge %s stopped", self.node_name)
-        return 0
+            except Exception:  # a bug of ours must not end the lane for good
+                logger.exception("bridge lane %d failed; restarting it", index)
+                self._stop.wait(delay)
 
-    def _session(self) -> None:
+    def _session(self, *, control: bool) -> None:
         """One connection's life: declare, consume until stopped, close (requeues the rest)."""
         connection = pika.BlockingConnection(pika.URLParameters(self.url))
         try:
@@ -131,15 +154,17 @@ class Bridge:
             channel.basic_qos(prefetch_count=self.config.bridge.prefetch)
             for queue in self.queues:
                 channel.basic_consume(queue, functools.partial(self._on_delivery, queue))
-            channel.basic_consume(
-                self.pidbox.declare(channel), self.pidbox.on_message, auto_ack=True
-            )
-            logger.info(
-                "bridge %s consuming %s (prefetch %d)",
-                self.node_name,
-                ", ".join(self.queues),
-                self.config.bridge.prefetch,
-            )
+            if control:
+                channel.basic_consume(
+                    self.pidbox.declare(channel), self.pidbox.on_message, auto_ack=True
+                )
+                logger.info(
+                    "bridge %s consuming %s (%d lanes, prefetch %d each)",
+                    self.node_name,
+                    ", ".join(self.queues),
+                    self.config.bridge.concurrency,
+                    self.config.bridge.prefetch,
+                )
             while not self._stop.is_set():
                 connection.process_data_events(time_limit=POLL_S)
         finally:
@@ -176,7 +201,8 @@ class Bridge:
             )
             outcome = "dead-lettered"
         channel.basic_ack(method.delivery_tag)
-        self._handled += 1
+        with self._count_lock:
+            self._handled += 1
         logger.debug("message %s from %s: %s", method.delivery_tag, queue, outcome)
 
 
