@@ -5,12 +5,17 @@ Key layout (``prefix`` from ``results.prefix``, default ``nagatha:``):
 * ``<prefix>task:<id>`` - hash of the record's fields, each a JSON value; expires ``ttl``
   seconds after its last write.
 * ``<prefix>done:<id>`` - pub/sub channel; the final write publishes the status there so that
-  waiters wake at once instead of polling.
+  waiters wake at once instead of polling. Each process listens with one ``PSUBSCRIBE
+  <prefix>done:*`` connection (see :mod:`nagatha.stores.redis_waiter`).
 """
 
 from __future__ import annotations
 
+import json
+import os
+import threading
 import time
+import uuid
 from typing import Any
 
 import redis
@@ -18,28 +23,39 @@ from redis.exceptions import RedisError
 
 from nagatha.errors import StoreUnavailable
 from nagatha.stores.base import StatusStore, decode_fields, encode_fields
+from nagatha.stores.redis_waiter import DoneListener
 from nagatha.types import TaskRecord, TaskStatus
 
-# KEYS[1] record hash, KEYS[2] done channel. ARGV[1] ttl, ARGV[2] new status (JSON),
-# ARGV[3] 1 if final, ARGV[4] number of field pairs that follow, then field/value pairs,
-# then default field/value pairs used only when the record does not exist yet.
+# KEYS[1] record hash, KEYS[2] done channel. ARGV[1] ttl, ARGV[2] new status (JSON), ARGV[3]
+# 1 if final, ARGV[4] JSON object field -> JSON text, optional ARGV[5] the same for the defaults.
+# The values are kept as the strings they decode to (never re-encoded by cjson, which would
+# make an empty list and an empty object alike). Returns 1 written, 0 already final, -1 no
+# record and no defaults sent (nothing written).
 _UPDATE = """
 local current = redis.call('HGET', KEYS[1], 'status')
 if current == '"success"' or current == '"failure"' then
   return 0
 end
-local n = tonumber(ARGV[4])
-local i = 5
+local pairs_ = {}
+local n = 0
 if not current then
-  for j = 5 + 2 * n, #ARGV, 2 do
-    redis.call('HSET', KEYS[1], ARGV[j], ARGV[j + 1])
+  if not ARGV[5] then
+    return -1
+  end
+  for field, value in pairs(cjson.decode(ARGV[5])) do
+    pairs_[n + 1] = field
+    pairs_[n + 2] = value
+    n = n + 2
   end
 end
-while i < 5 + 2 * n do
-  redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1])
-  i = i + 2
+for field, value in pairs(cjson.decode(ARGV[4])) do
+  pairs_[n + 1] = field
+  pairs_[n + 2] = value
+  n = n + 2
 end
-redis.call('HSET', KEYS[1], 'status', ARGV[2])
+pairs_[n + 1] = 'status'
+pairs_[n + 2] = ARGV[2]
+redis.call('HSET', KEYS[1], unpack(pairs_))
 redis.call('EXPIRE', KEYS[1], tonumber(ARGV[1]))
 if ARGV[3] == '1' then
   redis.call('PUBLISH', KEYS[2], ARGV[2])
@@ -60,12 +76,32 @@ return 1
 """
 
 
+#: Seconds between re-reads of a waited record while the listener is subscribed (covers a
+#: record that expired meanwhile), and while it is not (a publish may be missed then).
+POLL_SUBSCRIBED, POLL_UNSUBSCRIBED = 5.0, 1.0
+
+
 def _flatten(fields: dict[str, str]) -> list[str]:
     return [item for pair in fields.items() for item in pair]
 
 
+def _reset_lock() -> None:
+    global _LISTENER_LOCK
+    _LISTENER_LOCK = threading.Lock()
+
+
+# Guards the start of listeners; replaced in a forked child, where a copy could be held forever.
+_LISTENER_LOCK = threading.Lock()
+os.register_at_fork(after_in_child=_reset_lock)
+
+
 class RedisStatusStore(StatusStore):
-    """Status records in Redis (see the module docstring for the keys)."""
+    """Status records in Redis (see the module docstring for the keys).
+
+    :meth:`wait` shares one pub/sub connection per process and store (a
+    :class:`~nagatha.stores.redis_waiter.DoneListener`, started by the first wait that has to
+    block, named :attr:`waiter_client_name` in ``CLIENT LIST``).
+    """
 
     def __init__(
         self,
@@ -77,15 +113,41 @@ class RedisStatusStore(StatusStore):
     ) -> None:
         self.ttl = ttl
         self.prefix = prefix
-        self.client = redis.Redis.from_url(
-            url,
-            socket_timeout=socket_timeout,
-            socket_connect_timeout=socket_timeout,
-            health_check_interval=30,
-            decode_responses=True,
-        )
+        self._url = url
+        self._socket_timeout = socket_timeout
+        self._token = uuid.uuid4().hex[:8]
+        self._listener: DoneListener | None = None
+        self.client = self._new_client()
         self._update = self.client.register_script(_UPDATE)
         self._create = self.client.register_script(_CREATE)
+
+    def _new_client(self, client_name: str | None = None) -> redis.Redis:
+        return redis.Redis.from_url(
+            self._url,
+            socket_timeout=self._socket_timeout,
+            socket_connect_timeout=self._socket_timeout,
+            health_check_interval=30,
+            decode_responses=True,
+            client_name=client_name,
+        )
+
+    @property
+    def waiter_client_name(self) -> str:
+        """``CLIENT SETNAME`` of this process's wait listener connection."""
+        return f"nagatha-wait-{self._token}-{os.getpid()}"
+
+    def _waiter(self) -> DoneListener:
+        """The listener of this process, started on first use (never one inherited by fork)."""
+        listener = self._listener
+        pid = os.getpid()
+        if listener is None or listener.pid != pid or listener.closed:
+            with _LISTENER_LOCK:
+                listener = self._listener
+                if listener is None or listener.pid != pid or listener.closed:
+                    name = self.waiter_client_name
+                    listener = DoneListener(lambda: self._new_client(name), f"{self.prefix}done:")
+                    self._listener = listener
+        return listener
 
     def _key(self, task_id: str) -> str:
         return f"{self.prefix}task:{task_id}"
@@ -109,21 +171,34 @@ class RedisStatusStore(StatusStore):
         fields: dict[str, Any],
         defaults: dict[str, Any] | None = None,
     ) -> bool:
-        encoded = encode_fields(fields)
-        encoded_defaults = encode_fields({"task_id": task_id, **(defaults or {})})
-        args = [
+        """See :meth:`StatusStore.update`.
+
+        ``defaults`` are encoded and sent with a ``started`` write (the one that normally
+        creates a record the hub's producer did not); for other statuses only when the record
+        turns out to be missing, at the cost of a second round trip then.
+        """
+        keys = [self._key(task_id), self._channel(task_id)]
+        args: list[str | int] = [
             self.ttl,
-            encode_fields({"status": status})["status"],
+            f'"{status.value}"',
             "1" if status.final else "0",
-            len(encoded),
-            *_flatten(encoded),
-            *_flatten(encoded_defaults),
+            json.dumps(encode_fields(fields)),
         ]
         try:
-            keys = [self._key(task_id), self._channel(task_id)]
-            return bool(self._update(keys=keys, args=args))
+            if status is TaskStatus.STARTED:
+                written = self._update(keys=keys, args=[*args, self._defaults(task_id, defaults)])
+            else:
+                written = self._update(keys=keys, args=args)
+                if written == -1:
+                    args.append(self._defaults(task_id, defaults))
+                    written = self._update(keys=keys, args=args)
+            return bool(written)
         except RedisError as exc:
             raise _unavailable(exc) from None
+
+    @staticmethod
+    def _defaults(task_id: str, defaults: dict[str, Any] | None) -> str:
+        return json.dumps(encode_fields({"task_id": task_id, **(defaults or {})}))
 
     def get(self, task_id: str) -> TaskRecord | None:
         try:
@@ -139,24 +214,25 @@ class RedisStatusStore(StatusStore):
             raise _unavailable(exc) from None
 
     def wait(self, task_id: str, timeout: float) -> TaskRecord | None:
+        """See :meth:`StatusStore.wait`; a final or missing record returns without a subscribe."""
         deadline = time.monotonic() + timeout
+        record = self.get(task_id)
+        if record is None or record.status.final or timeout <= 0:
+            return record
+        listener = self._waiter()
+        # Registered before the re-read: a final write after it sets the event (see DoneListener).
+        event = listener.register(task_id)
         try:
-            with self.client.pubsub(ignore_subscribe_messages=True) as pubsub:  # type: ignore[no-untyped-call]
-                # Subscribe first, then read: a final write between the two cannot be missed.
-                pubsub.subscribe(self._channel(task_id))
+            while True:
                 record = self.get(task_id)
-                while record is not None and not record.status.final:
-                    remaining = deadline - time.monotonic()
-                    if remaining <= 0:
-                        break
-                    if pubsub.get_message(timeout=min(remaining, 5.0)) is not None:
-                        record = self.get(task_id)
-                    elif time.monotonic() < deadline:
-                        # Re-read every few seconds: covers a record that expired meanwhile.
-                        record = self.get(task_id)
-                return record
-        except RedisError as exc:
-            raise _unavailable(exc) from None
+                remaining = deadline - time.monotonic()
+                if record is None or record.status.final or remaining <= 0:
+                    return record
+                poll = POLL_SUBSCRIBED if listener.ready else POLL_UNSUBSCRIBED
+                event.wait(min(remaining, poll))
+                event.clear()
+        finally:
+            listener.unregister(task_id, event)
 
     def ping(self) -> None:
         try:
@@ -165,6 +241,9 @@ class RedisStatusStore(StatusStore):
             raise _unavailable(exc) from None
 
     def close(self) -> None:
+        listener = self._listener
+        if listener is not None and listener.pid == os.getpid():
+            listener.close()
         self.client.close()
 
 

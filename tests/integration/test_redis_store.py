@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Iterator
+from typing import Any
 
 import pytest
 
@@ -16,8 +18,31 @@ pytestmark = pytest.mark.integration
 
 
 @pytest.fixture
-def store(redis_prefix: RedisPrefix) -> RedisStatusStore:
-    return RedisStatusStore(redis_prefix.url, prefix=redis_prefix.prefix, ttl=120)
+def store(redis_prefix: RedisPrefix) -> Iterator[RedisStatusStore]:
+    store = RedisStatusStore(redis_prefix.url, prefix=redis_prefix.prefix, ttl=120)
+    yield store
+    store.close()
+
+
+def listener_connections(store: RedisStatusStore) -> list[dict[str, Any]]:
+    """The pub/sub connections of ``store``'s wait listener in this process."""
+    clients = store.client.client_list(_type="pubsub")
+    return [c for c in clients if c["name"] == store.waiter_client_name]
+
+
+def listening(store: RedisStatusStore, task_id: str, waiters: int = 1) -> bool:
+    """True once ``waiters`` waits on ``task_id`` are registered with a subscribed listener."""
+    listener = store._listener
+    return listener is not None and listener.ready and listener.waiting(task_id) == waiters
+
+
+def wait_in_thread(
+    store: RedisStatusStore, task_id: str, timeout: float
+) -> tuple[threading.Thread, list[TaskRecord | None]]:
+    results: list[TaskRecord | None] = []
+    thread = threading.Thread(target=lambda: results.append(store.wait(task_id, timeout)))
+    thread.start()
+    return thread, results
 
 
 def pending(task_id: str) -> TaskRecord:
@@ -62,21 +87,99 @@ def test_update_without_a_record_creates_it_from_defaults(store: RedisStatusStor
 
 def test_wait_wakes_on_the_final_write(store: RedisStatusStore) -> None:
     store.create(pending("d"))
-    results: list[TaskRecord | None] = []
-    waiter = threading.Thread(target=lambda: results.append(store.wait("d", 30)))
-    waiter.start()
-    channel = f"{store.prefix}done:d"
-    wait_until(
-        lambda: dict(store.client.pubsub_numsub(channel)).get(channel) == 1,
-        10,
-        message="waiter subscribed",
-    )
+    waiter, results = wait_in_thread(store, "d", 30)
+    wait_until(lambda: listening(store, "d"), 10, message="waiter registered")
     started = time.monotonic()
     store.update("d", TaskStatus.SUCCESS, {"result": 1})
     waiter.join(30)
     assert not waiter.is_alive()
     assert results[0] is not None and results[0].status is TaskStatus.SUCCESS
-    assert time.monotonic() - started < 25  # woken by the publish, not by the 30 s bound
+    assert time.monotonic() - started < 4  # woken by the publish, not by a 5 s re-read
+
+
+def test_wait_on_a_final_record_returns_without_subscribing(store: RedisStatusStore) -> None:
+    store.create(pending("f"))
+    store.update("f", TaskStatus.FAILURE, {"error": "E: x"})
+    record = store.wait("f", 30)
+    assert record is not None and record.status is TaskStatus.FAILURE
+    assert store._listener is None
+    assert listener_connections(store) == []
+
+
+def test_concurrent_waiters_share_one_pubsub_connection(store: RedisStatusStore) -> None:
+    ids = [f"many-{n}" for n in range(20)]
+    for task_id in ids:
+        store.create(pending(task_id))
+    waiters = [wait_in_thread(store, task_id, 30) for task_id in ids]
+    wait_until(
+        lambda: all(listening(store, task_id) for task_id in ids), 10, message="all registered"
+    )
+    assert len(listener_connections(store)) == 1
+    for task_id in ids:
+        store.update(task_id, TaskStatus.SUCCESS, {"result": task_id})
+    for thread, results in waiters:
+        thread.join(30)
+        assert not thread.is_alive()
+        assert results[0] is not None and results[0].status is TaskStatus.SUCCESS
+    assert [results[0].result for _, results in waiters if results[0]] == ids
+    assert len(listener_connections(store)) == 1
+
+
+def test_a_waiter_survives_its_listener_connection_being_killed(store: RedisStatusStore) -> None:
+    store.create(pending("k"))
+    waiter, results = wait_in_thread(store, "k", 30)
+    wait_until(lambda: listening(store, "k"), 10, message="waiter registered")
+    (connection,) = listener_connections(store)
+    store.client.client_kill_filter(_id=connection["id"])
+    started = time.monotonic()
+    store.update("k", TaskStatus.SUCCESS, {"result": "after the kill"})
+    waiter.join(30)
+    assert not waiter.is_alive()
+    assert results[0] is not None and results[0].result == "after the kill"
+    assert time.monotonic() - started < 25  # before the 30 s timeout
+    # The listener comes back on a new connection and wakes later waiters again.
+    new = wait_until(lambda: listener_connections(store), 10, message="listener reconnected")
+    assert new[0]["id"] != connection["id"]
+    store.create(pending("k2"))
+    waiter, results = wait_in_thread(store, "k2", 30)
+    wait_until(lambda: listening(store, "k2"), 10, message="second waiter registered")
+    store.update("k2", TaskStatus.SUCCESS, {"result": 2})
+    waiter.join(30)
+    assert results[0] is not None and results[0].result == 2
+
+
+def test_a_listener_inherited_from_another_process_is_replaced(store: RedisStatusStore) -> None:
+    store.create(pending("p"))
+    waiter, _ = wait_in_thread(store, "p", 30)
+    wait_until(lambda: listening(store, "p"), 10, message="waiter registered")
+    inherited = store._listener
+    assert inherited is not None
+    inherited.pid = -1  # as seen from a forked child
+    assert store._waiter() is not inherited
+    store.update("p", TaskStatus.SUCCESS, {"result": None})
+    waiter.join(30)
+    inherited.close()
+
+
+def test_update_keeps_empty_containers_apart(store: RedisStatusStore) -> None:
+    assert store.update(
+        "e",
+        TaskStatus.SUCCESS,
+        {"result": {"list": [], "dict": {}, "text": 'é\u0000"', "n": 1.5}},
+        {"task_name": "m.t", "created_at": utcnow(), "args": [], "kwargs": {}},
+    )
+    record = store.get("e")
+    assert record is not None and record.args == [] and record.kwargs == {}
+    assert record.result == {"list": [], "dict": {}, "text": 'é\u0000"', "n": 1.5}
+    assert record.task_id == "e" and record.status is TaskStatus.SUCCESS
+
+
+def test_a_later_write_recreates_a_missing_record_from_defaults(store: RedisStatusStore) -> None:
+    defaults = {"task_name": "m.t", "created_at": utcnow(), "args": [2], "kwargs": {}}
+    assert store.update("g", TaskStatus.RETRYING, {"error": "E: x"}, defaults)
+    record = store.get("g")
+    assert record is not None and record.task_name == "m.t" and record.args == [2]
+    assert record.status is TaskStatus.RETRYING and record.error == "E: x"
 
 
 def test_wait_on_an_unknown_id_returns_none_at_once(store: RedisStatusStore) -> None:
