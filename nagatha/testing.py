@@ -49,6 +49,20 @@ def wait_until(
         time.sleep(interval)
 
 
+def services_required() -> bool:
+    """True in CI (or when asked): a missing service must fail a test run, never skip it."""
+    return bool(os.environ.get("CI") or os.environ.get("NAGATHA_REQUIRE_SERVICES"))
+
+
+def missing_service(message: str) -> None:
+    """Fail the test when services are required (CI), else skip it; ``message`` says what."""
+    import pytest
+
+    if services_required():
+        pytest.fail(f"{message}; integration tests must run in CI", pytrace=False)
+    pytest.skip(f"{message} (set CI=1 to make this a failure)")
+
+
 def free_port() -> int:
     """A TCP port on loopback that was free a moment ago."""
     with socket.socket() as sock:

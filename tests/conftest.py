@@ -21,6 +21,7 @@ from nagatha.testing import (
     HubProcess,
     RabbitVhost,
     RedisPrefix,
+    missing_service,
     port_open,
 )
 
@@ -28,19 +29,11 @@ ROOT = Path(__file__).resolve().parent.parent
 MODULES = ROOT / "modules"
 
 
-def services_required() -> bool:
-    """True in CI (or when asked): a missing service fails the run instead of skipping."""
-    return bool(os.environ.get("CI") or os.environ.get("NAGATHA_REQUIRE_SERVICES"))
-
-
 def require_service(name: str, port: int) -> None:
     """Fail (CI) or skip (locally) unless ``name`` answers on loopback ``port``."""
     if port_open(LOOPBACK, port):
         return
-    message = f"{name} is not answering on {LOOPBACK}:{port}"
-    if services_required():
-        pytest.fail(f"{message}; integration tests must run in CI", pytrace=False)
-    pytest.skip(f"{message} (set CI=1 to make this a failure)")
+    missing_service(f"{name} is not answering on {LOOPBACK}:{port}")
 
 
 @pytest.fixture(scope="session")

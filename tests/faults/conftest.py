@@ -30,7 +30,7 @@ from fault_kit import Outcome, RabbitNode, RedisServer, ServerError, _alive, _is
 from nagatha.config import FrameworkConfig, load_config
 from nagatha.hub import create_hub
 from nagatha.registry import TaskRegistry
-from nagatha.testing import HubProcess
+from nagatha.testing import HubProcess, missing_service
 
 ROOT = Path(__file__).resolve().parents[2]
 MODULES = ROOT / "modules"
@@ -38,24 +38,18 @@ RESULTS_FILE = Path(__file__).resolve().parent / "results.json"
 RESULTS: list[dict[str, Any]] = []
 
 
-def _missing(message: str) -> None:
-    if os.environ.get("CI") or os.environ.get("NAGATHA_REQUIRE_SERVICES"):
-        pytest.fail(f"{message}; fault tests must run in CI", pytrace=False)
-    pytest.skip(f"{message} (set CI=1 to make this a failure)")
-
-
 @pytest.fixture(scope="session")
 def rabbit_node() -> Iterator[RabbitNode]:
     """A RabbitMQ node of this session's own; the shared one is never touched."""
     for tool in ("rabbitmq-server", "rabbitmqctl"):
         if shutil.which(tool) is None:
-            _missing(f"{tool} is not installed")
+            missing_service(f"{tool} is not installed")
     node = RabbitNode(Path(tempfile.mkdtemp(prefix="nagatha-faults-rmq-")))
     try:
         node.start()
     except (ServerError, OSError) as exc:
         node.stop()
-        _missing(f"a private RabbitMQ node could not be started: {exc}")
+        missing_service(f"a private RabbitMQ node could not be started: {exc}")
     try:
         yield node
     finally:
@@ -66,7 +60,7 @@ def rabbit_node() -> Iterator[RabbitNode]:
 def redis_private() -> Iterator[RedisServer]:
     """An append-only Redis of this test's own on a free port (it may be killed)."""
     if shutil.which("redis-server") is None:
-        _missing("redis-server is not installed")
+        missing_service("redis-server is not installed")
     server = RedisServer(Path(tempfile.mkdtemp(prefix="nagatha-faults-redis-")))
     try:
         server.start()

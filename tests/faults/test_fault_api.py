@@ -12,7 +12,9 @@ import signal
 import threading
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -56,6 +58,53 @@ def _common_asserts(load: HttpLoad, outcome: Outcome, api: HubProcess) -> None:
     assert "Traceback" not in api.log()
 
 
+@dataclass
+class Outage:
+    """What the HTTP load saw around one outage of a service the API depends on."""
+
+    up_at: float
+    during: list[Any]
+    refused: list[Any]
+    slowest: float
+    first_ok: float
+    probes: dict[str, httpx.Response | str]
+
+
+def _outage_under_load(
+    load: HttpLoad,
+    stop: Callable[[], None],
+    start: Callable[[], None],
+    probe: Callable[[], dict[str, httpx.Response | str]],
+) -> Outage:
+    """Stop a service under load until 503s were answered, probe, restart it, wait for 202s."""
+    try:
+        wait_accepted(load, 20)
+        down_at = time.monotonic()
+        try:
+            stop()
+            wait_until(
+                lambda: (
+                    time.monotonic() - down_at >= OUTAGE_SECONDS
+                    and sum(1 for a in load.between(down_at, time.monotonic()) if a.status == 503)
+                    >= 5
+                ),
+                OUTAGE_SECONDS + 30,
+                message="503s during the outage",
+            )
+            probes = probe()
+        finally:
+            start()
+        up_at = time.monotonic()
+        during = load.between(down_at, up_at)
+        wait_accepted(load, 20, timeout=45)
+        first_ok = min(a.ended for a in load.snapshot() if a.task_id and a.started > up_at)
+    finally:
+        load.stop()
+    refused = [a for a in during if a.status == 503]
+    slowest = max((a.seconds for a in refused), default=0.0)
+    return Outage(up_at, during, refused, slowest, first_ok, probes)
+
+
 def test_broker_outage_answers_503_and_the_api_recovers_by_itself(
     rabbit_node: RabbitNode,
     api: HubProcess,
@@ -66,34 +115,15 @@ def test_broker_outage_answers_503_and_the_api_recovers_by_itself(
     base = api.base_url  # type: ignore[attr-defined]
     worker = start_worker(processes=1, threads=4)
     load = HttpLoad(base, interval=0.1).start()
-    health_down: httpx.Response | str = ""
-    try:
-        wait_accepted(load, 20)
-        down_at = time.monotonic()
-        try:
-            rabbit_node.stop_app()
-            wait_until(
-                lambda: (
-                    time.monotonic() - down_at >= OUTAGE_SECONDS
-                    and sum(1 for a in load.between(down_at, time.monotonic()) if a.status == 503)
-                    >= 5
-                ),
-                OUTAGE_SECONDS + 30,
-                message="503s during the outage",
-            )
-            health_down = _get(f"{base}/health")
-        finally:
-            rabbit_node.start_app()
-        up_at = time.monotonic()
-        during = load.between(down_at, up_at)
-        wait_accepted(load, 20, timeout=45)
-        first_ok = min(a.ended for a in load.snapshot() if a.task_id and a.started > up_at)
-    finally:
-        load.stop()
-
+    run = _outage_under_load(
+        load,
+        rabbit_node.stop_app,
+        rabbit_node.start_app,
+        lambda: {"health": _get(f"{base}/health")},
+    )
     records = wait_final(fault_hub.store, load.ids, timeout=60)
-    refused = [a for a in during if a.status == 503]
-    slowest = max((a.seconds for a in refused), default=0.0)
+    up_at, during, refused, slowest = run.up_at, run.during, run.refused, run.slowest
+    first_ok, health_down = run.first_ok, run.probes["health"]
     outcome = summarize(
         f"API: RabbitMQ stop_app {OUTAGE_SECONDS:g} s + start_app",
         LOAD,
@@ -125,40 +155,24 @@ def test_redis_outage_answers_503_for_the_store_and_the_api_recovers(
     base = api.base_url  # type: ignore[attr-defined]
     worker = start_worker(processes=1, threads=4)
     load = HttpLoad(base, interval=0.1).start()
-    probes: dict[str, httpx.Response | str] = {}
-    try:
-        wait_accepted(load, 20)
-        known = load.ids[0]
-        down_at = time.monotonic()
-        try:
-            redis_private.kill()
-            wait_until(
-                lambda: (
-                    time.monotonic() - down_at >= OUTAGE_SECONDS
-                    and sum(1 for a in load.between(down_at, time.monotonic()) if a.status == 503)
-                    >= 5
-                ),
-                OUTAGE_SECONDS + 30,
-                message="503s during the outage",
-            )
-            probes = {
-                "health": _get(f"{base}/health"),
-                "status": _get(f"{base}/tasks/{known}"),
-                "list": _get(f"{base}/tasks"),
-                "ping": _get(f"{base}/ping"),
-            }
-        finally:
-            redis_private.start()
-        up_at = time.monotonic()
-        during = load.between(down_at, up_at)
-        wait_accepted(load, 20, timeout=45)
-        first_ok = min(a.ended for a in load.snapshot() if a.task_id and a.started > up_at)
-    finally:
-        load.stop()
+    known: list[str] = []
 
+    def probe() -> dict[str, httpx.Response | str]:
+        return {
+            "health": _get(f"{base}/health"),
+            "status": _get(f"{base}/tasks/{known[0]}"),
+            "list": _get(f"{base}/tasks"),
+            "ping": _get(f"{base}/ping"),
+        }
+
+    def kill() -> None:
+        known.append(load.ids[0])
+        redis_private.kill()
+
+    run = _outage_under_load(load, kill, redis_private.start, probe)
     records = wait_final(fault_hub.store, load.ids, timeout=60)
-    refused = [a for a in during if a.status == 503]
-    slowest = max((a.seconds for a in refused), default=0.0)
+    up_at, during, refused, slowest = run.up_at, run.during, run.refused, run.slowest
+    first_ok, probes = run.first_ok, run.probes
     codes = {k: getattr(v, "status_code", v) for k, v in probes.items()}
     outcome = summarize(
         f"API: Redis SIGKILL {OUTAGE_SECONDS:g} s + restart (AOF)",
