@@ -9,7 +9,6 @@ seen per request, not as a stale keep-alive connection) and counts every answer.
 from __future__ import annotations
 
 import random
-import threading
 import time
 import uuid
 from collections import Counter
@@ -18,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+from fault_kit import Submitters
 
 from nagatha.testing import LOOPBACK, HubProcess, free_port, wait_until
 
@@ -91,7 +91,7 @@ class Answer:
 
 
 @dataclass
-class HttpLoad:
+class HttpLoad(Submitters):
     """Threads that post ``diagnostics.sleep`` to ``/tasks/run`` until stopped or ``limit``."""
 
     base_url: str
@@ -101,10 +101,8 @@ class HttpLoad:
     limit: int = 400
     answers: list[Answer] = field(default_factory=list)
 
-    def __post_init__(self) -> None:
-        self._stop = threading.Event()
-        self._lock = threading.Lock()
-        self._threads: list[threading.Thread] = []
+    thread_prefix = "http-load"
+    join_timeout = HTTP_TIMEOUT + 5
 
     def post_one(self) -> Answer:
         """Post one task; record and return the answer."""
@@ -144,23 +142,6 @@ class HttpLoad:
                     return
             self.post_one()
             self._stop.wait(self.interval)
-
-    def start(self) -> HttpLoad:
-        """Start the submitter threads."""
-        for index in range(self.threads):
-            thread = threading.Thread(target=self._run, name=f"http-load-{index}", daemon=True)
-            thread.start()
-            self._threads.append(thread)
-        return self
-
-    def stop(self) -> None:
-        """Stop the submitters and wait for them (each is at most one request away)."""
-        self._stop.set()
-        for thread in self._threads:
-            thread.join(HTTP_TIMEOUT + 5)
-        stuck = [t.name for t in self._threads if t.is_alive()]
-        if stuck:
-            raise AssertionError(f"HTTP submitter threads hang: {stuck}")
 
     def snapshot(self) -> list[Answer]:
         """Every answer so far."""

@@ -25,7 +25,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 from urllib.parse import quote
 
 import redis
@@ -336,8 +336,43 @@ class Refusal:
     at: float
 
 
+class Submitters:
+    """Submitter threads that run ``_run`` until :meth:`stop` (base of the load generators)."""
+
+    #: Thread names are ``<thread_prefix>-<n>``; ``stop`` waits this long for each thread.
+    thread_prefix = "load"
+    join_timeout = 60.0
+    threads: int
+
+    def __post_init__(self) -> None:
+        self._stop = threading.Event()
+        self._lock = threading.Lock()
+        self._threads: list[threading.Thread] = []
+
+    def _run(self) -> None:
+        raise NotImplementedError
+
+    def start(self) -> Self:
+        """Start the submitter threads."""
+        for index in range(self.threads):
+            name = f"{self.thread_prefix}-{index}"
+            thread = threading.Thread(target=self._run, name=name, daemon=True)
+            thread.start()
+            self._threads.append(thread)
+        return self
+
+    def stop(self) -> None:
+        """Stop the submitters and wait for them (each is at most one request away)."""
+        self._stop.set()
+        for thread in self._threads:
+            thread.join(self.join_timeout)
+        stuck = [t.name for t in self._threads if t.is_alive()]
+        if stuck:
+            raise AssertionError(f"submitter threads hang: {stuck}")
+
+
 @dataclass
-class Load:
+class Load(Submitters):
     """Threads that submit ``diagnostics.sleep`` tasks through the registry at a steady pace.
 
     Every id is chosen here (``submit(task_id=...)``), so a refused submit is known by id and
@@ -352,11 +387,6 @@ class Load:
     accepted: list[tuple[str, float]] = field(default_factory=list)
     refused: list[Refusal] = field(default_factory=list)
     unexpected: list[str] = field(default_factory=list)
-
-    def __post_init__(self) -> None:
-        self._stop = threading.Event()
-        self._lock = threading.Lock()
-        self._threads: list[threading.Thread] = []
 
     def _run(self) -> None:
         while not self._stop.is_set():
@@ -382,23 +412,6 @@ class Load:
         with self._lock:
             self.accepted.append((task_id, time.monotonic()))
         return task_id
-
-    def start(self) -> Load:
-        """Start the submitter threads."""
-        for index in range(self.threads):
-            thread = threading.Thread(target=self._run, name=f"load-{index}", daemon=True)
-            thread.start()
-            self._threads.append(thread)
-        return self
-
-    def stop(self) -> None:
-        """Stop the submitters and wait for them (each is at most one submit away)."""
-        self._stop.set()
-        for thread in self._threads:
-            thread.join(60)
-        stuck = [t.name for t in self._threads if t.is_alive()]
-        if stuck:
-            raise AssertionError(f"submitter threads hang: {stuck}")
 
     @property
     def ids(self) -> list[str]:
