@@ -78,6 +78,8 @@ class AccessLog:
         self, req: falcon.Request, resp: falcon.Response, resource: object, req_succeeded: bool
     ) -> None:
         """Log method, path, status, duration, request id and client address."""
+        if not access_logger.isEnabledFor(logging.INFO):
+            return
         started = getattr(req.context, "started", None)
         duration_ms = (time.perf_counter() - started) * 1000 if started is not None else -1.0
         query = f"?{req.query_string}" if req.query_string else ""

@@ -7,7 +7,8 @@ Placement matters: this middleware must come before ``Retries`` in the broker's 
 =========================  ==================================================================
 hook                       status written
 =========================  ==================================================================
-before_process_message     ``started``
+before_process_message     ``started`` (deferred: may go out with the outcome, see
+                           :meth:`~nagatha.stores.StatusStore.update_soon`)
 after_process_message      ``success``; ``retrying`` while Retries will try again;
                            ``failure`` once the message is failed (retries exhausted, throws,
                            time limit) or when the result is not JSON-serializable
@@ -77,7 +78,9 @@ class StatusMiddleware(dramatiq.Middleware):
             "created_at": message.message_datetime,
         }
 
-    def _write(self, message: MessageProxy, status: TaskStatus, **fields: Any) -> None:
+    def _write(
+        self, message: MessageProxy, status: TaskStatus, *, soon: bool = False, **fields: Any
+    ) -> None:
         fields.setdefault(
             "retries",
             getattr(self._attempt, "retries", None)
@@ -87,7 +90,8 @@ class StatusMiddleware(dramatiq.Middleware):
         delay = RETRY_FIRST
         while True:
             try:
-                self.store.update(message.message_id, status, fields, self._defaults(message))
+                write = self.store.update_soon if soon else self.store.update
+                write(message.message_id, status, fields, self._defaults(message))
                 return
             except StoreUnavailable as exc:
                 if not status.final:
@@ -115,7 +119,9 @@ class StatusMiddleware(dramatiq.Middleware):
         self._attempt.message_id = message.message_id
         self._attempt.retries = message.options.get("retries", 0)
         logger.info("task %s %s started", message.message_id, message.actor_name)
-        self._write(message, TaskStatus.STARTED, started_at=utcnow(), completed_at=None)
+        # Deferred: a task that ends before this write went out records started_at with its
+        # outcome, in one write (see nagatha/stores/batching.py).
+        self._write(message, TaskStatus.STARTED, soon=True, started_at=utcnow(), completed_at=None)
 
     def after_process_message(
         self,

@@ -54,6 +54,21 @@ class StatusStore(abc.ABC):
         ``defaults`` fill a new record when none exists for ``task_id``.
         """
 
+    def update_soon(
+        self,
+        task_id: str,
+        status: TaskStatus,
+        fields: dict[str, Any],
+        defaults: dict[str, Any] | None = None,
+    ) -> None:
+        """Like :meth:`update` for a write whose loss is harmless (``started``), maybe later.
+
+        May return before the write is made; a later :meth:`update` of the same id from this
+        process may then absorb it (its fields first, the later ones over them), and a failure
+        is logged rather than raised. This default writes at once and may raise.
+        """
+        self.update(task_id, status, fields, defaults)
+
     @abc.abstractmethod
     def get(self, task_id: str) -> TaskRecord | None:
         """Return the record of ``task_id``, or None if there is none (or it expired)."""

@@ -7,6 +7,10 @@ Key layout (``prefix`` from ``results.prefix``, default ``nagatha:``):
 * ``<prefix>done:<id>`` - pub/sub channel; the final write publishes the status there so that
   waiters wake at once instead of polling. Each process listens with one ``PSUBSCRIBE
   <prefix>done:*`` connection (see :mod:`nagatha.stores.redis_waiter`).
+
+Updates from all threads of a process go out together, one pipeline per turn of a
+:class:`~nagatha.stores.batching.WriteBatcher` (group commit; each script call is atomic on its
+own, no ``MULTI``).
 """
 
 from __future__ import annotations
@@ -16,13 +20,15 @@ import os
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from typing import Any
 
 import redis
-from redis.exceptions import RedisError
+from redis.exceptions import NoScriptError, RedisError
 
 from nagatha.errors import StoreUnavailable
 from nagatha.stores.base import StatusStore, decode_fields, encode_fields
+from nagatha.stores.batching import Write, WriteBatcher
 from nagatha.stores.redis_waiter import DoneListener
 from nagatha.types import TaskRecord, TaskStatus
 
@@ -86,12 +92,13 @@ def _flatten(fields: dict[str, str]) -> list[str]:
 
 
 def _reset_lock() -> None:
-    global _LISTENER_LOCK
-    _LISTENER_LOCK = threading.Lock()
+    global _START_LOCK
+    _START_LOCK = threading.Lock()
 
 
-# Guards the start of listeners; replaced in a forked child, where a copy could be held forever.
-_LISTENER_LOCK = threading.Lock()
+# Guards the start of listeners and batchers; replaced in a forked child, where a copy could be
+# held forever.
+_START_LOCK = threading.Lock()
 os.register_at_fork(after_in_child=_reset_lock)
 
 
@@ -100,7 +107,9 @@ class RedisStatusStore(StatusStore):
 
     :meth:`wait` shares one pub/sub connection per process and store (a
     :class:`~nagatha.stores.redis_waiter.DoneListener`, started by the first wait that has to
-    block, named :attr:`waiter_client_name` in ``CLIENT LIST``).
+    block, named :attr:`waiter_client_name` in ``CLIENT LIST``). :meth:`update` and
+    :meth:`update_soon` share one :class:`~nagatha.stores.batching.WriteBatcher` per process
+    and store, started by the first update.
     """
 
     def __init__(
@@ -117,6 +126,7 @@ class RedisStatusStore(StatusStore):
         self._socket_timeout = socket_timeout
         self._token = uuid.uuid4().hex[:8]
         self._listener: DoneListener | None = None
+        self._batcher: WriteBatcher | None = None
         self.client = self._new_client()
         self._update = self.client.register_script(_UPDATE)
         self._create = self.client.register_script(_CREATE)
@@ -141,13 +151,25 @@ class RedisStatusStore(StatusStore):
         listener = self._listener
         pid = os.getpid()
         if listener is None or listener.pid != pid or listener.closed:
-            with _LISTENER_LOCK:
+            with _START_LOCK:
                 listener = self._listener
                 if listener is None or listener.pid != pid or listener.closed:
                     name = self.waiter_client_name
                     listener = DoneListener(lambda: self._new_client(name), f"{self.prefix}done:")
                     self._listener = listener
         return listener
+
+    def _writer(self) -> WriteBatcher:
+        """The batcher of this process, started on first use (never one inherited by fork)."""
+        batcher = self._batcher
+        pid = os.getpid()
+        if batcher is None or batcher.pid != pid or batcher.closed:
+            with _START_LOCK:
+                batcher = self._batcher
+                if batcher is None or batcher.pid != pid or batcher.closed:
+                    batcher = WriteBatcher(self._send, f"nagatha-writes-{self.prefix}")
+                    self._batcher = batcher
+        return batcher
 
     def _key(self, task_id: str) -> str:
         return f"{self.prefix}task:{task_id}"
@@ -171,30 +193,65 @@ class RedisStatusStore(StatusStore):
         fields: dict[str, Any],
         defaults: dict[str, Any] | None = None,
     ) -> bool:
-        """See :meth:`StatusStore.update`.
+        """See :meth:`StatusStore.update`; sent in this process's next pipeline."""
+        return bool(self._writer().write(Write(task_id, status, fields, defaults)))
+
+    def update_soon(
+        self,
+        task_id: str,
+        status: TaskStatus,
+        fields: dict[str, Any],
+        defaults: dict[str, Any] | None = None,
+    ) -> None:
+        """See :meth:`StatusStore.update_soon`; a failure is logged by the batcher."""
+        self._writer().defer(Write(task_id, status, fields, defaults))
+
+    def _send(self, writes: list[Write]) -> None:
+        """Run ``writes`` as one pipeline (the batcher's ``send``).
 
         ``defaults`` are encoded and sent with a ``started`` write (the one that normally
         creates a record the hub's producer did not); for other statuses only when the record
-        turns out to be missing, at the cost of a second round trip then.
+        turns out to be missing, at the cost of a second pipeline for those writes then.
         """
-        keys = [self._key(task_id), self._channel(task_id)]
-        args: list[str | int] = [
-            self.ttl,
-            f'"{status.value}"',
-            "1" if status.final else "0",
-            json.dumps(encode_fields(fields)),
-        ]
         try:
-            if status is TaskStatus.STARTED:
-                written = self._update(keys=keys, args=[*args, self._defaults(task_id, defaults)])
-            else:
-                written = self._update(keys=keys, args=args)
-                if written == -1:
-                    args.append(self._defaults(task_id, defaults))
-                    written = self._update(keys=keys, args=args)
-            return bool(written)
+            self._pipeline(writes, with_defaults=lambda write: write.status is TaskStatus.STARTED)
+            missing = [write for write in writes if write.answer == -1]
+            if missing:
+                self._pipeline(missing, with_defaults=lambda write: True)
         except RedisError as exc:
-            raise _unavailable(exc) from None
+            error = _unavailable(exc)
+            for write in writes:
+                write.error = error
+
+    def _pipeline(self, writes: list[Write], *, with_defaults: Callable[[Write], bool]) -> None:
+        todo = writes
+        for _ in range(2):  # a second turn only after the script cache was flushed
+            pipe = self.client.pipeline(transaction=False)
+            for write in todo:
+                pipe.evalsha(self._update.sha, 2, *self._update_args(write, with_defaults(write)))
+            answers = pipe.execute(raise_on_error=False)
+            for write, answer in zip(todo, answers, strict=True):
+                if isinstance(answer, Exception):
+                    write.error = _unavailable(answer)
+                else:
+                    write.answer, write.error = int(answer), None
+            todo = [w for w, a in zip(todo, answers, strict=True) if isinstance(a, NoScriptError)]
+            if not todo:
+                return
+            self.client.script_load(_UPDATE)
+
+    def _update_args(self, write: Write, with_defaults: bool) -> list[str | int]:
+        args: list[str | int] = [
+            self._key(write.task_id),
+            self._channel(write.task_id),
+            self.ttl,
+            f'"{write.status.value}"',
+            "1" if write.status.final else "0",
+            json.dumps(encode_fields(write.fields)),
+        ]
+        if with_defaults:
+            args.append(self._defaults(write.task_id, write.defaults))
+        return args
 
     @staticmethod
     def _defaults(task_id: str, defaults: dict[str, Any] | None) -> str:
@@ -214,13 +271,21 @@ class RedisStatusStore(StatusStore):
             raise _unavailable(exc) from None
 
     def wait(self, task_id: str, timeout: float) -> TaskRecord | None:
-        """See :meth:`StatusStore.wait`; a final or missing record returns without a subscribe."""
+        """See :meth:`StatusStore.wait`.
+
+        Until this process has a listener, a final or missing record returns after one read,
+        without subscribing. Once it has one, the waiter registers first and reads once: a
+        pending record then costs one read before the wait instead of two.
+        """
         deadline = time.monotonic() + timeout
-        record = self.get(task_id)
-        if record is None or record.status.final or timeout <= 0:
-            return record
-        listener = self._waiter()
-        # Registered before the re-read: a final write after it sets the event (see DoneListener).
+        listener = self._listener
+        if listener is None or listener.pid != os.getpid() or listener.closed or timeout <= 0:
+            record = self.get(task_id)
+            if record is None or record.status.final or timeout <= 0:
+                return record
+            listener = self._waiter()
+        # Registered before the (re-)read: a final write after it sets the event (see
+        # DoneListener).
         event = listener.register(task_id)
         try:
             while True:
@@ -241,11 +306,15 @@ class RedisStatusStore(StatusStore):
             raise _unavailable(exc) from None
 
     def close(self) -> None:
+        """Send the writes still queued, stop this process's threads, drop the connections."""
+        batcher = self._batcher
+        if batcher is not None and batcher.pid == os.getpid():
+            batcher.close()
         listener = self._listener
         if listener is not None and listener.pid == os.getpid():
             listener.close()
         self.client.close()
 
 
-def _unavailable(exc: RedisError) -> StoreUnavailable:
+def _unavailable(exc: Exception) -> StoreUnavailable:
     return StoreUnavailable(f"status store (Redis) unavailable: {type(exc).__name__}: {exc}")

@@ -5,7 +5,10 @@ after it; start-up and a warm-up are not timed), with the same number of process
 
 * hub: ``nagatha bridge`` (1 process) + ``nagatha worker`` (``W - 1`` processes under a
   supervisor) - the bridge turns each Celery message into a Dramatiq message and writes the
-  result where the client waits (Redis backend);
+  result where the client waits (Redis backend). Configured like the Celery worker, whose
+  result backend is Redis: ``bridge.rpc_replies`` off (a Celery worker with a Redis backend
+  sends no ``rpc://`` replies either; with them on, every result is also published, with a
+  confirm, to the client's ``reply_to``);
 * celery: a real ``celery worker -c W`` (prefork, ``W`` children under the master).
 
 The client is a stock Celery app: ``send_task("echo_bot.echo", kwargs=...)`` with the Redis
@@ -61,7 +64,7 @@ def _start(services: Services, name: str, params: BridgeParams) -> Stack:
         if reason:
             raise Skip(reason)
         workers = max(1, params.processes - 1)
-        env = services.hub_env()
+        env = services.hub_env(NAGATHA_BRIDGE_RPC_REPLIES="false")
         worker = Proc(
             "hub-worker",
             [sys.executable, "-m", "nagatha", "worker", "--processes", str(workers),

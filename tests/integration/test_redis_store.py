@@ -192,3 +192,62 @@ def test_an_unreachable_redis_raises_store_unavailable() -> None:
         dead.get("x")
     with pytest.raises(StoreUnavailable):
         dead.ping()
+
+
+def test_update_soon_writes_started_without_blocking_and_creates_the_record(
+    store: RedisStatusStore,
+) -> None:
+    defaults = {"task_name": "m.t", "created_at": utcnow(), "args": [1], "kwargs": {}}
+    store.update_soon("s", TaskStatus.STARTED, {"started_at": utcnow()}, defaults)
+    record = wait_until(lambda: store.get("s"), timeout=10, message="the started record")
+    assert record.status is TaskStatus.STARTED and record.started_at is not None
+    assert record.task_name == "m.t" and record.args == [1]
+
+
+def test_updates_from_many_threads_all_land(store: RedisStatusStore) -> None:
+    defaults = {"task_name": "m.t", "created_at": utcnow(), "args": [], "kwargs": {}}
+    errors: list[BaseException] = []
+
+    def work(thread: int) -> None:
+        try:
+            for n in range(40):
+                task_id = f"t{thread}-{n}"
+                store.update_soon(task_id, TaskStatus.STARTED, {"started_at": utcnow()}, defaults)
+                assert store.update(task_id, TaskStatus.SUCCESS, {"result": [thread, n]}, defaults)
+        except BaseException as exc:  # reported below, with the thread's assertion
+            errors.append(exc)
+
+    threads = [threading.Thread(target=work, args=(t,)) for t in range(12)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    assert errors == []
+    for t in range(12):
+        for n in range(40):
+            record = store.get(f"t{t}-{n}")
+            assert record is not None and record.status is TaskStatus.SUCCESS
+            assert record.result == [t, n] and record.started_at is not None
+
+
+def test_updates_survive_a_flushed_script_cache(store: RedisStatusStore) -> None:
+    defaults = {"task_name": "m.t", "created_at": utcnow(), "args": [], "kwargs": {}}
+    assert store.update("f1", TaskStatus.RETRYING, {"error": "E: x"}, defaults)
+    store.client.script_flush()  # as after a Redis restart: EVALSHA answers NOSCRIPT
+    assert store.update("f1", TaskStatus.SUCCESS, {"result": 1})
+    record = store.get("f1")
+    assert record is not None and record.status is TaskStatus.SUCCESS and record.result == 1
+
+
+def test_writes_to_an_unreachable_redis_raise_or_are_logged(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    dead = RedisStatusStore(f"redis://127.0.0.1:{free_port()}/0", socket_timeout=1)
+    try:
+        with pytest.raises(StoreUnavailable, match="status store \\(Redis\\) unavailable"):
+            dead.update("x", TaskStatus.SUCCESS, {"result": 1})
+        with caplog.at_level("ERROR", logger="nagatha.stores"):
+            dead.update_soon("y", TaskStatus.STARTED, {"started_at": utcnow()})  # never raises
+            wait_until(lambda: "task y: started could not be recorded" in caplog.text, timeout=10)
+    finally:
+        dead.close()

@@ -1,0 +1,159 @@
+"""Group commit of status writes: what a process's threads write meanwhile goes out as one batch.
+
+A worker process runs many threads, and each writes a task's status twice (``started``, then the
+outcome). Sent one by one, every write is a round trip to the store on the thread that makes it.
+A :class:`WriteBatcher` queues the writes of every thread and one daemon thread hands whatever
+has queued up to the store's ``send`` function at once (for Redis: one pipeline). At low load a
+batch holds one write and costs what a direct write did; under load N writes share a round trip.
+
+Two kinds of write:
+
+* **waited** (:meth:`WriteBatcher.write`): the caller blocks until its batch was sent and gets
+  the store's answer for it, or the ``StoreUnavailable`` error. Final outcomes are written this
+  way: the message is acked only after its result is stored.
+* **deferred** (:meth:`WriteBatcher.defer`): the caller goes on at once. A later write for the
+  same task id that finds it still queued *absorbs* it (the deferred write's fields first, the
+  later write's over them) and it is never sent on its own: a task that finishes before its
+  ``started`` write went out costs one write, not two. A deferred write that fails is logged and
+  dropped, as a failed ``started`` write always was.
+
+Writes are sent in the order they were made, batch after batch, by one thread: two writes of
+one task from one process never overtake each other.
+
+Not fork-safe by design: a store starts its batcher lazily in the process that writes and
+replaces one inherited across ``fork()`` (see :attr:`WriteBatcher.pid`).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from nagatha.errors import StoreUnavailable
+from nagatha.types import TaskStatus
+
+logger = logging.getLogger("nagatha.stores")
+
+#: Seconds :meth:`WriteBatcher.close` waits for the writes still queued to go out.
+CLOSE_TIMEOUT = 5.0
+
+
+@dataclass(eq=False, slots=True)
+class Write:
+    """One status update; ``send`` fills :attr:`answer` or :attr:`error`."""
+
+    task_id: str
+    status: TaskStatus
+    fields: dict[str, Any]
+    defaults: dict[str, Any] | None = None
+    deferred: bool = False
+    superseded: bool = False
+    #: The store's answer (for Redis: 1 written, 0 the record was already final).
+    answer: int = 0
+    error: StoreUnavailable | None = None
+
+
+class _Batch:
+    __slots__ = ("deferred", "done", "writes")
+
+    def __init__(self) -> None:
+        self.writes: list[Write] = []
+        self.deferred: dict[str, Write] = {}  # task id -> its deferred write still queued
+        self.done = threading.Event()
+
+
+class WriteBatcher:
+    """Queues :class:`Write` objects and sends them in batches on one daemon thread."""
+
+    def __init__(self, send: Callable[[list[Write]], None], name: str) -> None:
+        """``send`` writes a batch: it sets ``answer`` or ``error`` on each write, never raises."""
+        self.pid = os.getpid()
+        self._send = send
+        self._cond = threading.Condition(threading.Lock())
+        self._batch = _Batch()
+        self._closing = False
+        self._closed = threading.Event()
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+        self._thread.start()
+
+    @property
+    def closed(self) -> bool:
+        """True once :meth:`close` was called (a closed batcher takes no more writes)."""
+        return self._closing
+
+    def write(self, write: Write) -> int:
+        """Queue ``write``, wait until it was sent and return its answer.
+
+        Raises ``StoreUnavailable`` if the store could not take it (or the batcher is closed).
+        """
+        batch = self._enqueue(write)
+        batch.done.wait()
+        if write.error is not None:
+            raise write.error
+        return write.answer
+
+    def defer(self, write: Write) -> None:
+        """Queue ``write`` and return at once (see the module docstring)."""
+        write.deferred = True
+        self._enqueue(write)
+
+    def close(self) -> None:
+        """Send what is queued (waiting up to :data:`CLOSE_TIMEOUT`), then stop the thread."""
+        with self._cond:
+            self._closing = True
+            self._cond.notify()
+        if threading.current_thread() is not self._thread:
+            self._closed.wait(CLOSE_TIMEOUT)
+
+    def _enqueue(self, write: Write) -> _Batch:
+        with self._cond:
+            if self._closing:
+                raise StoreUnavailable("status store closed: no more writes are taken")
+            batch = self._batch
+            earlier = batch.deferred.pop(write.task_id, None)
+            if earlier is not None:
+                earlier.superseded = True
+                write.fields = {**earlier.fields, **write.fields}
+                if write.defaults is None:
+                    write.defaults = earlier.defaults
+            batch.writes.append(write)
+            if write.deferred:
+                batch.deferred[write.task_id] = write
+            self._cond.notify()
+        return batch
+
+    def _run(self) -> None:
+        try:
+            while True:
+                with self._cond:
+                    while not self._batch.writes and not self._closing:
+                        self._cond.wait()
+                    batch, self._batch = self._batch, _Batch()
+                if not batch.writes:
+                    return  # closing, and nothing is left to send
+                self._flush(batch)
+        finally:
+            self._closed.set()
+
+    def _flush(self, batch: _Batch) -> None:
+        live = [write for write in batch.writes if not write.superseded]
+        try:
+            self._send(live)
+        except Exception as exc:  # a bug in send must not leave a waiter blocked forever
+            logger.exception("status batch of %d writes failed", len(live))
+            for write in live:
+                write.error = StoreUnavailable(f"status write failed: {type(exc).__name__}: {exc}")
+        finally:
+            batch.done.set()
+        for write in live:
+            if write.deferred and write.error is not None:
+                logger.error(
+                    "task %s: %s could not be recorded: %s",
+                    write.task_id,
+                    write.status.value,
+                    write.error,
+                )
