@@ -98,6 +98,8 @@ class CeleryResultsMiddleware(dramatiq.Middleware):
         self._answered: weakref.WeakValueDictionary[int, Any] = weakref.WeakValueDictionary()
         self._lock = threading.Lock()
         self._single_attempt = threading.local()  # set while a hook must not hold (see _hold)
+        # The task of the delivery this worker thread runs: parsed once, in before_*.
+        self._running = threading.local()
 
     # -- hooks ---------------------------------------------------------------------------
 
@@ -108,6 +110,7 @@ class CeleryResultsMiddleware(dramatiq.Middleware):
         self, broker: dramatiq.Broker, message: dramatiq.MessageProxy
     ) -> None:
         task = _task_of(message)
+        self._running.delivery = (message, task)
         if task is None:
             return
         reason = self._discard_reason(task)
@@ -132,7 +135,9 @@ class CeleryResultsMiddleware(dramatiq.Middleware):
         result: Any = None,
         exception: BaseException | None = None,
     ) -> None:
-        task = _task_of(message)
+        delivery = getattr(self._running, "delivery", None)
+        self._running.delivery = None
+        task = delivery[1] if delivery is not None and delivery[0] is message else _task_of(message)
         if task is None:
             return
         if exception is None:

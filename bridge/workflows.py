@@ -28,6 +28,7 @@ Celery may) and TypeError when a result cannot be JSON-encoded for the next step
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections import deque
 from collections.abc import Mapping, Sequence
@@ -181,7 +182,10 @@ class _Member:
 
 
 class _Run:
-    """The services and identity of one dispatch, and the steps built on them."""
+    """The services and identity of one dispatch, and the steps built on them.
+
+    ``sender`` and ``join`` are built on first use: most tasks have no workflow at all.
+    """
 
     def __init__(
         self,
@@ -193,18 +197,27 @@ class _Run:
     ) -> None:
         self.task = task
         self.root_id: str = task.root_id or task.task_id
-        self.sender = Sender(task_id=task.task_id, root_id=self.root_id)
         self.publisher = publisher
         self.results = results
         self.rpc = rpc
-        client = redis_client if redis_client is not None else getattr(results, "client", None)
-        self.join: ChordJoin | None = None
-        if client is not None:
-            self.join = ChordJoin(
-                client,
-                key_prefix=results.key_prefix if results is not None else "",
-                expires_s=results.expires_s if results is not None else 86400,
-            )
+        self._client = (
+            redis_client if redis_client is not None else getattr(results, "client", None)
+        )
+
+    @functools.cached_property
+    def sender(self) -> Sender:
+        return Sender(task_id=self.task.task_id, root_id=self.root_id)
+
+    @functools.cached_property
+    def join(self) -> ChordJoin | None:
+        if self._client is None:
+            return None
+        results = self.results
+        return ChordJoin(
+            self._client,
+            key_prefix=results.key_prefix if results is not None else "",
+            expires_s=results.expires_s if results is not None else 86400,
+        )
 
     def apply(
         self, sig: Mapping[str, Any], args: Sequence[Any], options: dict[str, Any], *, what: str
