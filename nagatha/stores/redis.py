@@ -21,7 +21,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable
-from typing import Any
+from typing import Any, TypeVar
 
 import redis
 from redis.exceptions import NoScriptError, RedisError
@@ -91,6 +91,16 @@ def _flatten(fields: dict[str, str]) -> list[str]:
     return [item for pair in fields.items() for item in pair]
 
 
+_Helper = TypeVar("_Helper", DoneListener, WriteBatcher)
+
+
+def _usable(helper: _Helper | None) -> _Helper | None:
+    """``helper`` if this process started it and it is not closed, else None."""
+    if helper is None or helper.pid != os.getpid() or helper.closed:
+        return None
+    return helper
+
+
 def _reset_lock() -> None:
     global _START_LOCK
     _START_LOCK = threading.Lock()
@@ -148,28 +158,27 @@ class RedisStatusStore(StatusStore):
 
     def _waiter(self) -> DoneListener:
         """The listener of this process, started on first use (never one inherited by fork)."""
-        listener = self._listener
-        pid = os.getpid()
-        if listener is None or listener.pid != pid or listener.closed:
-            with _START_LOCK:
-                listener = self._listener
-                if listener is None or listener.pid != pid or listener.closed:
-                    name = self.waiter_client_name
-                    listener = DoneListener(lambda: self._new_client(name), f"{self.prefix}done:")
-                    self._listener = listener
-        return listener
+        name = self.waiter_client_name
+        return self._own(
+            "_listener", lambda: DoneListener(lambda: self._new_client(name), f"{self.prefix}done:")
+        )
 
     def _writer(self) -> WriteBatcher:
         """The batcher of this process, started on first use (never one inherited by fork)."""
-        batcher = self._batcher
-        pid = os.getpid()
-        if batcher is None or batcher.pid != pid or batcher.closed:
+        return self._own(
+            "_batcher", lambda: WriteBatcher(self._send, f"nagatha-writes-{self.prefix}")
+        )
+
+    def _own(self, attribute: str, start: Callable[[], _Helper]) -> _Helper:
+        """The helper thread held in ``attribute`` if it is this process's; else a new one."""
+        helper: _Helper | None = _usable(getattr(self, attribute))
+        if helper is None:
             with _START_LOCK:
-                batcher = self._batcher
-                if batcher is None or batcher.pid != pid or batcher.closed:
-                    batcher = WriteBatcher(self._send, f"nagatha-writes-{self.prefix}")
-                    self._batcher = batcher
-        return batcher
+                helper = _usable(getattr(self, attribute))
+                if helper is None:
+                    helper = start()
+                    setattr(self, attribute, helper)
+        return helper
 
     def _key(self, task_id: str) -> str:
         return f"{self.prefix}task:{task_id}"
@@ -278,8 +287,8 @@ class RedisStatusStore(StatusStore):
         pending record then costs one read before the wait instead of two.
         """
         deadline = time.monotonic() + timeout
-        listener = self._listener
-        if listener is None or listener.pid != os.getpid() or listener.closed or timeout <= 0:
+        listener = _usable(self._listener)
+        if listener is None or timeout <= 0:
             record = self.get(task_id)
             if record is None or record.status.final or timeout <= 0:
                 return record
@@ -307,12 +316,9 @@ class RedisStatusStore(StatusStore):
 
     def close(self) -> None:
         """Send the writes still queued, stop this process's threads, drop the connections."""
-        batcher = self._batcher
-        if batcher is not None and batcher.pid == os.getpid():
-            batcher.close()
-        listener = self._listener
-        if listener is not None and listener.pid == os.getpid():
-            listener.close()
+        for helper in (_usable(self._batcher), _usable(self._listener)):
+            if helper is not None:
+                helper.close()
         self.client.close()
 
 
