@@ -66,7 +66,7 @@ class StatusMiddleware(dramatiq.Middleware):
     def __init__(self, store: StatusStore) -> None:
         self.store = store
         # Retries bumps options["retries"] before our after_* hooks run; keep the attempt's own
-        # count from before_process_message (same worker thread).
+        # count, and its start, from before_process_message (same worker thread).
         self._attempt = threading.local()
 
     @staticmethod
@@ -81,12 +81,13 @@ class StatusMiddleware(dramatiq.Middleware):
     def _write(
         self, message: MessageProxy, status: TaskStatus, *, soon: bool = False, **fields: Any
     ) -> None:
-        fields.setdefault(
-            "retries",
-            getattr(self._attempt, "retries", None)
-            if getattr(self._attempt, "message_id", None) == message.message_id
-            else message.options.get("retries", 0),
-        )
+        if getattr(self._attempt, "message_id", None) == message.message_id:
+            # Every write of the attempt carries its start: the outcome is complete even when
+            # the deferred started write was lost.
+            fields.setdefault("retries", self._attempt.retries)
+            fields.setdefault("started_at", self._attempt.started_at)
+        else:
+            fields.setdefault("retries", message.options.get("retries", 0))
         delay = RETRY_FIRST
         while True:
             try:
@@ -118,10 +119,11 @@ class StatusMiddleware(dramatiq.Middleware):
     def before_process_message(self, broker: dramatiq.Broker, message: MessageProxy) -> None:
         self._attempt.message_id = message.message_id
         self._attempt.retries = message.options.get("retries", 0)
+        self._attempt.started_at = utcnow()
         logger.info("task %s %s started", message.message_id, message.actor_name)
         # Deferred: a task that ends before this write went out records started_at with its
         # outcome, in one write (see nagatha/stores/batching.py).
-        self._write(message, TaskStatus.STARTED, soon=True, started_at=utcnow(), completed_at=None)
+        self._write(message, TaskStatus.STARTED, soon=True, completed_at=None)
 
     def after_process_message(
         self,

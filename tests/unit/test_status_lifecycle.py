@@ -98,6 +98,15 @@ def test_success_records_result_and_all_timestamps(hub: TaskRegistry) -> None:
     assert record.error is None and record.retries == 0
 
 
+def test_the_outcome_carries_started_at_when_the_started_write_was_lost(
+    hub: TaskRegistry, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(hub.store, "update_soon", lambda *args, **kwargs: None)
+    record = finish(hub, "life.ok", x=2)
+    assert record.status is TaskStatus.SUCCESS
+    assert record.created_at <= record.started_at <= record.completed_at  # type: ignore[operator]
+
+
 def test_retries_are_recorded_then_success_clears_the_error(hub: TaskRegistry) -> None:
     record = finish(hub, "life.flaky")
     assert record.status is TaskStatus.SUCCESS
