@@ -137,17 +137,32 @@ class WriteBatcher:
                     return  # closing, and nothing is left to send
                 self._flush(batch)
         finally:
+            # Also reached if the thread dies: fail what is queued rather than leave its
+            # waiters blocked, and count as closed so that the store starts a new batcher.
+            with self._cond:
+                self._closing = True
+                batch, self._batch = self._batch, _Batch()
+            for write in batch.writes:
+                write.error = StoreUnavailable("status writer stopped: the write was not sent")
+            batch.done.set()
             self._closed.set()
 
     def _flush(self, batch: _Batch) -> None:
         live = [write for write in batch.writes if not write.superseded]
+        # A bug in send must not leave a waiter blocked, nor pass for an answer.
+        error: StoreUnavailable | None = StoreUnavailable(
+            "status writer stopped: the write was not sent"
+        )
         try:
             self._send(live)
-        except Exception as exc:  # a bug in send must not leave a waiter blocked forever
+            error = None
+        except Exception as exc:
             logger.exception("status batch of %d writes failed", len(live))
-            for write in live:
-                write.error = StoreUnavailable(f"status write failed: {type(exc).__name__}: {exc}")
+            error = StoreUnavailable(f"status write failed: {type(exc).__name__}: {exc}")
         finally:
+            if error is not None:
+                for write in live:
+                    write.error = error
             batch.done.set()
         for write in live:
             if write.deferred and write.error is not None:

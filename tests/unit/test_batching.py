@@ -149,6 +149,18 @@ def test_a_send_that_raises_fails_its_writes_instead_of_hanging_them() -> None:
         batcher.close()
 
 
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")
+def test_a_writer_thread_that_dies_fails_its_writes_and_counts_as_closed() -> None:
+    def fatal(writes: list[Write]) -> None:
+        raise SystemExit("the writer thread ends here")
+
+    batcher = WriteBatcher(fatal, "test-fatal")
+    with pytest.raises(StoreUnavailable, match="not sent"):
+        batcher.write(Write("a", TaskStatus.SUCCESS, {}))
+    batcher._thread.join(TIMEOUT)  # its end is reported within this test
+    assert batcher.closed
+
+
 def test_close_sends_what_is_queued_then_refuses_writes() -> None:
     sink = Sink()
     batcher = WriteBatcher(sink, "test-close")
