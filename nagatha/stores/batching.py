@@ -40,6 +40,7 @@ logger = logging.getLogger("nagatha.stores")
 
 #: Seconds :meth:`WriteBatcher.close` waits for the writes still queued to go out.
 CLOSE_TIMEOUT = 5.0
+_STOPPED = "status writer stopped: the write was not sent"
 
 
 @dataclass(eq=False, slots=True)
@@ -82,7 +83,7 @@ class WriteBatcher:
 
     @property
     def closed(self) -> bool:
-        """True once :meth:`close` was called (a closed batcher takes no more writes)."""
+        """True once :meth:`close` was called or the thread ended (no more writes are taken)."""
         return self._closing
 
     def write(self, write: Write) -> int:
@@ -143,16 +144,14 @@ class WriteBatcher:
                 self._closing = True
                 batch, self._batch = self._batch, _Batch()
             for write in batch.writes:
-                write.error = StoreUnavailable("status writer stopped: the write was not sent")
+                write.error = StoreUnavailable(_STOPPED)
             batch.done.set()
             self._closed.set()
 
     def _flush(self, batch: _Batch) -> None:
         live = [write for write in batch.writes if not write.superseded]
         # A bug in send must not leave a waiter blocked, nor pass for an answer.
-        error: StoreUnavailable | None = StoreUnavailable(
-            "status writer stopped: the write was not sent"
-        )
+        error: StoreUnavailable | None = StoreUnavailable(_STOPPED)
         try:
             self._send(live)
             error = None
