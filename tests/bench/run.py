@@ -44,7 +44,7 @@ SIZES = {
     "http_tasks": (160, 1_600),
     "latency_samples": (30, 200),
     "worker_tasks": (1_000, 8_000),
-    "bridge_tasks": (200, 2_000),
+    "bridge_tasks": (800, 2_000),
 }
 
 
