@@ -52,7 +52,9 @@ class Write:
     fields: dict[str, Any]
     defaults: dict[str, Any] | None = None
     deferred: bool = False
+    #: This write was absorbed by a later one (and is not sent) / absorbed an earlier one.
     superseded: bool = False
+    absorbed: bool = False
     #: The store's answer (for Redis: 1 written, 0 the record was already final).
     answer: int = 0
     error: StoreUnavailable | None = None
@@ -117,7 +119,7 @@ class WriteBatcher:
             batch = self._batch
             earlier = batch.deferred.pop(write.task_id, None)
             if earlier is not None:
-                earlier.superseded = True
+                earlier.superseded = write.absorbed = True
                 write.fields = {**earlier.fields, **write.fields}
                 if write.defaults is None:
                     write.defaults = earlier.defaults

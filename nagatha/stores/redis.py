@@ -219,11 +219,15 @@ class RedisStatusStore(StatusStore):
         """Run ``writes`` as one pipeline (the batcher's ``send``).
 
         ``defaults`` are encoded and sent with a ``started`` write (the one that normally
-        creates a record the hub's producer did not); for other statuses only when the record
-        turns out to be missing, at the cost of a second pipeline for those writes then.
+        creates a record the hub's producer did not) and with a write that absorbed one; for
+        the others only when the record turns out to be missing, at the cost of a second
+        pipeline for those writes then.
         """
         try:
-            self._pipeline(writes, with_defaults=lambda write: write.status is TaskStatus.STARTED)
+            self._pipeline(
+                writes,
+                with_defaults=lambda write: write.absorbed or write.status is TaskStatus.STARTED,
+            )
             missing = [write for write in writes if write.answer == -1]
             if missing:
                 self._pipeline(missing, with_defaults=lambda write: True)

@@ -11,6 +11,7 @@ import pytest
 
 from nagatha.errors import StoreUnavailable
 from nagatha.stores import RedisStatusStore
+from nagatha.stores.batching import Write
 from nagatha.testing import RedisPrefix, free_port, wait_until
 from nagatha.types import TaskRecord, TaskStatus, utcnow
 
@@ -228,6 +229,26 @@ def test_updates_from_many_threads_all_land(store: RedisStatusStore) -> None:
             record = store.get(f"t{t}-{n}")
             assert record is not None and record.status is TaskStatus.SUCCESS
             assert record.result == [t, n] and record.started_at is not None
+
+
+def test_a_write_that_absorbed_started_creates_a_missing_record_in_one_pipeline(
+    store: RedisStatusStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pipelines: list[int] = []
+    run_pipeline = store._pipeline
+
+    def counted(writes: list[Write], **kwargs: Any) -> None:
+        pipelines.append(len(writes))
+        run_pipeline(writes, **kwargs)
+
+    monkeypatch.setattr(store, "_pipeline", counted)
+    defaults = {"task_name": "m.t", "created_at": utcnow(), "args": [3], "kwargs": {}}
+    write = Write("m1", TaskStatus.SUCCESS, {"result": 1, "started_at": utcnow()}, defaults)
+    write.absorbed = True
+    store._send([write])
+    assert write.error is None and write.answer == 1 and pipelines == [1]
+    record = store.get("m1")
+    assert record is not None and record.status is TaskStatus.SUCCESS and record.args == [3]
 
 
 def test_updates_survive_a_flushed_script_cache(store: RedisStatusStore) -> None:

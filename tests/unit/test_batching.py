@@ -21,6 +21,7 @@ class Sink:
 
     def __init__(self, hold_first: bool = False) -> None:
         self.batches: list[list[tuple[str, TaskStatus, dict[str, object]]]] = []
+        self.sent: list[list[Write]] = []
         self.sending = threading.Event()
         self.release = threading.Event()
         if not hold_first:
@@ -31,6 +32,7 @@ class Sink:
         self.sending.set()
         assert self.release.wait(TIMEOUT)
         self.batches.append([(w.task_id, w.status, dict(w.fields)) for w in writes])
+        self.sent.append(list(writes))
         for write in writes:
             if self.fail_with is not None:
                 write.error = self.fail_with
@@ -98,6 +100,7 @@ def test_a_deferred_write_still_queued_is_absorbed_by_the_next_write_of_its_task
     blocker.join(TIMEOUT)
     final.join(TIMEOUT)
     assert answers == [1, 1]
+    assert [w.absorbed for w in sink.sent[1]] == [False, True]
     # "t" goes out once, as its outcome with started_at; "u" (nothing after it) on its own.
     assert sink.batches[1] == [
         ("u", TaskStatus.STARTED, {"started_at": "s2"}),
