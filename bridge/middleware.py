@@ -262,12 +262,8 @@ class CeleryResultsMiddleware(dramatiq.Middleware):
     # -- delivery ------------------------------------------------------------------------
 
     def _workflow_kwargs(self) -> dict[str, Any]:
-        results = self.answers.results
-        return {
-            "publisher": self.publisher,
-            "results": results,
-            "redis_client": results.client if results is not None else None,
-        }
+        # The chord join uses the result backend's Redis (workflows derive it from results).
+        return {"publisher": self.publisher, "results": self.answers.results}
 
     def _workflow(
         self, task: CeleryTask, dispatch: Callable[[], Any]

@@ -14,6 +14,8 @@ CONTRACT (called by the worker-side result middleware, ``bridge/middleware.py``)
 * :func:`dispatch_revoked` is called when a bridged task is revoked or expired instead of
   run: a chord header member still counts (REVOKED), or the chord would never complete.
 
+Chord joins live in ``redis_client``, by default the Redis of ``results`` (the result backend).
+
 When a header completes, the member that completes it publishes the chord body with the
 header's results in ``group_index`` order; if a member failed the body is stored as FAILURE
 ``ChordError("Dependency <id> raised ...")``, its errbacks run and its chain fails.
@@ -90,7 +92,7 @@ def dispatch_success(
     *,
     publisher: TaskPublisher,
     results: RedisResultWriter | None,
-    redis_client: redis.Redis | None,
+    redis_client: redis.Redis | None = None,
     rpc: RpcReplyWriter | None = None,
 ) -> list[str]:
     """Publish callbacks and the next chain step; return the child task ids (see module doc)."""
@@ -115,7 +117,7 @@ def dispatch_failure(
     *,
     publisher: TaskPublisher,
     results: RedisResultWriter | None,
-    redis_client: redis.Redis | None,
+    redis_client: redis.Redis | None = None,
     traceback: str | None = None,
     rpc: RpcReplyWriter | None = None,
 ) -> None:
@@ -137,7 +139,7 @@ def dispatch_revoked(
     *,
     publisher: TaskPublisher,
     results: RedisResultWriter | None,
-    redis_client: redis.Redis | None,
+    redis_client: redis.Redis | None = None,
 ) -> None:
     """Count a revoked or expired chord header member (Celery's ``mark_as_revoked``)."""
     info = error_info("TaskRevokedError", [reason], "celery.exceptions")
