@@ -1,12 +1,12 @@
 """The deployment files keep the contract other services rely on, without a Docker engine.
 
-docker-compose.yml is checked against the Compose Specification JSON schema (kept in
-``../shared/schemas/`` beside the clone) after a small ``${VAR...}`` resolver has filled in
-its variables, then for the shape DESIGN §1 and §7 promise: service names, URLs, ports, health
-checks, volumes, start order and no secret written into the file. The Kubernetes base, the
-Dockerfile, ``.dockerignore`` and ``.env.example`` get structural checks. One test marked
-``docker`` builds the image and starts the stack; it skips, saying why, wherever no Docker
-engine answers.
+docker-compose.yml is checked against the Compose Specification JSON schema (a copy in
+``tests/unit/schemas/``, source and license in its README) after a small ``${VAR...}``
+resolver has filled in its variables, then for the shape DESIGN §1 and §7 promise: service
+names, URLs, ports, health checks, volumes, start order and no secret written into the file.
+The Kubernetes base, the Dockerfile, ``.dockerignore`` and ``.env.example`` get structural
+checks. One test marked ``docker`` builds the image and starts the stack; it skips, saying
+why, wherever no Docker engine answers.
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[2]
 COMPOSE_FILE = ROOT / "docker-compose.yml"
-COMPOSE_SCHEMA = ROOT.parent / "shared" / "schemas" / "compose-spec.json"
+COMPOSE_SCHEMA = Path(__file__).resolve().parent / "schemas" / "compose-spec.json"
 DOCKERFILE = ROOT / "ops" / "Dockerfile"
 DOCKERIGNORE = ROOT / ".dockerignore"
 ENV_EXAMPLE = ROOT / ".env.example"
@@ -170,8 +170,8 @@ def test_the_resolver_follows_compose_interpolation_rules() -> None:
 def test_compose_file_validates_against_the_compose_specification_schema(
     compose: dict[str, Any],
 ) -> None:
-    # Given the Compose Specification schema shipped beside the project
-    assert COMPOSE_SCHEMA.is_file(), f"missing {COMPOSE_SCHEMA} (see shared/schemas/README)"
+    # Given the Compose Specification schema shipped with the tests
+    assert COMPOSE_SCHEMA.is_file(), f"missing {COMPOSE_SCHEMA} (see its README)"
     schema = json.loads(COMPOSE_SCHEMA.read_text(encoding="utf-8"))
     jsonschema.Draft7Validator.check_schema(schema)
 
