@@ -31,6 +31,7 @@ __all__ = [
     "READY_STATES",
     "RETRY",
     "REVOKED",
+    "REVOKED_HUB_ERRORS",
     "STARTED",
     "SUCCESS",
     "RedisResultWriter",
@@ -54,6 +55,12 @@ FAILURE: Final = "FAILURE"
 REVOKED: Final = "REVOKED"
 #: States after which a Celery client stops waiting; never overwritten once stored.
 READY_STATES: Final = frozenset({SUCCESS, FAILURE, REVOKED})
+
+#: The hub record's ``error`` for a task not run, by Celery's revoke reason.
+REVOKED_HUB_ERRORS: Final = {
+    "expired": "TaskRevokedError: expired (its expires time had passed before it could run)",
+    "revoked": "TaskRevokedError: revoked by a Celery client before it ran",
+}
 
 #: Celery's default ``result_expires``: one day.
 DEFAULT_EXPIRES_S: Final = 86400

@@ -9,13 +9,14 @@ declares
 * its dead-letter queue (``bridge.dead_letter_queue``);
 * its control queue (:mod:`bridge.pidbox`), for ``ping`` and ``revoke``.
 
-Each delivery goes through :class:`bridge.intake.Intake`; the Celery message is acked only
-after everything the intake wrote was confirmed (the Dramatiq message by RabbitMQ, records by
-Redis). Killed at any point, the bridge loses nothing: unacked messages are delivered again
-(a task may then be enqueued twice; its Celery result is written once).
+Deliveries go through :class:`bridge.intake.Intake` in batches (what one read from the
+socket brought); Celery messages are acked only after everything the intake wrote for them
+was confirmed (the Dramatiq messages by RabbitMQ, records by Redis). Killed at any point, the
+bridge loses nothing: unacked messages are delivered again (a task may then be enqueued
+twice; its Celery result is written once).
 
 When RabbitMQ or Redis goes away the connection is dropped (RabbitMQ requeues what was not
-acked) and made again with exponential backoff. SIGTERM/SIGINT stop it gracefully: the message
+acked) and made again with exponential backoff. SIGTERM/SIGINT stop it gracefully: the batch
 in hand is finished, the prefetched rest is handed back.
 """
 
@@ -37,7 +38,7 @@ from pika.spec import Basic
 
 from bridge.answers import build_answers, build_revocations
 from bridge.dead_letters import DeadLetters, declare_dead_letter_queue
-from bridge.intake import Intake
+from bridge.intake import Delivery, Intake
 from bridge.pidbox import Pidbox, Revoker, default_node_name
 from bridge.publisher import ConfirmedPublisher
 from nagatha.broker import amqp_url
@@ -80,7 +81,6 @@ class Bridge:
         self.intake = Intake(
             registry,
             answers=answers,
-            revocations=revocations,
             dead_letters=DeadLetters(self.publisher, config.bridge.dead_letter_queue),
             publisher=self.publisher,
             max_body_bytes=config.bridge.max_message_bytes,
@@ -145,15 +145,21 @@ class Bridge:
                 self._stop.wait(delay)
 
     def _session(self, *, control: bool) -> None:
-        """One connection's life: declare, consume until stopped, close (requeues the rest)."""
+        """One connection's life: declare, consume until stopped, close (requeues the rest).
+
+        Deliveries are collected as pika dispatches them and handled together once it returns:
+        whatever arrived in one read from the socket is one batch for the intake, acked with
+        one ``basic.ack`` (``multiple``) once the intake returned.
+        """
         connection = pika.BlockingConnection(pika.URLParameters(self.url))
         try:
             channel = connection.channel()
             channel.add_on_cancel_callback(_on_cancelled)
             self._declare(channel)
             channel.basic_qos(prefetch_count=self.config.bridge.prefetch)
+            inbox: list[tuple[int, Delivery]] = []
             for queue in self.queues:
-                channel.basic_consume(queue, functools.partial(self._on_delivery, queue))
+                channel.basic_consume(queue, functools.partial(self._on_delivery, inbox, queue))
             if control:
                 channel.basic_consume(
                     self.pidbox.declare(channel), self.pidbox.on_message, auto_ack=True
@@ -167,8 +173,21 @@ class Bridge:
                 )
             while not self._stop.is_set():
                 connection.process_data_events(time_limit=POLL_S)
+                if inbox and not self._stop.is_set():
+                    # Not acked when stopping: RabbitMQ hands them back when the connection closes.
+                    self._handle(channel, inbox[:])
+                    inbox.clear()
         finally:
             _close_quietly(connection)
+
+    def _handle(self, channel: BlockingChannel, batch: list[tuple[int, Delivery]]) -> None:
+        outcomes = self.intake.handle([delivery for _, delivery in batch])
+        channel.basic_ack(batch[-1][0], multiple=True)
+        with self._count_lock:
+            self._handled += len(batch)
+        if logger.isEnabledFor(logging.DEBUG):
+            for (tag, delivery), outcome in zip(batch, outcomes, strict=True):
+                logger.debug("message %s from %s: %s", tag, delivery.queue, outcome)
 
     def _declare(self, channel: BlockingChannel) -> None:
         channel.exchange_declare(CELERY_EXCHANGE, exchange_type="direct", durable=True)
@@ -177,33 +196,16 @@ class Bridge:
             channel.queue_bind(queue, CELERY_EXCHANGE, routing_key=queue)
         declare_dead_letter_queue(channel, self.config.bridge.dead_letter_queue)
 
+    @staticmethod
     def _on_delivery(
-        self,
+        inbox: list[tuple[int, Delivery]],
         queue: str,
         channel: BlockingChannel,
         method: Basic.Deliver,
         properties: pika.BasicProperties,
         body: bytes,
     ) -> None:
-        if self._stop.is_set():
-            return  # not acked: RabbitMQ hands it back when the connection closes
-        try:
-            outcome = self.intake.handle(queue, body, properties)
-        except _CONNECTION_ERRORS:
-            raise
-        except Exception as exc:  # a bug of ours must not stop the bridge or loop forever
-            logger.exception("message from %s could not be handled", queue)
-            self.intake.dead_letters.put(
-                body=body,
-                properties=properties,
-                reason=f"bridge error: {type(exc).__name__}: {exc}",
-                source_queue=queue,
-            )
-            outcome = "dead-lettered"
-        channel.basic_ack(method.delivery_tag)
-        with self._count_lock:
-            self._handled += 1
-        logger.debug("message %s from %s: %s", method.delivery_tag, queue, outcome)
+        inbox.append((method.delivery_tag, Delivery(queue, body, properties)))
 
 
 def _on_cancelled(method: Any) -> None:

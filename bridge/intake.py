@@ -1,7 +1,7 @@
-"""Turn one Celery task message into a Dramatiq message for the hub, or refuse it.
+"""Turn Celery task messages into Dramatiq messages for the hub, or refuse them.
 
-:meth:`Intake.handle` decides what happens to one delivery; the consumer acks the Celery
-message only after it returned (every write it made is then durable):
+:meth:`Intake.handle` decides what happens to a batch of deliveries; the consumer acks them
+only after it returned (every write it made is then durable):
 
 ================================  ============================================================
 the message                       what happens
@@ -11,14 +11,19 @@ over ``bridge.max_message_bytes``  task id is readable (``InvalidTaskError``, pi
                                   ``kombu.exceptions.ContentDisallowed``)
 task name no hub module has       dead-lettered; FAILURE ``NotRegistered(name)``
 ``expires`` already passed        REVOKED ``TaskRevokedError('expired')``
-revoked (pidbox ``revoke``)       REVOKED ``TaskRevokedError('revoked')``
 arguments that do not fit         FAILURE ``TypeError`` (what the task call would raise)
 anything else                     hub ``pending`` record, then the Dramatiq message published
-                                  with confirms (``delay`` from ``eta``)
+                                  (``delay`` from ``eta``)
+a bug of the bridge               dead-lettered with the error
 ================================  ============================================================
 
+The tasks of a batch that are enqueued cost one Redis pipeline (their ``pending`` records) and
+one RabbitMQ transaction (their messages), not a round trip each. A task revoked by a Celery
+client (pidbox ``revoke``) is enqueued all the same: the worker checks for revocations before
+it runs a task, which covers a revoke that arrives after the bridge took the message, too.
+
 Every answer also lands in the hub's status record (as ``failure`` with the reason). Redis or
-RabbitMQ failures raise :class:`~nagatha.errors.ServiceUnavailable`: the message must then
+RabbitMQ failures raise :class:`~nagatha.errors.ServiceUnavailable`: the messages must then
 stay unacked, to be handled again after a reconnect (at least once, never lost).
 """
 
@@ -26,26 +31,31 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Final
+from typing import Any, Final, NamedTuple
 
 import dramatiq
-import dramatiq.errors
 import pika
 import pika.exceptions
 
 from bridge import workflows
 from bridge.answers import Answers
-from bridge.celery_results import error_info, failure_meta, not_registered_meta, revoked_meta
+from bridge.celery_results import (
+    REVOKED_HUB_ERRORS,
+    error_info,
+    failure_meta,
+    not_registered_meta,
+    revoked_meta,
+)
 from bridge.dead_letters import DeadLetters
 from bridge.protocol import parse_message
 from bridge.publisher import ConfirmedPublisher
-from bridge.revocations import RevocationStore
 from bridge.serialization import to_jsonable
 from bridge.task import CeleryTask
+from nagatha.enqueue_batch import BatchEnqueuer, Enqueue
 from nagatha.errors import (
-    BrokerUnavailable,
     InvalidArguments,
     PickleRefused,
     ProtocolError,
@@ -55,7 +65,7 @@ from nagatha.errors import (
 from nagatha.registry import TaskRegistry, TaskSpec
 from nagatha.types import TaskRecord, TaskStatus, utcnow
 
-__all__ = ["ENQUEUED", "Intake"]
+__all__ = ["ENQUEUED", "Delivery", "Intake"]
 
 logger = logging.getLogger("nagatha.bridge")
 
@@ -63,14 +73,25 @@ logger = logging.getLogger("nagatha.bridge")
 ENQUEUED: Final = "enqueued"
 DEAD_LETTERED: Final = "dead-lettered"
 EXPIRED: Final = "expired"
-REVOKED: Final = "revoked"
 REFUSED: Final = "refused"
+#: Errors of Redis or RabbitMQ: the batch stays unacked (anything else is a bug of ours).
+_SERVICE_ERRORS: Final = (ServiceUnavailable, pika.exceptions.AMQPError, OSError)
 #: Task name in the hub record of a message whose name could not be read.
 UNREADABLE_NAME: Final = "(unreadable)"
-_HUB_REASONS: Final = {
-    EXPIRED: "TaskRevokedError: expired (its expires time had passed before it could run)",
-    REVOKED: "TaskRevokedError: revoked by a Celery client before it ran",
-}
+
+
+class Delivery(NamedTuple):
+    """One Celery message as consumed from ``queue``."""
+
+    queue: str
+    body: bytes
+    properties: pika.BasicProperties
+
+
+@dataclass(frozen=True, slots=True)
+class _Admitted:
+    record: TaskRecord
+    enqueue: Enqueue
 
 
 class Intake:
@@ -81,26 +102,56 @@ class Intake:
         registry: TaskRegistry,
         *,
         answers: Answers,
-        revocations: RevocationStore,
         dead_letters: DeadLetters,
         publisher: ConfirmedPublisher,
         max_body_bytes: int,
+        enqueuer: BatchEnqueuer | None = None,
         clock: Callable[[], datetime] = utcnow,
     ) -> None:
         self.registry = registry
         self.answers = answers
-        self.revocations = revocations
         self.dead_letters = dead_letters
         self.publisher = publisher
         self.max_body_bytes = max_body_bytes
+        self.enqueuer = enqueuer or BatchEnqueuer(registry.broker)
         self.clock = clock
 
-    def handle(self, queue: str, body: bytes, properties: pika.BasicProperties) -> str:
-        """Handle one message from Celery queue ``queue``; return what was done.
+    def handle(self, deliveries: Sequence[Delivery]) -> list[str]:
+        """Handle a batch of messages; return what was done with each.
 
         Raises:
-            ServiceUnavailable: Redis or RabbitMQ failed; do not ack the message.
+            ServiceUnavailable: Redis or RabbitMQ failed; ack none of the batch.
         """
+        outcomes: list[str] = []
+        admitted: list[tuple[Delivery, _Admitted]] = []
+        for delivery in deliveries:
+            try:
+                decision = self._admit(delivery)
+            except _SERVICE_ERRORS:
+                raise
+            except Exception as exc:  # a bug of ours must not stop the bridge or loop forever
+                logger.exception("message from %s could not be handled", delivery.queue)
+                decision = self._bridge_error(delivery, exc)
+            if isinstance(decision, str):
+                outcomes.append(decision)
+            else:
+                admitted.append((delivery, decision))
+                outcomes.append(ENQUEUED)
+        if admitted:
+            try:
+                self._enqueue([task for _, task in admitted])
+            except _SERVICE_ERRORS:
+                raise
+            except Exception as exc:
+                logger.exception("a batch of %d tasks could not be enqueued", len(admitted))
+                for delivery, _ in admitted:
+                    self._bridge_error(delivery, exc)
+                return [DEAD_LETTERED if o == ENQUEUED else o for o in outcomes]
+        return outcomes
+
+    def _admit(self, delivery: Delivery) -> _Admitted | str:
+        """Check one message; answer and return the outcome unless it is to be enqueued."""
+        queue, body, properties = delivery
         now = self.clock()
         try:
             task = parse_message(
@@ -125,9 +176,7 @@ class Intake:
             self._dead_letter(queue, body, properties, reason, task.task_id, task.task_name)
             return DEAD_LETTERED
         if task.expires is not None and task.expires <= now:
-            return self._revoke(task, EXPIRED)
-        if self.revocations.is_revoked(task.task_id):
-            return self._revoke(task, REVOKED)
+            return self._expire(task)
         try:
             spec.bind(task.args, task.kwargs)
             args, kwargs = to_jsonable(task.args), to_jsonable(task.kwargs)
@@ -143,22 +192,20 @@ class Intake:
                 task_name=task.task_name,
             )
             return self._refuse(queue, body, properties, refused)
-        self._enqueue(spec, task, args, kwargs, now)
-        return ENQUEUED
+        return self._admitted(spec, task, args, kwargs, now)
 
-    def _enqueue(
-        self, spec: TaskSpec, task: CeleryTask, args: Any, kwargs: Any, now: datetime
-    ) -> None:
-        """Record ``pending``, then publish the Dramatiq message and wait for its confirm."""
-        self.registry.store.create(
-            TaskRecord(
-                task_id=task.task_id,
-                task_name=spec.name,
-                status=TaskStatus.PENDING,
-                args=args,
-                kwargs=kwargs,
-                created_at=now,
-            )
+    @staticmethod
+    def _admitted(
+        spec: TaskSpec, task: CeleryTask, args: Any, kwargs: Any, now: datetime
+    ) -> _Admitted:
+        """The pending record and Dramatiq message of a task that passed every check."""
+        record = TaskRecord(
+            task_id=task.task_id,
+            task_name=spec.name,
+            status=TaskStatus.PENDING,
+            args=args,
+            kwargs=kwargs,
+            created_at=now,
         )
         options: dict[str, Any] = {"celery": task.to_options()}
         # NOTE: Dramatiq has one time limit, raised inside the task like Celery's soft one;
@@ -179,19 +226,32 @@ class Intake:
         if task.eta is not None and task.eta > now:
             # Rounded up: the task never starts before the eta the client asked for.
             delay_ms = math.ceil((task.eta - now).total_seconds() * 1000)
-        try:
-            self.registry.broker.enqueue(message, delay=delay_ms)
-        except (dramatiq.errors.BrokerError, pika.exceptions.AMQPError, OSError) as exc:
-            raise BrokerUnavailable(
-                f"RabbitMQ did not take task {task.task_id}: {type(exc).__name__}: {exc}"
-            ) from exc
-        logger.info(
-            "task %s %s enqueued on %s%s",
-            task.task_id,
-            spec.name,
-            spec.queue,
-            f" (delay {delay_ms} ms)" if delay_ms else "",
+        return _Admitted(record, Enqueue(message, delay_ms))
+
+    def _enqueue(self, tasks: list[_Admitted]) -> None:
+        """Record ``pending`` for every task, then publish their Dramatiq messages."""
+        self.registry.store.create_many([task.record for task in tasks])
+        self.enqueuer.enqueue([task.enqueue for task in tasks])
+        if logger.isEnabledFor(logging.INFO):
+            for task in tasks:
+                message, delay_ms = task.enqueue.message, task.enqueue.delay_ms
+                logger.info(
+                    "task %s %s enqueued on %s%s",
+                    message.message_id,
+                    message.actor_name,
+                    message.queue_name,
+                    f" (delay {delay_ms} ms)" if delay_ms else "",
+                )
+
+    def _bridge_error(self, delivery: Delivery, exc: Exception) -> str:
+        """Dead-letter a message the bridge failed on (a bug): kept, never retried in a loop."""
+        self.dead_letters.put(
+            body=delivery.body,
+            properties=delivery.properties,
+            reason=f"bridge error: {type(exc).__name__}: {exc}",
+            source_queue=delivery.queue,
         )
+        return DEAD_LETTERED
 
     def _refuse(
         self, queue: str, body: bytes, properties: pika.BasicProperties, exc: ProtocolError
@@ -214,26 +274,26 @@ class Intake:
         self._dead_letter(queue, body, properties, exc.reason, exc.task_id, exc.task_name)
         return DEAD_LETTERED
 
-    def _revoke(self, task: CeleryTask, reason: str) -> str:
-        """Answer REVOKED (``expired``/``revoked``): never run, still counted by a chord."""
+    def _expire(self, task: CeleryTask) -> str:
+        """Answer REVOKED ``expired``: never run, still counted by a chord."""
         if not task.ignore_result:
             meta = revoked_meta(
-                task.task_id, reason, group_id=task.group_id, parent_id=task.parent_id
+                task.task_id, EXPIRED, group_id=task.group_id, parent_id=task.parent_id
             )
             self.answers.celery(meta, reply_to=task.reply_to, correlation_id=task.correlation_id)
         self.answers.hub_failure(
             task.task_id,
             task_name=task.task_name,
-            error=_HUB_REASONS[reason],
+            error=REVOKED_HUB_ERRORS[EXPIRED],
             args=_jsonable_or_empty(task.args),
             kwargs=_jsonable_or_empty(task.kwargs),
         )
         self._workflow(
             task,
-            lambda: workflows.dispatch_revoked(task, reason, **self._workflow_kwargs()),
+            lambda: workflows.dispatch_revoked(task, EXPIRED, **self._workflow_kwargs()),
         )
-        logger.info("task %s %s discarded: %s", task.task_id, task.task_name, reason)
-        return reason
+        logger.info("task %s %s discarded: %s", task.task_id, task.task_name, EXPIRED)
+        return EXPIRED
 
     def _fail(self, task: CeleryTask, meta: dict[str, Any], hub_error: str) -> None:
         """Answer a FAILURE that happened before the task ran, then fail its workflow."""

@@ -40,7 +40,7 @@ import threading
 import time
 import weakref
 from collections.abc import Callable
-from typing import Any, Final
+from typing import Any
 
 import dramatiq
 from dramatiq.errors import ActorNotFound
@@ -50,6 +50,7 @@ from bridge import workflows
 from bridge.answers import Answers, build_answers, build_revocations, client_error_info
 from bridge.answers import format_traceback as traceback_of
 from bridge.celery_results import (
+    REVOKED_HUB_ERRORS,
     error_info,
     failure_meta,
     retry_meta,
@@ -71,10 +72,6 @@ logger = logging.getLogger("nagatha.bridge")
 
 #: Seconds between attempts at a final answer while a service is down (doubles, capped).
 RETRY_FIRST_S, RETRY_CAP_S = 0.2, 5.0
-_HUB_REASONS: Final = {
-    "expired": "TaskRevokedError: expired (its expires time had passed before it could run)",
-    "revoked": "TaskRevokedError: revoked by a Celery client before it ran",
-}
 
 
 class CeleryResultsMiddleware(dramatiq.Middleware):
@@ -205,7 +202,7 @@ class CeleryResultsMiddleware(dramatiq.Middleware):
             task,
             "hub record",
             lambda: self.answers.hub_failure(
-                task.task_id, task_name=task.task_name, error=_HUB_REASONS[reason]
+                task.task_id, task_name=task.task_name, error=REVOKED_HUB_ERRORS[reason]
             ),
         )
         if not task.ignore_result:

@@ -126,7 +126,7 @@ class BridgeConfig(_Section):
     max_message_bytes: int = Field(default=8_388_608, gt=0)
     dead_letter_queue: str = "nagatha.bridge.dead"
     prefetch: int = Field(default=64, ge=1)
-    concurrency: int = Field(default=4, ge=1, le=64, description="consumer connections")
+    concurrency: int = Field(default=2, ge=1, le=64, description="consumer connections")
 
     @field_validator("queues", mode="before")
     @classmethod

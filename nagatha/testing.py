@@ -12,6 +12,7 @@ Used by nagatha's own suite and usable by module authors:
 from __future__ import annotations
 
 import os
+import random
 import re
 import signal
 import socket
@@ -64,10 +65,34 @@ def missing_service(message: str) -> None:
 
 
 def free_port() -> int:
-    """A TCP port on loopback that was free a moment ago."""
-    with socket.socket() as sock:
+    """A TCP port on loopback that was free a moment ago, outside the ephemeral port range.
+
+    Outside the range the kernel picks client ports from, no outgoing connection can take the
+    port meanwhile; nor, while a server on it is stopped by a fault test, can a client that
+    reconnects to it be given it as its own port and connect to itself (TCP simultaneous
+    open), which keeps the server from listening there again.
+    """
+    low, high = _ephemeral_range()
+    candidates = range(10_000, low) if low - 10_000 >= 1_000 else range(high + 1, 65_536)
+    for _ in range(100):
+        port = random.choice(candidates)
+        with socket.socket() as sock:
+            try:
+                sock.bind((LOOPBACK, port))
+            except OSError:
+                continue
+        return port
+    with socket.socket() as sock:  # a crowded machine: any free port will have to do
         sock.bind((LOOPBACK, 0))
         return int(sock.getsockname()[1])
+
+
+def _ephemeral_range() -> tuple[int, int]:
+    try:
+        low, high = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
+        return int(low), int(high)
+    except (OSError, ValueError):
+        return 32_768, 60_999  # Linux's default
 
 
 def port_open(host: str, port: int, timeout: float = 1.0) -> bool:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import abc
 import json
+from collections.abc import Sequence
 from typing import Any
 
 from pydantic_core import to_jsonable_python
@@ -40,6 +41,11 @@ class StatusStore(abc.ABC):
     @abc.abstractmethod
     def create(self, record: TaskRecord) -> bool:
         """Write ``record`` unless a record with its id exists; return whether it was written."""
+
+    def create_many(self, records: Sequence[TaskRecord]) -> None:
+        """:meth:`create` each of ``records`` (in one round trip where the store can)."""
+        for record in records:
+            self.create(record)
 
     @abc.abstractmethod
     def update(

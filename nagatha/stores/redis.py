@@ -20,10 +20,11 @@ import os
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
 import redis
+from redis.commands.core import Script
 from redis.exceptions import NoScriptError, RedisError
 
 from nagatha.errors import StoreUnavailable
@@ -187,13 +188,29 @@ class RedisStatusStore(StatusStore):
         return f"{self.prefix}done:{task_id}"
 
     def create(self, record: TaskRecord) -> bool:
-        fields = encode_fields(record.model_dump(exclude_none=True))
         try:
             return bool(
-                self._create(keys=[self._key(record.task_id)], args=[self.ttl, *_flatten(fields)])
+                self._create(keys=[self._key(record.task_id)], args=self._create_args(record))
             )
         except RedisError as exc:
             raise _unavailable(exc) from None
+
+    def create_many(self, records: Sequence[TaskRecord]) -> None:
+        """See :meth:`StatusStore.create_many`: one pipeline for all of ``records``."""
+        try:
+            answers = self._run(
+                self._create,
+                [[self._key(record.task_id), *self._create_args(record)] for record in records],
+                keys=1,
+            )
+        except RedisError as exc:
+            raise _unavailable(exc) from None
+        for answer in answers:
+            if isinstance(answer, Exception):
+                raise _unavailable(answer)
+
+    def _create_args(self, record: TaskRecord) -> list[str | int]:
+        return [self.ttl, *_flatten(encode_fields(record.model_dump(exclude_none=True)))]
 
     def update(
         self,
@@ -237,21 +254,32 @@ class RedisStatusStore(StatusStore):
                 write.error = error
 
     def _pipeline(self, writes: list[Write], *, with_defaults: Callable[[Write], bool]) -> None:
-        todo = writes
-        for _ in range(2):  # a second turn only after the script cache was flushed
+        calls = [self._update_args(write, with_defaults(write)) for write in writes]
+        for write, answer in zip(writes, self._run(self._update, calls, keys=2), strict=True):
+            if isinstance(answer, Exception):
+                write.error = _unavailable(answer)
+            else:
+                write.answer, write.error = int(answer), None
+
+    def _run(self, script: Script, calls: list[list[str | int]], *, keys: int) -> list[Any]:
+        """Run ``script`` once per argument list (``keys`` keys first) in one pipeline.
+
+        Returns each call's answer or its error. Only if Redis lost its script cache
+        (``SCRIPT FLUSH``, a restart) does it load the script and run those calls again.
+        """
+        answers: list[Any] = [None] * len(calls)
+        todo = list(range(len(calls)))
+        for _ in range(2):
             pipe = self.client.pipeline(transaction=False)
-            for write in todo:
-                pipe.evalsha(self._update.sha, 2, *self._update_args(write, with_defaults(write)))
-            answers = pipe.execute(raise_on_error=False)
-            for write, answer in zip(todo, answers, strict=True):
-                if isinstance(answer, Exception):
-                    write.error = _unavailable(answer)
-                else:
-                    write.answer, write.error = int(answer), None
-            todo = [w for w, a in zip(todo, answers, strict=True) if isinstance(a, NoScriptError)]
+            for index in todo:
+                pipe.evalsha(script.sha, keys, *calls[index])
+            for index, answer in zip(todo, pipe.execute(raise_on_error=False), strict=True):
+                answers[index] = answer
+            todo = [index for index in todo if isinstance(answers[index], NoScriptError)]
             if not todo:
-                return
-            self.client.script_load(_UPDATE)
+                break
+            self.client.script_load(script.script)
+        return answers
 
     def _update_args(self, write: Write, with_defaults: bool) -> list[str | int]:
         args: list[str | int] = [

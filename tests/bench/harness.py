@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import statistics
 import subprocess
@@ -108,7 +109,8 @@ class Services:
         return env
 
     def close(self) -> None:
-        """Delete the vhost and every Redis key of this run (hub prefix, Celery results)."""
+        """Delete the vhost, every Redis key of this run (hub prefix, Celery results) and
+        the work directory."""
         errors = []
         try:
             client = self.redis()
@@ -124,6 +126,8 @@ class Services:
                 self.vhost.delete()
             except (RuntimeError, subprocess.SubprocessError) as exc:
                 errors.append(f"vhost cleanup: {exc}")
+        # The processes' logs go with it: a failure is reported with its log's tail.
+        shutil.rmtree(self.workdir, ignore_errors=True)
         if errors:
             print("warning: " + "; ".join(errors), file=sys.stderr)
 

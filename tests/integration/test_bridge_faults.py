@@ -18,8 +18,11 @@ import pytest
 from bridge_stack import BRIDGE_READY, CeleryClient, HubStack, hub_stack
 from celery.exceptions import InvalidTaskError, NotRegistered
 
-from bridge.dead_letters import HEADER_PREFIX
+from bridge.consumer import Bridge
+from bridge.dead_letters import HEADER_PREFIX, declare_dead_letter_queue
+from bridge.intake import Delivery
 from nagatha.broker import amqp_url
+from nagatha.hub import create_hub
 from nagatha.testing import rabbitmqctl, run_cli, wait_until
 
 pytestmark = pytest.mark.integration
@@ -113,6 +116,65 @@ def test_bad_messages_are_dead_lettered_while_good_ones_around_them_complete(
     assert all(letter["queue"] == "celery" for letter in letters)
     bridge.wait_for_log(r"dead-lettered as \w+", count=4)
     assert bridge.process.poll() is None, "the bridge must stay up"
+
+
+def test_a_backlog_mixing_bad_and_good_messages_is_handled_in_batches(
+    stack: HubStack, client: CeleryClient
+) -> None:
+    # Given a backlog (queued before the bridge starts, so that it arrives in batches) where
+    # bad messages sit between good ones
+    good = []
+    for n in range(30):
+        good.append(client.send("echo_bot.echo", kwargs={"message": f"m{n}"}))
+        if n % 10 == 5:
+            publish_raw(stack, b"{not json", content_type="application/json")
+            client.send("nope.missing")
+    # When the bridge takes it
+    bridge = stack.start_bridge()
+    # Then every good one completes, every bad one is dead-lettered, nothing stays unacked
+    assert [r.get(timeout=GET_TIMEOUT) for r in good] == [f"m{n}" for n in range(30)]
+    wait_until(lambda: len(dlq(stack, "list")["dead_letters"]) == 6, GET_TIMEOUT, message="6 dlq")
+    wait_until(
+        lambda: _celery_queue(stack.vhost.name) == (0, 0), GET_TIMEOUT, message="queue acked"
+    )
+    assert bridge.process.poll() is None
+
+
+def test_a_bridge_bug_while_enqueueing_a_batch_dead_letters_the_batch(stack: HubStack) -> None:
+    class Broken:
+        def enqueue(self, batch: Any) -> None:
+            raise RuntimeError("boom")
+
+    registry = create_hub(stack.config)
+    bridge = Bridge(stack.config, registry)
+    connection = pika.BlockingConnection(pika.URLParameters(bridge.url))
+    declare_dead_letter_queue(connection.channel(), stack.config.bridge.dead_letter_queue)
+    connection.close()  # as a running bridge's lane has, before its first delivery
+    try:
+        bridge.intake.enqueuer = Broken()  # type: ignore[assignment]
+        ids = [CeleryClient.new_id() for _ in range(2)]
+        deliveries = [
+            Delivery(
+                "celery",
+                json.dumps([[], {"message": task_id}, {}]).encode(),
+                pika.BasicProperties(
+                    content_type="application/json",
+                    content_encoding="utf-8",
+                    headers={"task": "echo_bot.echo", "id": task_id, "lang": "py"},
+                ),
+            )
+            for task_id in ids
+        ]
+
+        assert bridge.intake.handle(deliveries) == ["dead-lettered", "dead-lettered"]
+    finally:
+        bridge.publisher.close_all()
+        registry.broker.close()
+        registry.store.close()
+    letters = dlq(stack, "list")["dead_letters"]
+    assert (
+        sorted(letter["reason"] for letter in letters) == ["bridge error: RuntimeError: boom"] * 2
+    )
 
 
 def test_dead_letters_keep_the_message_and_say_why(stack: HubStack, client: CeleryClient) -> None:
@@ -259,6 +321,19 @@ def test_sigterm_stops_the_bridge_gracefully(stack: HubStack) -> None:
 def _hub_records(stack: HubStack) -> int:
     pattern = f"{stack.config.results.prefix}task:*"
     return sum(1 for _ in stack.store.client.scan_iter(match=pattern, count=1000))
+
+
+def _celery_queue(vhost: str) -> tuple[int, int]:
+    """(ready, unacked) messages of the ``celery`` queue of ``vhost``."""
+    listed = rabbitmqctl(
+        "list_queues", "-p", vhost, "name", "messages_ready", "messages_unacknowledged",
+        "--no-table-headers", "--quiet",
+    )  # fmt: skip
+    for line in listed.splitlines():
+        name, ready, unacked = line.split("\t")
+        if name == "celery":
+            return int(ready), int(unacked)
+    raise AssertionError(f"no celery queue in {vhost}: {listed!r}")
 
 
 def _close_connections(vhost: str) -> int:

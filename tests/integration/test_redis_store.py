@@ -272,3 +272,30 @@ def test_writes_to_an_unreachable_redis_raise_or_are_logged(
             wait_until(lambda: "task y: started could not be recorded" in caplog.text, timeout=10)
     finally:
         dead.close()
+
+
+def test_create_many_writes_new_records_and_keeps_existing_ones(
+    store: RedisStatusStore,
+) -> None:
+    store.create(pending("c1"))
+    store.update("c1", TaskStatus.SUCCESS, {"result": 1})
+    store.client.script_flush()  # the reload path too: EVALSHA answers NOSCRIPT first
+
+    store.create_many([pending(task_id) for task_id in ("c1", "c2", "c3")])
+
+    kept = store.get("c1")
+    assert kept is not None and kept.status is TaskStatus.SUCCESS and kept.result == 1
+    for task_id in ("c2", "c3"):
+        record = store.get(task_id)
+        assert record is not None and record.status is TaskStatus.PENDING
+        assert record.kwargs == {"k": "é"}
+        assert 0 < store.client.ttl(f"{store.prefix}task:{task_id}") <= 120
+
+
+def test_create_many_on_an_unreachable_redis_raises_store_unavailable() -> None:
+    dead = RedisStatusStore(f"redis://127.0.0.1:{free_port()}/0", socket_timeout=1)
+    try:
+        with pytest.raises(StoreUnavailable, match="status store \\(Redis\\) unavailable"):
+            dead.create_many([pending("x")])
+    finally:
+        dead.close()
