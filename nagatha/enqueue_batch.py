@@ -54,9 +54,11 @@ class BatchEnqueuer:
     def enqueue(self, batch: Sequence[Enqueue]) -> None:
         """Enqueue every message of ``batch``; return once RabbitMQ holds all of them.
 
-        A batch that fails is published again whole on a new connection, up to
+        A batch whose connection fails is published again whole on a new connection, up to
         :data:`ATTEMPTS` times: a message whose commit was lost with its connection may be
-        enqueued twice (as with a lost confirm), never not at all without an error.
+        enqueued twice (as with a lost confirm), never not at all without an error. Messages
+        RabbitMQ returns as unroutable (their queue was deleted) are published again, alone,
+        once Dramatiq declared their queues again.
 
         Raises:
             BrokerUnavailable: RabbitMQ did not take the batch; some of it may be enqueued.
@@ -66,22 +68,29 @@ class BatchEnqueuer:
             for item in batch:
                 broker.enqueue(item.message, delay=item.delay_ms)
             return
+        todo = list(batch)
         for attempt in range(1, ATTEMPTS + 1):
             try:
-                self._publish(broker, batch)
-                return
+                todo = self._publish(broker, todo)
             except (pika.exceptions.AMQPError, dramatiq.errors.BrokerError, OSError) as exc:
                 del broker.connection  # Dramatiq's deleter closes the thread's connection
-                if attempt == ATTEMPTS:
-                    raise BrokerUnavailable(
-                        f"RabbitMQ did not take a batch of {len(batch)} tasks after {attempt} "
-                        f"attempts: {type(exc).__name__}: {exc}"
-                    ) from exc
-                logger.debug("batch enqueue attempt %d failed (%r); reconnecting", attempt, exc)
+                problem = f"{type(exc).__name__}: {exc}"
+            else:
+                if not todo:
+                    return
+                queues = sorted({item.message.queue_name for item in todo})
+                problem = f"no queue took the messages for {', '.join(queues)}"
+            if attempt == ATTEMPTS:
+                raise BrokerUnavailable(
+                    f"RabbitMQ did not take {len(todo)} of a batch of {len(batch)} tasks after "
+                    f"{attempt} attempts: {problem}"
+                )
+            logger.debug("batch enqueue attempt %d failed (%s); trying again", attempt, problem)
 
-    def _publish(self, broker: RabbitmqBroker, batch: Sequence[Enqueue]) -> None:
+    def _publish(self, broker: RabbitmqBroker, batch: list[Enqueue]) -> list[Enqueue]:
+        """Publish ``batch`` in one transaction; return the items RabbitMQ could not route."""
         channel = self._channel(broker)
-        returned: list[str] = self._local.returned
+        returned: set[str] = self._local.returned
         returned.clear()
         sent = []
         for item in batch:
@@ -103,16 +112,17 @@ class BatchEnqueuer:
                 ),
                 mandatory=True,
             )
-            sent.append((message, item.delay_ms))
+            sent.append((item, message))
         channel.tx_commit()
         # RabbitMQ sends basic.return before tx.commit-ok; pika hands it over on dispatch.
         channel.connection.process_data_events(time_limit=0)
-        if returned:
-            # A queue was deleted under us: have Dramatiq declare it again, then retry.
-            broker.queues_pending.update(q_name(name) for name in returned)
-            raise pika.exceptions.UnroutableError([])
-        for message, delay_ms in sent:
-            broker.emit_after("enqueue", message, delay_ms)
+        # A queue deleted under us: every message to it came back; have Dramatiq declare it
+        # again before they are published again.
+        broker.queues_pending.update(q_name(name) for name in returned)
+        for item, message in sent:
+            if message.queue_name not in returned:
+                broker.emit_after("enqueue", message, item.delay_ms)
+        return [item for item, message in sent if message.queue_name in returned]
 
     def _channel(self, broker: RabbitmqBroker) -> BlockingChannel:
         """This thread's transaction channel on the broker's connection for this thread."""
@@ -121,9 +131,9 @@ class BatchEnqueuer:
         if channel is None or not channel.is_open or channel.connection is not connection:
             channel = connection.channel()
             channel.tx_select()
-            returned: list[str] = []
+            returned: set[str] = set()
             channel.add_on_return_callback(
-                lambda _channel, method, _properties, _body: returned.append(method.routing_key)
+                lambda _channel, method, _properties, _body: returned.add(method.routing_key)
             )
             self._local.channel, self._local.returned = channel, returned
         return channel
