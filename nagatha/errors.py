@@ -104,7 +104,7 @@ class ServiceUnavailable(NagathaError):
 
 
 class BrokerUnavailable(ServiceUnavailable):
-    """RabbitMQ could not be reached or did not confirm the message; nothing was enqueued."""
+    """RabbitMQ could not be reached or did not confirm the message: the task was not accepted."""
 
 
 class StoreUnavailable(ServiceUnavailable):

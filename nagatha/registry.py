@@ -324,7 +324,9 @@ class TaskRegistry:
 
         The record is written before the message is published, so an id handed out is always
         found. If RabbitMQ does not confirm the message, the record is removed and
-        :class:`BrokerUnavailable` is raised: nothing was enqueued.
+        :class:`BrokerUnavailable` is raised: the task was not accepted, and its id is not
+        handed out. (A message whose confirm was lost with its connection may still be in
+        the queue; it then runs once, and its record is made again from the message.)
         """
         spec = self.get_task(task_name)
         args, kwargs = list(args or []), dict(kwargs or {})
@@ -357,7 +359,7 @@ class TaskRegistry:
                     "task %s: pending record left behind after a failed enqueue", record.task_id
                 )
             raise BrokerUnavailable(
-                f"broker (RabbitMQ) unavailable, nothing was enqueued: {type(exc).__name__}"
+                f"broker (RabbitMQ) unavailable, the task was not accepted: {type(exc).__name__}"
             ) from None
         logger.info("task %s %s enqueued", record.task_id, spec.name)
         return record

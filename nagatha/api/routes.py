@@ -177,7 +177,7 @@ def build_routes(api: ApiConfig) -> tuple[Route, ...]:
                         400: Reply("Malformed JSON, a body that is not an object, or bad fields."),
                         404: Reply("No task of that name."),
                         422: Reply("kwargs do not bind to the task (`unknown`, `missing`)."),
-                        503: Reply("Broker or store unreachable: nothing was enqueued."),
+                        503: Reply("Broker or store unreachable: the task was not accepted."),
                     },
                     body=TaskRequest,
                 ),

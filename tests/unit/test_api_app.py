@@ -242,7 +242,7 @@ def test_broker_down_is_503_and_no_record_is_left(
     monkeypatch.setattr(hub.store, "create", create)
     monkeypatch.setattr(hub.broker, "enqueue", refuse)
     result = run(client, {"task_name": "diagnostics.noop"})
-    assert assert_error(result, 503, "nothing was enqueued")["title"] == "Broker unavailable"
+    assert assert_error(result, 503, "the task was not accepted")["title"] == "Broker unavailable"
     assert len(created) == 1 and hub.store.get(created[0]) is None
 
 
