@@ -23,6 +23,7 @@ import time
 import uuid
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
+from types import FrameType
 from typing import TypeVar
 from urllib.parse import quote
 
@@ -62,6 +63,20 @@ def missing_service(message: str) -> None:
     if services_required():
         pytest.fail(f"{message}; integration tests must run in CI", pytrace=False)
     pytest.skip(f"{message} (set CI=1 to make this a failure)")
+
+
+def interrupt_on_sigterm() -> None:
+    """Make SIGTERM end a pytest run as Ctrl-C does, so that fixtures still tear down.
+
+    Call it from ``pytest_configure``. Without it a run stopped by SIGTERM (a CI timeout,
+    ``kill PID``) leaves behind what its fixtures started: private RabbitMQ nodes and Redis
+    servers, hub subprocesses.
+    """
+
+    def interrupt(signum: int, frame: FrameType | None) -> None:
+        raise KeyboardInterrupt(f"stopped by signal {signum}")
+
+    signal.signal(signal.SIGTERM, interrupt)
 
 
 def free_port() -> int:

@@ -21,12 +21,18 @@ from nagatha.testing import (
     HubProcess,
     RabbitVhost,
     RedisPrefix,
+    interrupt_on_sigterm,
     missing_service,
     port_open,
 )
 
 ROOT = Path(__file__).resolve().parent.parent
 MODULES = ROOT / "modules"
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    # A run stopped by SIGTERM still stops the servers and processes its fixtures started.
+    interrupt_on_sigterm()
 
 
 def require_service(name: str, port: int) -> None:
