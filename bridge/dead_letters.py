@@ -140,7 +140,9 @@ class DeadLetters:
         copied = pika.BasicProperties(
             headers=headers, delivery_mode=2, **_kept_properties(properties)
         )
-        self.publisher.basic_publish("", self.queue, body, copied)
+        # mandatory: if the queue was deleted, raise (the message stays unacked, and the
+        # bridge's reconnect declares the queue again) rather than have RabbitMQ drop it.
+        self.publisher.basic_publish("", self.queue, body, copied, mandatory=True)
         return letter_id
 
 

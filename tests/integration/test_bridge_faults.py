@@ -311,6 +311,25 @@ def test_a_deleted_celery_queue_is_declared_again(stack: HubStack, client: Celer
     assert client.send("diagnostics.add", args=[2, 2]).get(timeout=GET_TIMEOUT) == 4
 
 
+@pytest.mark.faults
+def test_a_deleted_dead_letter_queue_is_declared_again_and_loses_no_letter(
+    stack: HubStack, client: CeleryClient
+) -> None:
+    bridge = stack.start_bridge()
+    connection = pika.BlockingConnection(pika.URLParameters(amqp_url(stack.config.broker)))
+    try:
+        connection.channel().queue_delete(stack.config.bridge.dead_letter_queue)
+    finally:
+        connection.close()
+    client.send("nope.missing")  # dead-lettered: its letter finds no queue at first
+    bridge.wait_for_log(r"bridge connection lost \(BrokerUnavailable", timeout=GET_TIMEOUT)
+    letters = wait_until(
+        lambda: dlq(stack, "list")["dead_letters"], GET_TIMEOUT, message="the dead letter"
+    )
+    assert [letter["task_name"] for letter in letters] == ["nope.missing"]
+    assert bridge.process.poll() is None
+
+
 def test_sigterm_stops_the_bridge_gracefully(stack: HubStack) -> None:
     bridge = stack.start_bridge()
     node = bridge.wait_for_log(r"bridge (\S+) consuming").group(1)
