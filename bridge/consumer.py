@@ -3,9 +3,9 @@
 The bridge consumes on ``bridge.concurrency`` pika connections of its own (lanes). On each it
 declares
 
-* each Celery queue exactly as a Celery client or worker does (durable, no arguments, bound
-  to the durable ``celery`` direct exchange with the queue name as routing key), so that
-  neither side ever meets ``PRECONDITION_FAILED``;
+* each Celery queue exactly as a Celery client or worker does
+  (:func:`bridge.queues.declare_celery_queue`), so that neither side ever meets
+  ``PRECONDITION_FAILED``;
 * its dead-letter queue (``bridge.dead_letter_queue``);
 * its control queue (:mod:`bridge.pidbox`), for ``ping`` and ``revoke``.
 
@@ -41,17 +41,16 @@ from bridge.dead_letters import DeadLetters, declare_dead_letter_queue
 from bridge.intake import Delivery, Intake
 from bridge.pidbox import Pidbox, Revoker, default_node_name
 from bridge.publisher import ConfirmedPublisher
+from bridge.queues import declare_celery_queue
 from nagatha.broker import amqp_url
 from nagatha.config import FrameworkConfig
 from nagatha.errors import ConfigError, ServiceUnavailable
 from nagatha.registry import TaskRegistry
 
-__all__ = ["CELERY_EXCHANGE", "Bridge", "run_bridge"]
+__all__ = ["Bridge", "run_bridge"]
 
 logger = logging.getLogger("nagatha.bridge")
 
-#: Celery's default exchange (``task_default_exchange``), direct and durable.
-CELERY_EXCHANGE: Final = "celery"
 #: Seconds before the first reconnect; doubles up to the cap, back to the first once a
 #: connection handled a message or lived longer than the cap.
 RECONNECT_FIRST_S, RECONNECT_CAP_S = 0.5, 30.0
@@ -190,10 +189,8 @@ class Bridge:
                 logger.debug("message %s from %s: %s", tag, delivery.queue, outcome)
 
     def _declare(self, channel: BlockingChannel) -> None:
-        channel.exchange_declare(CELERY_EXCHANGE, exchange_type="direct", durable=True)
         for queue in self.queues:
-            channel.queue_declare(queue, durable=True)
-            channel.queue_bind(queue, CELERY_EXCHANGE, routing_key=queue)
+            declare_celery_queue(channel, queue)
         declare_dead_letter_queue(channel, self.config.bridge.dead_letter_queue)
 
     @staticmethod

@@ -21,9 +21,10 @@ import pika
 import pika.exceptions
 from pika.adapters.blocking_connection import BlockingChannel
 
+from bridge.queues import declare_celery_queue
 from nagatha.errors import BrokerUnavailable
 
-__all__ = ["ConfirmedPublisher"]
+__all__ = ["ConfirmedPublisher", "Unroutable"]
 
 logger = logging.getLogger("nagatha.bridge.publisher")
 
@@ -41,6 +42,10 @@ _RETRYABLE: Final = (
     pika.exceptions.NackError,
     OSError,
 )
+
+
+class Unroutable(BrokerUnavailable):
+    """RabbitMQ had no queue for a message published ``mandatory``."""
 
 
 class ConfirmedPublisher:
@@ -75,15 +80,30 @@ class ConfirmedPublisher:
         body: bytes,
         headers: dict[str, Any],
         properties: dict[str, Any],
+        declare_queue: bool = False,
     ) -> None:
         """Publish one message; ``properties`` are :class:`pika.BasicProperties` fields.
+
+        With ``declare_queue`` (for the default exchange ``""``, where the routing key names
+        the queue), a message RabbitMQ cannot route because its queue does not exist is
+        published again once the queue is declared as Celery declares it
+        (:func:`bridge.queues.declare_celery_queue`): a Celery worker's producer declares the
+        queue of every task it sends, so a chain step for a queue no consumer declared yet
+        waits there instead of being dropped.
 
         Raises:
             BrokerUnavailable: RabbitMQ did not confirm the message after every attempt.
             TypeError: ``properties`` names a field AMQP does not have.
         """
         basic = pika.BasicProperties(headers=headers, **properties)
-        self.basic_publish(exchange, routing_key, body, basic)
+        if not declare_queue:
+            self.basic_publish(exchange, routing_key, body, basic)
+            return
+        try:
+            self.basic_publish(exchange, routing_key, body, basic, mandatory=True)
+        except Unroutable:
+            declare_celery_queue(self._channel(), routing_key)
+            self.basic_publish(exchange, routing_key, body, basic, mandatory=True)
 
     def basic_publish(
         self,
@@ -106,7 +126,7 @@ class ConfirmedPublisher:
                 channel.basic_publish(exchange, routing_key, body, properties, mandatory)
                 return
             except pika.exceptions.UnroutableError:
-                raise BrokerUnavailable(
+                raise Unroutable(
                     f"RabbitMQ could not route the message to {exchange!r}/{routing_key!r}"
                 ) from None
             except _RETRYABLE as exc:

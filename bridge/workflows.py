@@ -73,7 +73,10 @@ logger = logging.getLogger("nagatha.bridge.workflows")
 
 
 class TaskPublisher(Protocol):
-    """Publishes one Celery task message with publisher confirms (raises BrokerUnavailable)."""
+    """Publishes one Celery task message with publisher confirms (raises BrokerUnavailable).
+
+    ``declare_queue``: declare the queue ``routing_key`` names if the message finds none.
+    """
 
     def publish(
         self,
@@ -83,6 +86,7 @@ class TaskPublisher(Protocol):
         body: bytes,
         headers: dict[str, Any],
         properties: dict[str, Any],
+        declare_queue: bool = False,
     ) -> None: ...
 
 
@@ -248,6 +252,7 @@ class _Run:
                 body=message.body,
                 headers=message.headers,
                 properties=message.properties,
+                declare_queue=message.exchange == "",
             )
         return application.task_ids
 

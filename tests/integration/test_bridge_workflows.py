@@ -78,6 +78,7 @@ class PikaPublisher:
         body: bytes,
         headers: dict[str, Any],
         properties: dict[str, Any],
+        declare_queue: bool = False,
     ) -> None:
         props = pika.BasicProperties(headers=headers, **properties)
         self.channel.basic_publish(exchange, routing_key, body, props, mandatory=True)

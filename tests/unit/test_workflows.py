@@ -69,7 +69,10 @@ class Recorder:
         self.wires: list[Wire] = []
         self.metas: dict[str, dict[str, Any]] = {}
 
-    def publish(self, *, exchange, routing_key, body, headers, properties) -> None:  # type: ignore[no-untyped-def]
+    def publish(
+        self, *, exchange, routing_key, body, headers, properties, declare_queue=False
+    ) -> None:  # type: ignore[no-untyped-def]
+        assert declare_queue == (exchange == ""), "a queue reached through '' must be declared"
         self.wires.append(Wire(exchange, routing_key, headers, body, properties))
 
     def write(self, meta: dict[str, Any]) -> bool:

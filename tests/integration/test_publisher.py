@@ -1,0 +1,76 @@
+"""ConfirmedPublisher against a real RabbitMQ: a task for a queue nobody declared yet."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import pika
+import pika.exceptions
+import pytest
+
+from bridge.publisher import ConfirmedPublisher
+from bridge.queues import CELERY_EXCHANGE
+from nagatha.testing import RabbitVhost
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+def queue(vhost: RabbitVhost) -> Iterator[str]:
+    name = f"missing-{uuid.uuid4().hex[:8]}"
+    yield name
+    connection = pika.BlockingConnection(pika.URLParameters(vhost.url))
+    connection.channel().queue_delete(name)
+    connection.close()
+
+
+@pytest.fixture
+def channel(vhost: RabbitVhost) -> Iterator[Any]:
+    connection = pika.BlockingConnection(pika.URLParameters(vhost.url))
+    yield connection.channel()
+    connection.close()
+
+
+def publish(publisher: ConfirmedPublisher, queue: str, body: bytes, **options: Any) -> None:
+    publisher.publish(
+        exchange="",
+        routing_key=queue,
+        body=body,
+        headers={"task": "m.t"},
+        properties={"content_type": "application/json", "delivery_mode": 2},
+        **options,
+    )
+
+
+def test_a_task_for_a_queue_nobody_declared_declares_it_as_celery_does(
+    vhost: RabbitVhost, queue: str, channel: Any
+) -> None:
+    publisher = ConfirmedPublisher(vhost.url)
+    try:
+        publish(publisher, queue, b"first", declare_queue=True)
+        publish(publisher, queue, b"second", declare_queue=True)  # the queue exists now
+    finally:
+        publisher.close_all()
+
+    assert channel.basic_get(queue, auto_ack=True)[2] == b"first"
+    assert channel.basic_get(queue, auto_ack=True)[2] == b"second"
+    # Declared like the bridge's own queues: durable, bound to Celery's exchange.
+    channel.queue_declare(queue, durable=True, passive=True)
+    channel.confirm_delivery()
+    channel.basic_publish(CELERY_EXCHANGE, queue, b"routed", mandatory=True)
+    assert channel.basic_get(queue, auto_ack=True)[2] == b"routed"
+
+
+def test_without_declare_queue_nothing_is_declared(
+    vhost: RabbitVhost, queue: str, channel: Any
+) -> None:
+    publisher = ConfirmedPublisher(vhost.url)
+    try:
+        publish(publisher, queue, b"dropped")  # as RabbitMQ does with any unroutable message
+    finally:
+        publisher.close_all()
+
+    with pytest.raises(pika.exceptions.ChannelClosedByBroker, match="NOT_FOUND"):
+        channel.queue_declare(queue, passive=True)
