@@ -21,15 +21,19 @@ Decisions:
   gunicorn's error log goes through the same handler (:class:`HubLogger`).
 * No control socket: one fixed default path per user would be shared by every server on the
   machine; manage the server with signals.
+* Requests gunicorn refuses itself (request line or headers over its limits, malformed HTTP)
+  are answered with the API's JSON error body, not gunicorn's HTML page (``post_fork``).
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import sys
 from typing import Any
 
+from gunicorn import util
 from gunicorn.glogging import Logger
 
 from nagatha.config import ApiConfig
@@ -97,8 +101,25 @@ def when_ready(server: Any) -> None:
     )
 
 
+def write_json_error(sock: Any, status_int: int, reason: str, mesg: str) -> None:
+    """gunicorn's answer to a request it refuses before the app sees it, as JSON.
+
+    Replaces ``gunicorn.util.write_error`` (an HTML page) in each worker: a request line or
+    headers past gunicorn's limits, or a malformed request, get the API's JSON error body
+    (``title``, ``description``) like every other error.
+    """
+    body = json.dumps({"title": reason, "description": mesg or reason}).encode("ascii")
+    head = (
+        f"HTTP/1.1 {status_int} {reason}\r\nConnection: close\r\n"
+        f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
+    )
+    util.write_nonblock(sock, head.encode("latin-1") + body)
+
+
 def post_fork(server: Any, worker: Any) -> None:
-    """In the new worker: never reuse an app (and its connections) built before the fork."""
+    """In the new worker: gunicorn's own errors in JSON (:func:`write_json_error`); never
+    reuse an app (and its connections) built before the fork."""
+    util.write_error = write_json_error
     app = getattr(server.app, "callable", None)
     forget = getattr(app, "forget", None)
     if callable(forget) and getattr(app, "loaded", False):

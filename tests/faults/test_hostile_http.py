@@ -2,14 +2,15 @@
 
 Every case must be answered 4xx with the API's JSON error shape (never 500, never a crash), and
 the server must still answer ``/ping`` after each batch. Requests that gunicorn itself refuses
-before the app sees them (request line or header limits) are answered 4xx by gunicorn, in its
-own plain format; those are checked for the status only. The HTTP property run (no 500 on any
+before the app sees them (request line or header limits) are answered 4xx by gunicorn, with
+the API's JSON error body too (``nagatha.api.gunicorn_conf.write_json_error``). The HTTP property run (no 500 on any
 generated request) is ``tests/integration/test_api_fuzz.py``; this file is its hand-written
 complement.
 """
 
 from __future__ import annotations
 
+import json
 import socket
 from collections.abc import Iterator
 from pathlib import Path
@@ -55,19 +56,21 @@ def _check(cases: list[tuple[str, httpx.Response]]) -> None:
 
 
 def _raw(api: HubProcess, request: bytes) -> int:
-    """Send raw bytes, return the status code of the answer (the connection is closed)."""
+    """Send raw bytes; return the status code of the answer, whose body must be JSON."""
     parts = urlsplit(api.base_url)  # type: ignore[attr-defined]
     with socket.create_connection((parts.hostname, parts.port), timeout=TIMEOUT) as sock:
         sock.sendall(request)
         data = b""
-        while b"\r\n" not in data:
-            chunk = sock.recv(4096)
-            if not chunk:
-                break
+        while chunk := sock.recv(65536):  # every answer here closes the connection
             data += chunk
-    line = data.split(b"\r\n", 1)[0].split()
-    assert len(line) >= 2, data[:200]
-    return int(line[1])
+    head, _, body = data.partition(b"\r\n\r\n")
+    lines = head.split(b"\r\n")
+    status = lines[0].split()
+    assert len(status) >= 2, data[:200]
+    headers = dict(line.lower().split(b":", 1) for line in lines[1:])
+    assert headers.get(b"content-type", b"").strip() == b"application/json", data[:300]
+    assert json.loads(body)["title"], data[:300]
+    return int(status[1])
 
 
 def _post(client: httpx.Client, body: bytes, content_type: str | None = "application/json"):
@@ -230,7 +233,7 @@ def test_huge_headers_and_bad_wait_values_are_4xx(api: HubProcess) -> None:
         long_auth = {"Authorization": "Bearer " + "x" * 4000}
         cases.append(("long auth", client.get("/tasks/x?wait=-1", headers=long_auth)))
     _check(cases)
-    # Headers past gunicorn's limits: refused by gunicorn (its own format), the server stays up.
+    # Headers past gunicorn's limits: refused by gunicorn (in JSON too), the server stays up.
     huge_header = b"X-Big: " + b"a" * 20_000 + b"\r\n"
     many_headers = b"".join(b"X-H%d: v\r\n" % i for i in range(200))
     for extra in (
