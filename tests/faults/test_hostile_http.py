@@ -3,9 +3,9 @@
 Every case must be answered 4xx with the API's JSON error shape (never 500, never a crash), and
 the server must still answer ``/ping`` after each batch. Requests that gunicorn itself refuses
 before the app sees them (request line or header limits) are answered 4xx by gunicorn, with
-the API's JSON error body too (``nagatha.api.gunicorn_conf.write_json_error``). The HTTP property run (no 500 on any
-generated request) is ``tests/integration/test_api_fuzz.py``; this file is its hand-written
-complement.
+the API's JSON error body too (``nagatha.api.gunicorn_conf.write_json_error``). The HTTP
+property run (no 500 on any generated request) is ``tests/integration/test_api_fuzz.py``;
+this file is its hand-written complement.
 """
 
 from __future__ import annotations
