@@ -322,7 +322,9 @@ def test_a_deleted_dead_letter_queue_is_declared_again_and_loses_no_letter(
     finally:
         connection.close()
     client.send("nope.missing")  # dead-lettered: its letter finds no queue at first
-    bridge.wait_for_log(r"bridge connection lost \(BrokerUnavailable", timeout=GET_TIMEOUT)
+    bridge.wait_for_log(
+        r"bridge connection lost \(Unroutable: .*nagatha\.bridge\.dead", timeout=GET_TIMEOUT
+    )
     letters = wait_until(
         lambda: dlq(stack, "list")["dead_letters"], GET_TIMEOUT, message="the dead letter"
     )
