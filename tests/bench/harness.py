@@ -45,6 +45,59 @@ class Skip(Exception):
 
 # -- services -------------------------------------------------------------------------------
 
+#: The servers every contender shares, by the loopback port they listen on.
+SERVER_PORTS: dict[str, int] = {"broker": 5672, "redis": 6379}
+
+
+def listening_pids(port: int) -> list[int]:
+    """PIDs of the processes listening on TCP ``port`` (empty where ``/proc`` hides them)."""
+    inodes = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            rows = Path(table).read_text().splitlines()[1:]
+        except OSError:
+            continue
+        for row in rows:
+            fields = row.split()
+            if fields[3] == "0A" and int(fields[1].rsplit(":", 1)[1], 16) == port:  # LISTEN
+                inodes.add(f"socket:[{fields[9]}]")
+    pids = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit() or not inodes:
+            continue
+        try:
+            if any(os.readlink(fd) in inodes for fd in (proc / "fd").iterdir()):
+                pids.append(int(proc.name))
+        except OSError:  # gone meanwhile, or another user's
+            continue
+    return pids
+
+
+@dataclass
+class ServerCpu:
+    """CPU of RabbitMQ and Redis, to charge each contender with what it made them do.
+
+    It includes what the load generator makes them do, the same for every contender.
+    """
+
+    pids: dict[str, list[int]] = field(default_factory=dict)
+
+    @classmethod
+    def find(cls) -> ServerCpu:
+        return cls({name: listening_pids(port) for name, port in SERVER_PORTS.items()})
+
+    def snapshot(self) -> dict[str, float]:
+        return {name: cpu_seconds(pids) for name, pids in self.pids.items() if pids}
+
+    def figures(self, before: dict[str, float], tasks: int) -> dict[str, float]:
+        """``<server>_cpu_ms_per_task`` since ``before`` (servers whose PIDs were found)."""
+        now = self.snapshot()
+        return {
+            f"{name}_cpu_ms_per_task": 1000 * (now[name] - before[name]) / max(1, tasks)
+            for name in before
+            if name in now
+        }
+
 
 @dataclass
 class Services:
@@ -54,10 +107,12 @@ class Services:
     run_id: str = field(default_factory=lambda: uuid.uuid4().hex[:8])
     vhost: RabbitVhost | None = None
     workdir: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="nagatha-bench-")))
+    servers: ServerCpu = field(default_factory=ServerCpu)
 
     def open(self) -> Services:
         self.vhost = RabbitVhost(name=f"nagatha-bench-{self.run_id}")
         self.redis().ping()
+        self.servers = ServerCpu.find()
         (self.workdir / "home").mkdir(exist_ok=True)
         return self
 

@@ -158,6 +158,8 @@ def run(services: Services, params: BridgeParams) -> Scenario:
         },
         ratio_specs=[
             Ratio("tasks_per_s", HUB, CELERY, (">=", 1.0)),
+            Ratio("cpu_ms_per_task", HUB, CELERY),
+            Ratio("broker_cpu_ms_per_task", HUB, CELERY),
             Ratio("tasks_per_s", HUB, CEILING),
             Ratio("tasks_per_s", CELERY, CEILING),
         ],
@@ -185,6 +187,7 @@ def run(services: Services, params: BridgeParams) -> Scenario:
                         scenario.skip(name, f"warm-up: {warm_failed} failed, {warm_lost} lost")
                         continue
                     cpu_before = stack.cpu()
+                    servers_before = services.servers.snapshot()
                     elapsed, failed, lost = _send_and_wait(
                         app, services, params.tasks, params.timeout
                     )
@@ -197,6 +200,7 @@ def run(services: Services, params: BridgeParams) -> Scenario:
                             "failed": failed,
                             "lost": lost,
                             "cpu_ms_per_task": 1000 * cpu_used / params.tasks,
+                            **services.servers.figures(servers_before, params.tasks),
                         },
                     )
                     memory = stack.memory()

@@ -16,7 +16,17 @@ from dataclasses import dataclass
 from typing import Any
 
 import httpload
-from harness import CONTENDERS, Proc, QueueProbe, Services, Skip, Stack, stop_procs, wait_until
+from harness import (
+    CONTENDERS,
+    Proc,
+    QueueProbe,
+    ServerCpu,
+    Services,
+    Skip,
+    Stack,
+    stop_procs,
+    wait_until,
+)
 from report import Ratio, Scenario
 from scenario_ceiling import InRound
 
@@ -160,6 +170,7 @@ def run(services: Services, params: HttpParams, want: set[str]) -> dict[str, Sce
             Ratio("rt_p99_ms", HUB, FASTAPI, ("<=", 1.0)),
             Ratio("submit_p99_ms", HUB, FASTAPI, ("<=", 1.0)),
             Ratio("cpu_ms_per_task", HUB, FASTAPI),
+            Ratio("broker_cpu_ms_per_task", HUB, FASTAPI),
             Ratio("tasks_per_s", HUB, CEILING),
             Ratio("tasks_per_s", FASTAPI, CEILING),
         ],
@@ -200,7 +211,7 @@ def run(services: Services, params: HttpParams, want: set[str]) -> dict[str, Sce
             for name in order:
                 stack, port = stacks[name]
                 if "http_e2e" in want:
-                    e2e.add(name, _e2e_round(stack, port, params))
+                    e2e.add(name, _e2e_round(stack, port, params, services.servers))
                 if "latency" in want:
                     latency.add(name, _latency_round(port, params))
                 print(f"  http round {index + 1}/{params.rounds} {name} done", flush=True)
@@ -212,9 +223,10 @@ def run(services: Services, params: HttpParams, want: set[str]) -> dict[str, Sce
     return {key: scenarios[key] for key in want}
 
 
-def _e2e_round(stack: Stack, port: int, params: HttpParams) -> dict[str, Any]:
+def _e2e_round(stack: Stack, port: int, params: HttpParams, servers: ServerCpu) -> dict[str, Any]:
     per_client = max(1, params.tasks // params.clients)
     cpu_before = stack.cpu()
+    servers_before = servers.snapshot()
     burst = httpload.open_loop(port, params.clients, per_client, params.timeout)
     drained = httpload.collect(port, burst.task_ids, params.clients, params.timeout)
     loop = httpload.closed_loop(port, params.clients, per_client, params.timeout)
@@ -231,6 +243,7 @@ def _e2e_round(stack: Stack, port: int, params: HttpParams) -> dict[str, Any]:
         "lost": burst.lost + drained.lost + loop.lost,
         "failed": burst.failed + drained.failed + loop.failed,
         "cpu_ms_per_task": 1000 * cpu_used / max(1, tasks),
+        **servers.figures(servers_before, tasks),
     }
     errors = burst.errors + drained.errors + loop.errors
     if errors:

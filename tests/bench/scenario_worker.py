@@ -215,6 +215,7 @@ def _round(
         _publish(services.amqp_url, queue, bodies)
     finally:
         cpu_before = stack.cpu()
+        servers_before = services.servers.snapshot()
         start = time.perf_counter()
         stack.resume()
     deadline = time.monotonic() + params.timeout
@@ -227,6 +228,7 @@ def _round(
         time.sleep(0.01)
     elapsed = time.perf_counter() - start
     cpu_used = stack.cpu() - cpu_before
+    servers = services.servers.figures(servers_before, params.tasks)
     stack.check()
     # Not timed: let the last prefetched messages finish (at most a few dozen), so the next
     # round starts on an idle machine; rabbitmqctl checks that nothing stayed unacked at the end.
@@ -234,5 +236,6 @@ def _round(
     return {
         "tasks_per_s": (params.tasks - left) / elapsed,
         "cpu_ms_per_task": 1000 * cpu_used / params.tasks,
+        **servers,
         "not_drained": float(left),
     }
