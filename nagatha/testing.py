@@ -163,7 +163,11 @@ class RedisPrefix:
 
 
 class HubProcess:
-    """A ``python -m nagatha ...`` subprocess whose stdout+stderr go to a log file."""
+    """A ``python -m nagatha ...`` subprocess whose stdout+stderr go to a log file.
+
+    The log is a new file in ``cwd`` when one is given (tests pass a pytest temporary
+    directory, which pytest prunes), else in the system's temporary directory.
+    """
 
     def __init__(
         self,
@@ -173,7 +177,7 @@ class HubProcess:
         cwd: str | os.PathLike[str] | None = None,
     ) -> None:
         self.args = list(args)
-        handle, path = tempfile.mkstemp(prefix="nagatha-proc-", suffix=".log")
+        handle, path = tempfile.mkstemp(prefix="nagatha-proc-", suffix=".log", dir=cwd)
         os.close(handle)
         self.log_path = Path(path)
         self._log = self.log_path.open("wb")
