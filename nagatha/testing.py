@@ -21,13 +21,16 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from types import FrameType
 from typing import TypeVar
 from urllib.parse import quote
 
+import pika
 import redis
+from pika.adapters.blocking_connection import BlockingChannel
 
 T = TypeVar("T")
 
@@ -144,6 +147,17 @@ class RabbitVhost:
     def delete(self) -> None:
         """Delete the vhost and everything in it."""
         rabbitmqctl("delete_vhost", self.name)
+
+
+@contextmanager
+def amqp_channel(url: str) -> Iterator[BlockingChannel]:
+    """A channel on a connection of its own to ``url``, closed on exit."""
+    connection = pika.BlockingConnection(pika.URLParameters(url))
+    try:
+        yield connection.channel()
+    finally:
+        if connection.is_open:
+            connection.close()
 
 
 class RedisPrefix:

@@ -8,7 +8,6 @@ from collections.abc import Iterator
 from typing import Any
 
 import dramatiq
-import pika
 import pytest
 from dramatiq.brokers.rabbitmq import RabbitmqBroker
 from dramatiq.brokers.stub import StubBroker
@@ -16,7 +15,7 @@ from dramatiq.common import dq_name, xq_name
 
 from nagatha.enqueue_batch import BatchEnqueuer, Enqueue
 from nagatha.errors import BrokerUnavailable
-from nagatha.testing import LOOPBACK, RabbitVhost, free_port
+from nagatha.testing import LOOPBACK, RabbitVhost, amqp_channel, free_port
 
 pytestmark = pytest.mark.integration
 
@@ -59,9 +58,8 @@ def broker(own_vhost: RabbitVhost, recorder: Recorder) -> Iterator[RabbitmqBroke
 
 @pytest.fixture
 def channel(own_vhost: RabbitVhost) -> Iterator[Any]:
-    connection = pika.BlockingConnection(pika.URLParameters(own_vhost.url))
-    yield connection.channel()
-    connection.close()
+    with amqp_channel(own_vhost.url) as channel:
+        yield channel
 
 
 def message(queue: str = "batch", n: int = 0) -> dramatiq.Message[Any]:

@@ -12,7 +12,7 @@ import pytest
 
 from bridge.publisher import ConfirmedPublisher
 from bridge.queues import CELERY_EXCHANGE
-from nagatha.testing import RabbitVhost
+from nagatha.testing import RabbitVhost, amqp_channel
 
 pytestmark = pytest.mark.integration
 
@@ -21,16 +21,14 @@ pytestmark = pytest.mark.integration
 def queue(vhost: RabbitVhost) -> Iterator[str]:
     name = f"missing-{uuid.uuid4().hex[:8]}"
     yield name
-    connection = pika.BlockingConnection(pika.URLParameters(vhost.url))
-    connection.channel().queue_delete(name)
-    connection.close()
+    with amqp_channel(vhost.url) as channel:
+        channel.queue_delete(name)
 
 
 @pytest.fixture
 def channel(vhost: RabbitVhost) -> Iterator[Any]:
-    connection = pika.BlockingConnection(pika.URLParameters(vhost.url))
-    yield connection.channel()
-    connection.close()
+    with amqp_channel(vhost.url) as channel:
+        yield channel
 
 
 def publish(publisher: ConfirmedPublisher, queue: str, body: bytes, **options: Any) -> None:
