@@ -36,7 +36,6 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Final, NamedTuple
 
-import dramatiq
 import pika
 import pika.exceptions
 
@@ -63,7 +62,7 @@ from nagatha.errors import (
     UnknownTask,
 )
 from nagatha.registry import TaskRegistry, TaskSpec
-from nagatha.types import TaskRecord, TaskStatus, utcnow
+from nagatha.types import TaskRecord, utcnow
 
 __all__ = ["ENQUEUED", "Delivery", "Intake"]
 
@@ -199,29 +198,13 @@ class Intake:
         spec: TaskSpec, task: CeleryTask, args: Any, kwargs: Any, now: datetime
     ) -> _Admitted:
         """The pending record and Dramatiq message of a task that passed every check."""
-        record = TaskRecord(
-            task_id=task.task_id,
-            task_name=spec.name,
-            status=TaskStatus.PENDING,
-            args=args,
-            kwargs=kwargs,
-            created_at=now,
-        )
         options: dict[str, Any] = {"celery": task.to_options()}
         # NOTE: Dramatiq has one time limit, raised inside the task like Celery's soft one;
         # the hard limit wins, the soft one is used when it is the only one set.
         limit_s = task.time_limit or task.soft_time_limit
         if limit_s:
             options["time_limit"] = max(1, math.ceil(limit_s * 1000))
-        message: dramatiq.Message[Any] = dramatiq.Message(
-            queue_name=spec.queue,
-            actor_name=spec.name,
-            args=tuple(args),
-            kwargs=kwargs,
-            options=options,
-            message_id=task.task_id,
-            message_timestamp=int(now.timestamp() * 1000),
-        )
+        record, message = spec.pending(task.task_id, args, kwargs, now, options)
         delay_ms = None
         if task.eta is not None and task.eta > now:
             # Rounded up: the task never starts before the eta the client asked for.

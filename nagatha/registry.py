@@ -15,6 +15,7 @@ import types
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -100,6 +101,34 @@ class TaskSpec:
             queue=self.queue,
             parameters=params,
         )
+
+    def pending(
+        self,
+        task_id: str,
+        args: list[Any],
+        kwargs: dict[str, Any],
+        created_at: datetime,
+        options: dict[str, Any] | None = None,
+    ) -> tuple[TaskRecord, dramatiq.Message[Any]]:
+        """The ``pending`` record of a new task and its Dramatiq message (arguments bound)."""
+        record = TaskRecord(
+            task_id=task_id,
+            task_name=self.name,
+            status=TaskStatus.PENDING,
+            args=args,
+            kwargs=kwargs,
+            created_at=created_at,
+        )
+        message: dramatiq.Message[Any] = dramatiq.Message(
+            queue_name=self.queue,
+            actor_name=self.name,
+            args=tuple(args),
+            kwargs=kwargs,
+            options=options or {},
+            message_id=task_id,
+            message_timestamp=int(created_at.timestamp() * 1000),
+        )
+        return record, message
 
     def bind(self, args: list[Any], kwargs: dict[str, Any]) -> None:
         """Raise :class:`InvalidArguments` unless ``args``/``kwargs`` fit the signature."""
@@ -331,24 +360,8 @@ class TaskRegistry:
         spec = self.get_task(task_name)
         args, kwargs = list(args or []), dict(kwargs or {})
         spec.bind(args, kwargs)
-        record = TaskRecord(
-            task_id=task_id or str(uuid.uuid4()),
-            task_name=spec.name,
-            status=TaskStatus.PENDING,
-            args=args,
-            kwargs=kwargs,
-            created_at=utcnow(),
-        )
+        record, message = spec.pending(task_id or str(uuid.uuid4()), args, kwargs, utcnow())
         self.store.create(record)
-        message: dramatiq.Message[Any] = dramatiq.Message(
-            queue_name=spec.queue,
-            actor_name=spec.name,
-            args=tuple(args),
-            kwargs=kwargs,
-            options={},
-            message_id=record.task_id,
-            message_timestamp=int(record.created_at.timestamp() * 1000),
-        )
         try:
             self.broker.enqueue(message, delay=delay_ms)
         except (dramatiq.errors.BrokerError, pika.exceptions.AMQPError, OSError) as exc:

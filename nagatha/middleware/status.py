@@ -88,10 +88,10 @@ class StatusMiddleware(dramatiq.Middleware):
             fields.setdefault("started_at", self._attempt.started_at)
         else:
             fields.setdefault("retries", message.options.get("retries", 0))
+        write = self.store.update_soon if soon else self.store.update
         delay = RETRY_FIRST
         while True:
             try:
-                write = self.store.update_soon if soon else self.store.update
                 write(message.message_id, status, fields, self._defaults(message))
                 return
             except StoreUnavailable as exc:

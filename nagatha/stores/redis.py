@@ -188,29 +188,29 @@ class RedisStatusStore(StatusStore):
         return f"{self.prefix}done:{task_id}"
 
     def create(self, record: TaskRecord) -> bool:
-        try:
-            return bool(
-                self._create(keys=[self._key(record.task_id)], args=self._create_args(record))
-            )
-        except RedisError as exc:
-            raise _unavailable(exc) from None
+        return self._create_all([record])[0]
 
     def create_many(self, records: Sequence[TaskRecord]) -> None:
         """See :meth:`StatusStore.create_many`: one pipeline for all of ``records``."""
+        self._create_all(records)
+
+    def _create_all(self, records: Sequence[TaskRecord]) -> list[bool]:
+        calls: list[list[str | int]] = [
+            [
+                self._key(record.task_id),
+                self.ttl,
+                *_flatten(encode_fields(record.model_dump(exclude_none=True))),
+            ]
+            for record in records
+        ]
         try:
-            answers = self._run(
-                self._create,
-                [[self._key(record.task_id), *self._create_args(record)] for record in records],
-                keys=1,
-            )
+            answers = self._run(self._create, calls, keys=1)
         except RedisError as exc:
             raise _unavailable(exc) from None
         for answer in answers:
             if isinstance(answer, Exception):
                 raise _unavailable(answer)
-
-    def _create_args(self, record: TaskRecord) -> list[str | int]:
-        return [self.ttl, *_flatten(encode_fields(record.model_dump(exclude_none=True)))]
+        return [bool(answer) for answer in answers]
 
     def update(
         self,

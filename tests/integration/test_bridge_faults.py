@@ -23,7 +23,7 @@ from bridge.dead_letters import HEADER_PREFIX, declare_dead_letter_queue
 from bridge.intake import Delivery
 from nagatha.broker import amqp_url
 from nagatha.hub import create_hub
-from nagatha.testing import rabbitmqctl, run_cli, wait_until
+from nagatha.testing import amqp_channel, rabbitmqctl, run_cli, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -50,13 +50,9 @@ def client(stack: HubStack) -> Iterator[CeleryClient]:
 
 def publish_raw(stack: HubStack, body: bytes, **properties: Any) -> None:
     """Publish what no Celery client would: straight to the ``celery`` queue."""
-    connection = pika.BlockingConnection(pika.URLParameters(amqp_url(stack.config.broker)))
-    try:
-        channel = connection.channel()
+    with amqp_channel(amqp_url(stack.config.broker)) as channel:
         channel.confirm_delivery()
         channel.basic_publish("", "celery", body, pika.BasicProperties(**properties))
-    finally:
-        connection.close()
 
 
 def dlq(stack: HubStack, *args: str) -> Any:
@@ -147,9 +143,8 @@ def test_a_bridge_bug_while_enqueueing_a_batch_dead_letters_the_batch(stack: Hub
 
     registry = create_hub(stack.config)
     bridge = Bridge(stack.config, registry)
-    connection = pika.BlockingConnection(pika.URLParameters(bridge.url))
-    declare_dead_letter_queue(connection.channel(), stack.config.bridge.dead_letter_queue)
-    connection.close()  # as a running bridge's lane has, before its first delivery
+    with amqp_channel(bridge.url) as channel:  # as a bridge's lane does before consuming
+        declare_dead_letter_queue(channel, stack.config.bridge.dead_letter_queue)
     try:
         bridge.intake.enqueuer = Broken()  # type: ignore[assignment]
         ids = [CeleryClient.new_id() for _ in range(2)]
@@ -184,14 +179,10 @@ def test_dead_letters_keep_the_message_and_say_why(stack: HubStack, client: Cele
         result.get(timeout=GET_TIMEOUT)
     # The client is answered first, then the message is dead-lettered.
     wait_until(lambda: dlq(stack, "list")["dead_letters"], GET_TIMEOUT, message="a dead letter")
-    connection = pika.BlockingConnection(pika.URLParameters(amqp_url(stack.config.broker)))
-    try:
-        channel = connection.channel()
+    with amqp_channel(amqp_url(stack.config.broker)) as channel:
         method, properties, body = channel.basic_get(stack.config.bridge.dead_letter_queue)
         assert method is not None
         channel.basic_nack(method.delivery_tag, requeue=True)
-    finally:
-        connection.close()
     headers = properties.headers
     assert headers["id"] == result.id and headers["task"] == "nope.missing"
     assert "unknown task 'nope.missing'" in headers[f"{HEADER_PREFIX}reason"]
@@ -301,11 +292,8 @@ def test_bridge_and_workers_reconnect_when_rabbitmq_drops_their_connections(
 @pytest.mark.faults
 def test_a_deleted_celery_queue_is_declared_again(stack: HubStack, client: CeleryClient) -> None:
     bridge = stack.start_bridge()
-    connection = pika.BlockingConnection(pika.URLParameters(amqp_url(stack.config.broker)))
-    try:
-        connection.channel().queue_delete("celery")
-    finally:
-        connection.close()
+    with amqp_channel(amqp_url(stack.config.broker)) as channel:
+        channel.queue_delete("celery")
     bridge.wait_for_log(r"bridge connection lost \(ConsumerCancelled", timeout=GET_TIMEOUT)
     bridge.wait_for_log(BRIDGE_READY, count=2, timeout=GET_TIMEOUT)
     assert client.send("diagnostics.add", args=[2, 2]).get(timeout=GET_TIMEOUT) == 4
@@ -316,11 +304,8 @@ def test_a_deleted_dead_letter_queue_is_declared_again_and_loses_no_letter(
     stack: HubStack, client: CeleryClient
 ) -> None:
     bridge = stack.start_bridge()
-    connection = pika.BlockingConnection(pika.URLParameters(amqp_url(stack.config.broker)))
-    try:
-        connection.channel().queue_delete(stack.config.bridge.dead_letter_queue)
-    finally:
-        connection.close()
+    with amqp_channel(amqp_url(stack.config.broker)) as channel:
+        channel.queue_delete(stack.config.bridge.dead_letter_queue)
     client.send("nope.missing")  # dead-lettered: its letter finds no queue at first
     bridge.wait_for_log(
         r"bridge connection lost \(Unroutable: .*nagatha\.bridge\.dead", timeout=GET_TIMEOUT
