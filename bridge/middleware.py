@@ -37,7 +37,6 @@ import logging
 import os
 import socket
 import threading
-import time
 import weakref
 from collections.abc import Callable
 from typing import Any
@@ -63,15 +62,13 @@ from bridge.task import CeleryTask
 from nagatha.broker import amqp_url
 from nagatha.config import FrameworkConfig
 from nagatha.errors import NagathaError, ServiceUnavailable
+from nagatha.middleware.holding import hold
 from nagatha.stores import StatusStore
 from nagatha.types import utcnow
 
 __all__ = ["CeleryResultsMiddleware"]
 
 logger = logging.getLogger("nagatha.bridge")
-
-#: Seconds between attempts at a final answer while a service is down (doubles, capped).
-RETRY_FIRST_S, RETRY_CAP_S = 0.2, 5.0
 
 
 class CeleryResultsMiddleware(dramatiq.Middleware):
@@ -306,24 +303,25 @@ class CeleryResultsMiddleware(dramatiq.Middleware):
         (``after_nack``) there is one attempt only. Data that cannot be encoded
         (TypeError/ValueError) is logged and dropped, or raised with ``reraise``.
         """
-        delay = RETRY_FIRST_S
-        while True:
-            try:
-                return write()
-            except ServiceUnavailable as exc:
-                if getattr(self._single_attempt, "active", False):
-                    logger.error("task %s: %s not written: %s", task.task_id, what, exc)
-                    if reraise:
-                        raise
-                    return None
-                logger.warning("task %s: holding %s: %s", task.task_id, what, exc)
-                time.sleep(delay)
-                delay = min(delay * 2, RETRY_CAP_S)
-            except (TypeError, ValueError) as exc:
-                if reraise:
-                    raise
-                logger.error("task %s: %s cannot be written: %s", task.task_id, what, exc)
-                return None
+        single = getattr(self._single_attempt, "active", False)
+
+        def report(exc: Exception) -> None:
+            if single:
+                raise exc
+            logger.warning("task %s: holding %s: %s", task.task_id, what, exc)
+
+        try:
+            return hold(write, ServiceUnavailable, report)
+        except ServiceUnavailable as exc:
+            logger.error("task %s: %s not written: %s", task.task_id, what, exc)
+            if reraise:
+                raise
+            return None
+        except (TypeError, ValueError) as exc:
+            if reraise:
+                raise
+            logger.error("task %s: %s cannot be written: %s", task.task_id, what, exc)
+            return None
 
     def _mark_answered(self, message: dramatiq.MessageProxy) -> None:
         with self._lock:

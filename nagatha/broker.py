@@ -12,12 +12,12 @@ from dramatiq.middleware import (
     Callbacks,
     CurrentMessage,
     Pipelines,
-    Retries,
     ShutdownNotifications,
     TimeLimit,
 )
 
 from nagatha.config import MEMORY_URL, BrokerConfig, FrameworkConfig
+from nagatha.middleware.retries import HeldRetries
 from nagatha.middleware.status import StatusMiddleware
 from nagatha.stores import StatusStore
 
@@ -58,6 +58,12 @@ def build_middleware(config: FrameworkConfig, store: StatusStore) -> list[dramat
     status hook records ``started`` (a task that never runs never looks started); its
     ``after_*`` hooks run last, after ``Retries`` decided and after the hub record is final, so
     a Celery client is answered only once ``/tasks/{id}`` shows the same outcome.
+
+    ``TimeLimit`` comes *last*, unlike in Dramatiq's default list: its ``after_*`` hooks, which
+    disarm the task's time limit, then run first. Otherwise the limit stays armed while the
+    hooks after it hold a write through an outage, and fires in them: a task that succeeded
+    would be recorded as timed out and dead-lettered. ``HeldRetries`` is Dramatiq's
+    ``Retries`` holding a retry it cannot enqueue instead of dropping it.
     """
     worker = config.worker
     celery: list[dramatiq.Middleware] = []
@@ -67,18 +73,18 @@ def build_middleware(config: FrameworkConfig, store: StatusStore) -> list[dramat
         celery.append(CeleryResultsMiddleware(config, store))
     return [
         AgeLimit(),
-        TimeLimit(time_limit=worker.time_limit),
         ShutdownNotifications(),
         Callbacks(),
         Pipelines(),
         CurrentMessage(),
         *celery,
-        StatusMiddleware(store),
-        Retries(
+        StatusMiddleware(store, time_limit=worker.time_limit),
+        HeldRetries(
             max_retries=worker.max_retries,
             min_backoff=worker.min_backoff,
             max_backoff=worker.max_backoff,
         ),
+        TimeLimit(time_limit=worker.time_limit),
     ]
 
 

@@ -30,6 +30,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from nagatha.errors import ConfigError
+from nagatha.types import MAX_HOLD_MS
 
 ENV_PREFIX = "NAGATHA_"
 DEFAULT_SOURCE = "default"
@@ -85,7 +86,11 @@ class ResultsConfig(_Section):
     """Status store (Redis; ``memory://`` keeps records in process memory)."""
 
     url: str = "redis://localhost:6379/0"
-    ttl: int = Field(default=86_400, gt=0, description="seconds a status record is kept")
+    # At least an hour: a record must outlive the longest wait of its task between two writes
+    # (a delay or a retry's backoff, up to MAX_HOLD_MS), or an accepted id would turn 404.
+    ttl: int = Field(
+        default=86_400, ge=3_600, description="seconds a status record is kept after its last write"
+    )
     prefix: str = Field(default="nagatha:", description="prefix of every Redis key the hub writes")
     socket_timeout: float = Field(default=5.0, gt=0)
 
@@ -148,7 +153,7 @@ class WorkerConfig(_Section):
     shutdown_grace: float = Field(default=30.0, ge=0, description="seconds to finish work")
     max_retries: int = Field(default=3, ge=0)
     min_backoff: int = Field(default=1_000, ge=0, description="milliseconds")
-    max_backoff: int = Field(default=300_000, ge=0, le=1_500_000, description="milliseconds")
+    max_backoff: int = Field(default=300_000, ge=0, le=MAX_HOLD_MS, description="milliseconds")
     time_limit: int = Field(default=600_000, gt=0, description="milliseconds")
 
     @field_validator("queues", mode="before")

@@ -9,6 +9,7 @@ can never shadow each other's module of another name. Folders whose name starts 
 from __future__ import annotations
 
 import importlib.util
+import logging
 import re
 import sys
 import types
@@ -20,6 +21,8 @@ from typing import Any
 import yaml
 
 from nagatha.errors import ModuleLoadError
+
+logger = logging.getLogger("nagatha.registry")
 
 PACKAGE = "nagatha_modules"
 NAME_PATTERN = re.compile(r"[A-Za-z][A-Za-z0-9_]{0,63}")
@@ -36,18 +39,26 @@ class ModuleSource:
 
 def iter_module_dirs(paths: list[str]) -> Iterator[tuple[str, Path]]:
     """Yield ``(name, folder)`` for each module folder; the first path holding a name wins."""
-    seen: set[str] = set()
+    seen: dict[str, Path] = {}
     for base in paths:
         root = Path(base).expanduser()
         if not root.is_dir():
             continue
         for folder in sorted(root.iterdir()):
             name = folder.name
-            if name.startswith(("_", ".")) or name in seen:
+            if name.startswith(("_", ".")) or not (folder / "__init__.py").is_file():
                 continue
-            if folder.is_dir() and (folder / "__init__.py").is_file():
-                seen.add(name)
-                yield name, folder
+            if name in seen:
+                logger.warning(
+                    "module folder %s ignored: module %s was found first in %s "
+                    "(modules.paths are searched in order)",
+                    folder,
+                    name,
+                    seen[name],
+                )
+                continue
+            seen[name] = folder
+            yield name, folder
 
 
 def read_module_config(folder: Path) -> dict[str, Any]:
@@ -90,7 +101,7 @@ def import_module(name: str, folder: Path) -> types.ModuleType:
     sys.modules[qualified] = module
     try:
         spec.loader.exec_module(module)
-    except Exception as exc:
+    except (Exception, SystemExit) as exc:  # sys.exit() in a module must not end the hub
         for key in [k for k in sys.modules if k == qualified or k.startswith(qualified + ".")]:
             del sys.modules[key]
         raise ModuleLoadError(f"import failed: {type(exc).__name__}: {exc}") from exc

@@ -35,7 +35,15 @@ from nagatha.errors import (
 )
 from nagatha.loader import describe, import_module, iter_module_dirs, read_module_config
 from nagatha.stores import StatusStore
-from nagatha.types import ModuleMetadata, TaskInfo, TaskParameter, TaskRecord, TaskStatus, utcnow
+from nagatha.types import (
+    MAX_HOLD_MS,
+    ModuleMetadata,
+    TaskInfo,
+    TaskParameter,
+    TaskRecord,
+    TaskStatus,
+    utcnow,
+)
 
 logger = logging.getLogger("nagatha.registry")
 
@@ -56,6 +64,49 @@ TASK_OPTIONS = frozenset(
     }
 )
 DEFAULT_QUEUE = "default"
+#: Options that are whole numbers (counts, milliseconds), with their least valid value.
+INTEGER_OPTIONS = {
+    "max_retries": 0,
+    "min_backoff": 0,
+    "max_backoff": 0,
+    "time_limit": 1,
+    "max_age": 1,
+    "priority": None,
+}
+
+
+def _check_options(task: str, opts: dict[str, Any]) -> None:
+    """Refuse option values Dramatiq would only trip over while running the task.
+
+    Raises ``ModuleLoadError`` naming the option: a ``max_retries: "2"`` from YAML would
+    otherwise make ``Retries`` raise on the task's first failure, after the message is gone.
+    """
+    for name, least in INTEGER_OPTIONS.items():
+        if name not in opts:
+            continue
+        value = opts[name]
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ModuleLoadError(
+                f"task {task!r}: option {name} must be a whole number, got {value!r}"
+            )
+        if least is not None and value < least:
+            raise ModuleLoadError(f"task {task!r}: option {name} must be >= {least}, got {value}")
+    if opts.get("max_backoff", 0) > MAX_HOLD_MS:
+        # A worker holds a retry's message unacked for its backoff (see MAX_HOLD_MS).
+        raise ModuleLoadError(
+            f"task {task!r}: option max_backoff must be <= {MAX_HOLD_MS} ms (RabbitMQ's "
+            f"consumer_timeout), got {opts['max_backoff']}"
+        )
+    throws = opts.get("throws")
+    classes = throws if isinstance(throws, tuple) else (throws,)
+    if throws is not None and not all(
+        isinstance(c, type) and issubclass(c, BaseException) for c in classes
+    ):
+        raise ModuleLoadError(
+            f"task {task!r}: option throws must be an exception class or a tuple of them"
+        )
+    if "retry_when" in opts and not callable(opts["retry_when"]):
+        raise ModuleLoadError(f"task {task!r}: option retry_when must be callable")
 
 
 @dataclass(frozen=True)
@@ -220,7 +271,7 @@ class TaskRegistry:
                 register(self)
             except ModuleLoadError:
                 raise
-            except Exception as exc:
+            except (Exception, SystemExit) as exc:
                 raise ModuleLoadError(f"register_tasks raised {type(exc).__name__}: {exc}") from exc
             finally:
                 self._loading = None
@@ -300,8 +351,10 @@ class TaskRegistry:
             or queue == self.config.bridge.dead_letter_queue
         ):
             raise ModuleLoadError(f"task {full!r}: invalid queue name {queue!r}")
+        _check_options(full, opts)
         # A time limit is final: retrying a task that ran out of time would only run out again.
-        opts.setdefault("throws", (TimeLimitExceeded,))
+        given = opts.get("throws") or ()
+        opts["throws"] = (TimeLimitExceeded, *(given if isinstance(given, tuple) else (given,)))
         priority = opts.pop("priority", 0)
         try:
             actor: dramatiq.Actor[Any, Any] = dramatiq.actor(  # type: ignore[call-overload]

@@ -83,6 +83,13 @@ class ModuleMetadata(BaseModel):
     heartbeat: dict[str, Any] | None = None
 
 
+#: The longest a worker may hold a message unacknowledged before it runs (a delay, a retry's
+#: backoff), in ms: RabbitMQ closes the channel of a consumer that holds a message longer than
+#: its ``consumer_timeout`` (30 minutes by default), and every message on that channel,
+#: running tasks included, is delivered again.
+MAX_HOLD_MS = 1_500_000
+
+
 class TaskRequest(BaseModel):
     """A request to run a task by name (the body of ``POST /tasks/run``)."""
 
@@ -90,4 +97,10 @@ class TaskRequest(BaseModel):
 
     task_name: str = Field(min_length=1, max_length=200)
     kwargs: dict[str, Any] = Field(default_factory=dict)
-    delay_ms: int | None = Field(default=None, ge=0, le=7 * 86_400_000)
+    delay_ms: int | None = Field(
+        default=None,
+        ge=0,
+        le=MAX_HOLD_MS,
+        description="run no earlier than this many ms from now (at most 25 minutes: a worker "
+        "holds a delayed task unacknowledged, within RabbitMQ's consumer_timeout)",
+    )

@@ -30,6 +30,20 @@ logger = logging.getLogger("nagatha.worker")
 
 #: Seconds between restarts of a worker process that keeps dying (doubles up to the cap).
 RESTART_FIRST, RESTART_CAP = 1.0, 30.0
+#: A process that ran this many seconds before it died was healthy: restart it at once again.
+STABLE_S = 60.0
+
+
+def restart_delay(previous: float | None, lived_s: float) -> float:
+    """Seconds to wait before replacing a process that died after ``lived_s`` seconds.
+
+    ``previous`` is the wait before the last restart (None if there was none): a process
+    that keeps dying waits twice as long each time, up to the cap; one that lived
+    :data:`STABLE_S` starts the count again.
+    """
+    if previous is None or lived_s >= STABLE_S:
+        return RESTART_FIRST
+    return min(previous * 2, RESTART_CAP)
 
 
 def start_embedded_worker(
@@ -88,6 +102,7 @@ class Supervisor:
         self.queues = list(queues)
         self._context = multiprocessing.get_context("fork")
         self._children: list[BaseProcess] = []
+        self._started: list[float] = []
         self._stopping = threading.Event()
 
     def _spawn(self) -> BaseProcess:
@@ -109,12 +124,15 @@ class Supervisor:
         signal.signal(signal.SIGTERM, self.stop)
         signal.signal(signal.SIGINT, self.stop)
         self._children = [self._spawn() for _ in range(self.processes)]
+        self._started = [time.monotonic()] * self.processes
         logger.info("supervisor %d started %d worker processes", os.getpid(), self.processes)
-        delay = RESTART_FIRST
+        delays: list[float | None] = [None] * self.processes
         while not self._stopping.wait(0.5):
             for index, child in enumerate(self._children):
                 if child.is_alive() or self._stopping.is_set():
                     continue
+                delay = restart_delay(delays[index], time.monotonic() - self._started[index])
+                delays[index] = delay
                 logger.error(
                     "worker process %s died with exit code %s; starting a new one in %gs",
                     child.pid,
@@ -124,7 +142,7 @@ class Supervisor:
                 if self._stopping.wait(delay):
                     break
                 self._children[index] = self._spawn()
-                delay = min(delay * 2, RESTART_CAP)
+                self._started[index] = time.monotonic()
         return self._shutdown()
 
     def _shutdown(self) -> int:

@@ -28,7 +28,6 @@ from __future__ import annotations
 import json
 import logging
 import threading
-import time
 from typing import Any
 
 import dramatiq
@@ -37,22 +36,21 @@ from dramatiq.errors import ActorNotFound
 from dramatiq.middleware import SkipMessage, TimeLimitExceeded
 
 from nagatha.errors import StoreUnavailable
+from nagatha.middleware.holding import hold
 from nagatha.stores import StatusStore
 from nagatha.types import TaskStatus, utcnow
 
 logger = logging.getLogger("nagatha.tasks")
 
-#: Seconds between attempts to write a final status while the store is down (doubles, capped).
-RETRY_FIRST, RETRY_CAP = 0.2, 5.0
 
-
-def describe_exception(exc: BaseException | None, message: MessageProxy) -> str:
+def describe_exception(
+    exc: BaseException | None, message: MessageProxy, *, time_limit_ms: int | None = None
+) -> str:
     """The ``error`` text of a failed task: ``Type: message``, clear for the usual causes."""
     if isinstance(exc, ActorNotFound):
         return f"UnknownTask: no worker has a task named {message.actor_name!r}"
     if isinstance(exc, TimeLimitExceeded):
-        limit = message.options.get("time_limit")
-        suffix = f" ({limit} ms)" if limit else ""
+        suffix = f" ({time_limit_ms} ms)" if time_limit_ms else ""
         return f"TimeLimitExceeded: time limit exceeded{suffix}"
     if exc is None or isinstance(exc, SkipMessage):
         return "Expired: the message expired before a worker could run it"
@@ -63,8 +61,10 @@ def describe_exception(exc: BaseException | None, message: MessageProxy) -> str:
 class StatusMiddleware(dramatiq.Middleware):
     """Keeps the status store in step with each message (see the module docstring)."""
 
-    def __init__(self, store: StatusStore) -> None:
+    def __init__(self, store: StatusStore, *, time_limit: int | None = None) -> None:
+        """``time_limit``: the worker's default (ms), named in a timed-out task's error."""
         self.store = store
+        self.time_limit = time_limit
         # Retries bumps options["retries"] before our after_* hooks run; keep the attempt's own
         # count, and its start, from before_process_message (same worker thread).
         self._attempt = threading.local()
@@ -89,32 +89,32 @@ class StatusMiddleware(dramatiq.Middleware):
         else:
             fields.setdefault("retries", message.options.get("retries", 0))
         write = self.store.update_soon if soon else self.store.update
-        delay = RETRY_FIRST
-        while True:
+        defaults = self._defaults(message)
+        if not status.final:
             try:
-                write(message.message_id, status, fields, self._defaults(message))
-                return
+                write(message.message_id, status, fields, defaults)
             except StoreUnavailable as exc:
-                if not status.final:
-                    logger.error(
-                        "task %s %s: %s could not be recorded: %s",
-                        message.message_id,
-                        message.actor_name,
-                        status.value,
-                        exc,
-                    )
-                    return
-                # NOTE: hold for as long as this process lives (see the module docstring):
-                # raising here would get the message acked and its result lost.
-                logger.warning(
-                    "task %s %s: store unavailable, holding %s: %s",
+                logger.error(
+                    "task %s %s: %s could not be recorded: %s",
                     message.message_id,
                     message.actor_name,
                     status.value,
                     exc,
                 )
-                time.sleep(delay)
-                delay = min(delay * 2, RETRY_CAP)
+            return
+
+        def report(exc: Exception) -> None:
+            logger.warning(
+                "task %s %s: store unavailable, holding %s: %s",
+                message.message_id,
+                message.actor_name,
+                status.value,
+                exc,
+            )
+
+        # Held for as long as this process lives (see the module docstring): raising here
+        # would get the message acked and its result lost.
+        hold(lambda: write(message.message_id, status, fields, defaults), StoreUnavailable, report)
 
     def before_process_message(self, broker: dramatiq.Broker, message: MessageProxy) -> None:
         self._attempt.message_id = message.message_id
@@ -148,7 +148,8 @@ class StatusMiddleware(dramatiq.Middleware):
                 message, TaskStatus.SUCCESS, result=result, error=None, completed_at=utcnow()
             )
         elif message.failed:
-            self._fail(message, describe_exception(exception, message))
+            limit = self._time_limit(broker, message)
+            self._fail(message, describe_exception(exception, message, time_limit_ms=limit))
         else:
             error = describe_exception(exception, message)
             logger.warning(
@@ -158,14 +159,21 @@ class StatusMiddleware(dramatiq.Middleware):
                 message, TaskStatus.RETRYING, error=error, retries=message.options.get("retries", 0)
             )
 
+    def _time_limit(self, broker: dramatiq.Broker, message: MessageProxy) -> int | None:
+        """The limit ``TimeLimit`` applied: the message's, else the task's, else the default."""
+        actor = broker.actors.get(message.actor_name)
+        own = actor.options.get("time_limit") if actor is not None else None
+        limit: int | None = message.options.get("time_limit") or own or self.time_limit
+        return limit
+
     def after_skip_message(self, broker: dramatiq.Broker, message: MessageProxy) -> None:
         if message.failed:
             self._fail(message, describe_exception(getattr(message, "_exception", None), message))
 
     def after_nack(self, broker: dramatiq.Broker, message: MessageProxy) -> None:
-        # Runs on the consumer thread, which must not block: one attempt, no holding. For a
-        # failure the worker thread recorded already, the store ignores this write (final
-        # records are sticky); what is left is the message no worker thread saw.
+        # One attempt, no holding: for a message no worker thread saw (unknown task) this runs
+        # on the consumer thread, which must not block. For a failure the worker thread
+        # recorded already, the store ignores this write (final records are sticky).
         error = describe_exception(getattr(message, "_exception", None), message)
         fields = {
             "error": error,

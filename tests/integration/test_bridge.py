@@ -15,11 +15,11 @@ import pytest
 from billiard.exceptions import TimeLimitExceeded
 from bridge_stack import CeleryClient, HubStack, hub_stack
 from celery.exceptions import NotRegistered, TaskRevokedError
-from dramatiq.middleware import Retries
 from kombu.exceptions import ContentDisallowed
 
 from bridge.middleware import CeleryResultsMiddleware
 from nagatha.hub import create_hub
+from nagatha.middleware.retries import HeldRetries
 from nagatha.middleware.status import StatusMiddleware
 from nagatha.testing import HubProcess, wait_until
 from nagatha.types import TaskStatus
@@ -69,7 +69,7 @@ def test_celery_results_middleware_runs_its_before_hooks_before_the_status_hooks
 ) -> None:
     kinds = [type(m) for m in create_hub(stack.config, load_modules=False).broker.middleware]
     assert kinds.index(CeleryResultsMiddleware) + 1 == kinds.index(StatusMiddleware)
-    assert kinds.index(StatusMiddleware) < kinds.index(Retries)
+    assert kinds.index(StatusMiddleware) < kinds.index(HeldRetries)
 
 
 # --- calling tasks ----------------------------------------------------------------------------

@@ -121,8 +121,9 @@ def test_wait_zero_answers_at_once_even_when_not_final(
     assert record["status"] == "pending"
 
 
-def test_delay_ms_is_accepted(client: TestClient) -> None:
-    body = {"task_name": "diagnostics.noop", "kwargs": {}, "delay_ms": 10}
+@pytest.mark.parametrize("delay_ms", [10, 1_500_000])
+def test_delay_ms_is_accepted_up_to_25_minutes(client: TestClient, delay_ms: int) -> None:
+    body = {"task_name": "diagnostics.noop", "kwargs": {}, "delay_ms": delay_ms}
     assert run(client, body).status_code == 202
 
 
@@ -162,6 +163,8 @@ def test_bodies_that_are_not_a_json_object_are_400(
         ({"task_name": "diagnostics.add", "kwargs": [1]}, "kwargs"),
         ({"task_name": "diagnostics.add", "args": [1, 2]}, "args"),
         ({"task_name": "diagnostics.noop", "delay_ms": -1}, "delay_ms"),
+        # Longer than a worker may hold a message within RabbitMQ's consumer_timeout.
+        ({"task_name": "diagnostics.noop", "delay_ms": 1_500_001}, "delay_ms"),
     ],
 )
 def test_body_fields_of_the_wrong_shape_are_400_naming_the_field(

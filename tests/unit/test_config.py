@@ -100,6 +100,7 @@ def test_memory_urls_select_embedded_mode(dirs: tuple[Path, Path]) -> None:
         ({"NAGATHA_API_PORT": "abc"}, {}, "api.port = 'abc' (from env NAGATHA_API_PORT)"),
         ({"NAGATHA_BROKER_URL": "http://x"}, {}, "broker.url"),
         ({"NAGATHA_RESULTS_TTL": "-1"}, {}, "results.ttl"),
+        ({"NAGATHA_RESULTS_TTL": "60"}, {}, "greater than or equal to 3600"),
         ({}, {"nagatha.yaml": "api: [1, 2"}, "invalid YAML in ./nagatha.yaml"),
         ({}, {"nagatha.yaml": "apii: {port: 1}"}, "unknown section 'apii'"),
         ({}, {"nagatha.yaml": "api: {prot: 1}"}, "unknown key 'api.prot' (from ./nagatha.yaml)"),

@@ -6,6 +6,7 @@ import textwrap
 from pathlib import Path
 
 import pytest
+from dramatiq.middleware import TimeLimitExceeded
 
 from nagatha.config import FrameworkConfig
 from nagatha.errors import InvalidArguments, UnknownTask
@@ -72,6 +73,12 @@ def tree(tmp_path: Path) -> Path:
             registry.register_task("duplicate", "t", t)
     """,
     )
+    module(root, "exits_on_import", "import sys\nsys.exit('needs package foo')\n")
+    module(
+        root,
+        "exits_in_register",
+        "def register_tasks(registry):\n    raise SystemExit(3)\n",
+    )
     module(root, "_private", "raise SystemExit('must never be imported')\n")
     module(root, ".hidden", "raise SystemExit('must never be imported')\n")
     module(
@@ -93,7 +100,16 @@ def test_discovery_loads_good_modules_and_reports_each_broken_one(tree: Path) ->
     assert modules["good"].tasks == ["good.twice"]
     assert modules["off"].status == "disabled"
     failures = {name: m.error or "" for name, m in modules.items() if m.status == "failed"}
-    assert set(failures) == {"broken_import", "no_register", "raises", "duplicate"}
+    assert set(failures) == {
+        "broken_import",
+        "no_register",
+        "raises",
+        "duplicate",
+        "exits_on_import",
+        "exits_in_register",
+    }
+    assert failures["exits_on_import"] == "import failed: SystemExit: needs package foo"
+    assert failures["exits_in_register"] == "register_tasks raised SystemExit: 3"
     assert "does_not_exist_anywhere" in failures["broken_import"]
     assert "register_tasks" in failures["no_register"]
     assert "boom in register" in failures["raises"]
@@ -177,6 +193,92 @@ def test_invalid_or_celery_queue_names_fail_the_module(tmp_path: Path, queue: st
     (meta,) = create_hub(make_config(str(root))).list_modules()
     assert meta.status == "failed"
     assert "invalid queue name" in (meta.error or "")
+
+
+@pytest.mark.parametrize(
+    ("options", "expected"),
+    [
+        ('{"max_retries": "2"}', "option max_retries must be a whole number, got '2'"),
+        ('{"time_limit": "10s"}', "option time_limit must be a whole number, got '10s'"),
+        ('{"time_limit": 0}', "option time_limit must be >= 1, got 0"),
+        ('{"min_backoff": -5}', "option min_backoff must be >= 0, got -5"),
+        ('{"max_age": True}', "option max_age must be a whole number, got True"),
+        ('{"priority": 1.5}', "option priority must be a whole number, got 1.5"),
+        ('{"throws": "ValueError"}', "option throws must be an exception class"),
+        ('{"retry_when": 3}', "option retry_when must be callable"),
+        ('{"max_backoff": 1_500_001}', "option max_backoff must be <= 1500000 ms"),
+    ],
+)
+def test_option_values_of_the_wrong_type_fail_the_module_at_load(
+    tmp_path: Path, options: str, expected: str
+) -> None:
+    root = tmp_path / "mods"
+    module(
+        root,
+        "opts",
+        f"""
+        def t():
+            pass
+        def register_tasks(registry):
+            registry.register_task("opts", "t", t, **{options})
+    """,
+    )
+    (meta,) = create_hub(make_config(str(root))).list_modules()
+    assert meta.status == "failed"
+    assert expected in (meta.error or "")
+
+
+def test_option_types_from_config_yaml_are_checked_too(tmp_path: Path) -> None:
+    root = tmp_path / "mods"
+    module(
+        root,
+        "yamlopts",
+        """
+        def t():
+            pass
+        def register_tasks(registry):
+            registry.register_task("yamlopts", "t", t)
+    """,
+        config='tasks:\n  t: {max_retries: "2"}\n',
+    )
+    (meta,) = create_hub(make_config(str(root))).list_modules()
+    assert meta.status == "failed"
+    assert "option max_retries must be a whole number, got '2'" in (meta.error or "")
+
+
+def test_a_time_limit_stays_final_when_a_module_passes_its_own_throws(tmp_path: Path) -> None:
+    root = tmp_path / "mods"
+    module(
+        root,
+        "thr",
+        """
+        def t():
+            pass
+        def register_tasks(registry):
+            registry.register_task("thr", "t", t, throws=KeyError)
+    """,
+    )
+    throws = create_hub(make_config(str(root))).get_task("thr.t").actor.options["throws"]
+    assert throws == (TimeLimitExceeded, KeyError)
+
+
+def test_a_module_shadowed_by_an_earlier_path_is_ignored_with_a_warning(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    first, second = tmp_path / "first", tmp_path / "second"
+    body = """
+        def t():
+            return {which!r}
+        def register_tasks(registry):
+            registry.register_task("twin", "t", t)
+    """
+    module(first, "twin", body.format(which="first"))
+    module(second, "twin", body.format(which="second"))
+    hub = create_hub(make_config(str(first), str(second)))
+    assert hub.get_task("twin.t").func() == "first"
+    assert f"module folder {second / 'twin'} ignored: module twin was found first in" in (
+        caplog.text
+    )
 
 
 def test_a_module_cannot_register_under_another_modules_name(tmp_path: Path) -> None:

@@ -8,10 +8,13 @@ from pathlib import Path
 
 import dramatiq
 import pytest
-from dramatiq.middleware import Retries
+from dramatiq.errors import ConnectionClosed
+from dramatiq.middleware import TimeLimit
 
 from nagatha.config import FrameworkConfig
+from nagatha.errors import StoreUnavailable
 from nagatha.hub import create_hub
+from nagatha.middleware.retries import HeldRetries
 from nagatha.middleware.status import StatusMiddleware
 from nagatha.registry import TaskRegistry
 from nagatha.testing import wait_until
@@ -51,6 +54,7 @@ BODY = """
                                max_backoff=20)
         registry.register_task("life", "unserializable", unserializable)
         registry.register_task("life", "slow", slow, time_limit=300, max_retries=3)
+        registry.register_task("life", "quick", ok, time_limit=300)
 """
 
 
@@ -82,12 +86,14 @@ def finish(hub: TaskRegistry, name: str, **kwargs: object):  # type: ignore[no-u
     return hub.wait_for(record.task_id, 15, strict=True)
 
 
-def test_status_middleware_sits_before_retries_so_its_after_hooks_run_after() -> None:
+def test_middleware_order_status_then_retries_then_the_time_limit_last() -> None:
     config = FrameworkConfig.model_validate(
         {"broker": {"url": "memory://"}, "results": {"url": "memory://"}}
     )
     kinds = [type(m) for m in create_hub(config, load_modules=False).broker.middleware]
-    assert kinds.index(StatusMiddleware) < kinds.index(Retries)
+    # after_* hooks run in reverse: TimeLimit disarms, Retries decides, then status is written.
+    assert kinds.index(StatusMiddleware) < kinds.index(HeldRetries) < kinds.index(TimeLimit)
+    assert kinds[-1] is TimeLimit
 
 
 def test_success_records_result_and_all_timestamps(hub: TaskRegistry) -> None:
@@ -147,8 +153,48 @@ def test_a_result_that_is_not_json_fails_the_task_clearly(hub: TaskRegistry) -> 
 def test_time_limit_fails_without_retrying(hub: TaskRegistry) -> None:
     record = finish(hub, "life.slow")
     assert record.status is TaskStatus.FAILURE
-    assert "time limit exceeded" in (record.error or "")
+    assert record.error == "TimeLimitExceeded: time limit exceeded (300 ms)"
     assert record.retries == 0
+
+
+def test_a_final_write_held_past_the_time_limit_keeps_the_success(
+    hub: TaskRegistry, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The outcome waits out a store outage (4 refusals: 3 s of backoff) far beyond the task's
+    # 300 ms limit; the limit must be disarmed by then, not fire inside the held write.
+    refusals = {"left": 4}
+    original = hub.store.update
+
+    def outage(task_id, status, fields, defaults=None):  # type: ignore[no-untyped-def]
+        if status.final and refusals["left"]:
+            refusals["left"] -= 1
+            raise StoreUnavailable("simulated outage")
+        return original(task_id, status, fields, defaults)
+
+    monkeypatch.setattr(hub.store, "update", outage)
+    record = finish(hub, "life.quick", x=5)
+    assert refusals["left"] == 0
+    assert record.status is TaskStatus.SUCCESS
+    assert record.result == {"x": 5, "list": [1, "é"]}
+
+
+def test_a_retry_the_broker_refuses_is_held_until_it_is_enqueued(
+    hub: TaskRegistry, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    refusals = {"left": 2}
+    original = hub.broker.enqueue
+
+    def refusing(message, *, delay=None):  # type: ignore[no-untyped-def]
+        if delay is not None and refusals["left"]:  # only the retries carry a delay
+            refusals["left"] -= 1
+            raise ConnectionClosed(RuntimeError("simulated: 1 message(s) NACKed"))
+        return original(message, delay=delay)
+
+    monkeypatch.setattr(hub.broker, "enqueue", refusing)
+    record = finish(hub, "life.flaky")
+    assert refusals["left"] == 0
+    assert record.status is TaskStatus.SUCCESS
+    assert record.retries == 2
 
 
 def test_message_for_an_unknown_actor_ends_as_failure(hub: TaskRegistry) -> None:
