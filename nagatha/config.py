@@ -20,11 +20,12 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -50,7 +51,21 @@ def _split_list(value: Any, separator: str) -> Any:
     return [part.strip() for part in text.split(separator) if part.strip()]
 
 
+def _user_info(url: str) -> str | None:
+    """What stands between ``://`` and the last ``@`` of ``url`` (user:password), if any."""
+    _, sep, rest = url.partition("://")
+    if not sep or "@" not in rest:
+        return None
+    return rest.rsplit("@", 1)[0]
+
+
 def _check_scheme(url: str, allowed: tuple[str, ...]) -> str:
+    user_info = _user_info(url)
+    if user_info is not None and any(c in user_info for c in "/?#"):
+        # urlsplit would cut the URL at that character: wrong host, password in the path.
+        raise ValueError(
+            "the user or password holds '/', '?' or '#': percent-encode them (%2F, %3F, %23)"
+        )
     try:
         parts = urlsplit(url)
         parts.port  # noqa: B018 - raises ValueError for a port out of range
@@ -119,11 +134,18 @@ class ApiConfig(_Section):
     def _tokens(cls, value: Any) -> Any:
         return _split_list(value, ",")
 
+    @field_validator("tokens")
+    @classmethod
+    def _no_blank_token(cls, value: list[str]) -> list[str]:
+        if any(not token.strip() for token in value):
+            raise ValueError("a token is empty: remove it or give it a value")
+        return value
+
 
 class BridgeConfig(_Section):
     """The Celery-protocol bridge."""
 
-    queues: list[str] = Field(default_factory=lambda: ["celery"])
+    queues: list[str] = Field(default_factory=lambda: ["celery"], min_length=1)
     result_backend_url: str | None = None
     result_expires: int = Field(default=86_400, gt=0)
     rpc_replies: bool = True
@@ -198,6 +220,16 @@ class ModulesConfig(_Section):
     def _disabled(cls, value: Any) -> Any:
         return _split_list(value, ",")
 
+    @field_validator("settings", mode="before")
+    @classmethod
+    def _settings(cls, value: Any) -> Any:
+        if not isinstance(value, str):
+            return value
+        try:
+            return json.loads(value)
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"not a JSON object ({exc.msg})") from None
+
 
 class FrameworkConfig(_Section):
     """The whole hub configuration."""
@@ -260,7 +292,9 @@ def _read_yaml(path: Path, label: str) -> dict[str, Any]:
         if section not in SECTIONS:
             known = ", ".join(SECTIONS)
             raise ConfigError(f"unknown section {section!r} in {label}; sections are {known}")
-        if not isinstance(values, dict):
+        if values is None:  # every key of the section commented out
+            data[section] = {}
+        elif not isinstance(values, dict):
             raise ConfigError(f"section {section!r} in {label} must be a mapping of keys")
     return data
 
@@ -275,7 +309,32 @@ def _read_env(env: Mapping[str, str]) -> tuple[dict[str, dict[str, Any]], dict[s
                 if name in env:
                     values.setdefault(section, {})[key] = env[name]
                     sources[f"{section}.{key}"] = f"env {name}"
+    # Deeper keys of modules.settings: NAGATHA_MODULES__SETTINGS__AI__API_KEY=... sets
+    # settings.ai.api_key (lower case; the value read as JSON, else kept as text).
+    nested = f"{ENV_PREFIX}MODULES__SETTINGS__"
+    for name in sorted(n for n in env if n.upper().startswith(nested)):
+        path = [part.lower() for part in name[len(nested) :].split("__")]
+        if len(path) < 2 or not all(path):
+            continue
+        settings = values.setdefault("modules", {}).setdefault("settings", {})
+        if isinstance(settings, str):  # NAGATHA_MODULES_SETTINGS given too: it comes first
+            continue
+        target = settings
+        for part in path[:-1]:
+            target = target.setdefault(part, {})
+            if not isinstance(target, dict):
+                break
+        else:
+            target[path[-1]] = _env_value(env[name])
+            sources["modules.settings"] = f"env {name}"
     return values, sources
+
+
+def _env_value(text: str) -> Any:
+    try:
+        return json.loads(text)
+    except ValueError:
+        return text
 
 
 def _merge(
@@ -300,7 +359,9 @@ def _describe_error(exc: ValidationError, sources: Mapping[str, str]) -> str:
         return f"unknown key {key!r} (from {source}); see `nagatha config` for the valid keys"
     shown_key = " ".join(".".join(loc).split())
     shown = error.get("input")
-    if key in SECRET_KEYS or (isinstance(shown, str) and "://" in shown):
+    if key == "modules.settings":
+        shown = MASK  # free-form settings: any part of them may be a secret
+    elif key in SECRET_KEYS or (isinstance(shown, str) and "://" in shown):
         shown = mask_value(key, shown)
     message = error["msg"].removeprefix("Value error, ")
     text = f"{shown_key} = {shown!r} (from {source}): {message}"
@@ -357,27 +418,31 @@ def load_config(
 
 
 SECRET_KEYS = frozenset({"api.tokens"})
+#: Keys of module settings whose values are secrets (``api_key``, ``token``, ``db_password``).
+SECRET_NAME = re.compile(r"(?:^|[_.-])(?:api_?key|key|token|password|passwd|secret)s?$", re.I)
 MASK = "****"
 
 
 def mask_url(url: str) -> str:
-    """Replace the password of a URL with ``****`` (``amqp://user:****@host//``)."""
-    try:
-        parts = urlsplit(url)
-        password = parts.password
-    except ValueError:
-        return MASK  # not a URL we can take apart: show nothing of it
-    if password is None:
+    """Replace the password of a URL with ``****`` (``amqp://user:****@host//``).
+
+    The password is whatever follows the user up to the *last* ``@``, so that one holding an
+    unencoded ``#``, ``?`` or ``/`` (which ``urlsplit`` would cut elsewhere) is hidden too.
+    """
+    user_info = _user_info(url)
+    if user_info is None or ":" not in user_info:
         return url
-    netloc = parts.netloc.rsplit("@", 1)
-    user = netloc[0].split(":", 1)[0]
-    return url.replace(parts.netloc, f"{user}:{MASK}@{netloc[1]}", 1)
+    scheme, _, rest = url.partition("://")
+    user = user_info.split(":", 1)[0]
+    return f"{scheme}://{user}:{MASK}@{rest.rsplit('@', 1)[1]}"
 
 
 def mask_value(key: str, value: Any) -> Any:
-    """Return ``value`` fit to show a person: tokens hidden, URL passwords masked."""
+    """Return ``value`` fit to show a person: tokens and secrets hidden, URL passwords masked."""
     if key in SECRET_KEYS:
         return [MASK for _ in value] if isinstance(value, list) else MASK
+    if key.startswith("modules.settings.") and SECRET_NAME.search(key.rsplit(".", 1)[1]):
+        return MASK
     if isinstance(value, str) and "://" in value:
         return mask_url(value)
     if isinstance(value, dict):
@@ -389,7 +454,20 @@ def secrets_of(config: FrameworkConfig) -> list[str]:
     """Every secret string in the config (tokens, URL passwords), for log redaction."""
     found = list(config.api.tokens)
     for url in (config.broker.url, config.results.url, config.bridge.result_backend_url):
-        password = urlsplit(url).password if url and "://" in url else None
-        if password:
-            found.append(password)
+        user_info = _user_info(url) if url else None
+        if user_info is not None and ":" in user_info:
+            password = user_info.split(":", 1)[1]
+            found += [password, unquote(password)]
+    found += _secret_settings(config.modules.settings)
     return [s for s in found if s]
+
+
+def _secret_settings(settings: Mapping[str, Any]) -> list[str]:
+    """String values of secret-named keys (see :data:`SECRET_NAME`), at any depth."""
+    found: list[str] = []
+    for key, value in settings.items():
+        if isinstance(value, Mapping):
+            found += _secret_settings(value)
+        elif isinstance(value, str) and SECRET_NAME.search(str(key)):
+            found.append(value)
+    return found

@@ -9,6 +9,7 @@ config (``modules.settings.<module>.tasks.<name>``).
 from __future__ import annotations
 
 import inspect
+import json
 import logging
 import re
 import types
@@ -23,6 +24,7 @@ import dramatiq
 import pika.exceptions
 from dramatiq.middleware import TimeLimitExceeded
 
+from nagatha import jsontext
 from nagatha.config import FrameworkConfig
 from nagatha.errors import (
     BrokerUnavailable,
@@ -299,7 +301,11 @@ class TaskRegistry:
         ]
 
     def heartbeats(self) -> dict[str, dict[str, Any]]:
-        """Call each loaded module's ``heartbeat()``; an exception becomes an ``error`` entry."""
+        """Call each loaded module's ``heartbeat()``; an exception becomes an ``error`` entry.
+
+        So does an answer that is not plain JSON data (a ``Decimal``, an object), which
+        ``/health`` and ``nagatha modules --json`` could not show.
+        """
         beats: dict[str, dict[str, Any]] = {}
         for name, module in sorted(self._module_objects.items()):
             beat = getattr(module, "heartbeat", None)
@@ -307,10 +313,11 @@ class TaskRegistry:
                 continue
             try:
                 result = beat()
-                beats[name] = (
-                    result if isinstance(result, dict) else {"status": "ok", "detail": result}
-                )
-            except Exception as exc:
+                answer = result if isinstance(result, dict) else {"status": "ok", "detail": result}
+                json.dumps(answer, allow_nan=False)
+                jsontext.check(answer)
+                beats[name] = answer
+            except (Exception, SystemExit) as exc:
                 beats[name] = {"status": "error", "error": f"{type(exc).__name__}: {exc}"}
         return beats
 

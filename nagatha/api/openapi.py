@@ -12,13 +12,13 @@ with an ``Allow`` header).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from pydantic import BaseModel
 from pydantic.json_schema import JsonSchemaMode, models_json_schema
 
-from nagatha.api.routes import Route, common_replies
+from nagatha.api.routes import Reply, Route, common_replies
 
 OPENAPI_VERSION = "3.1.0"
 REF_TEMPLATE = "#/components/schemas/{model}"
@@ -59,12 +59,7 @@ def build_openapi(
                 "operationId": operation.operation_id,
                 "summary": operation.summary,
                 "responses": {
-                    str(status): {
-                        "description": reply.description,
-                        "content": {
-                            "application/json": {"schema": refs[(reply.model, "serialization")]}
-                        },
-                    }
+                    str(status): _response(reply, refs, body=operation.method != "HEAD")
                     for status, reply in sorted(replies.items())
                 },
                 "security": [{SECURITY_SCHEME: []}] if protected else [],
@@ -105,3 +100,12 @@ def build_openapi(
             "securitySchemes": {SECURITY_SCHEME: {"type": "http", "scheme": "bearer"}},
         },
     }
+
+
+def _response(reply: Reply, refs: Mapping[Any, Any], *, body: bool) -> dict[str, Any]:
+    """One documented response; a HEAD response has the status and headers only."""
+    response: dict[str, Any] = {"description": reply.description}
+    if body:
+        schema = refs[(reply.model, "serialization")]
+        response["content"] = {"application/json": {"schema": schema}}
+    return response

@@ -110,6 +110,12 @@ def _status_operation(operation_id: str, summary: str, max_wait: float) -> Opera
     )
 
 
+HEALTH_REPLIES = {
+    200: Reply("Broker and store answer.", HealthReport),
+    503: Reply("Broker or store does not answer.", HealthReport),
+}
+
+
 def build_routes(api: ApiConfig) -> tuple[Route, ...]:
     """The API's routes for this configuration (``?wait`` is bounded by ``api.max_wait``)."""
     return (
@@ -123,6 +129,12 @@ def build_routes(api: ApiConfig) -> tuple[Route, ...]:
                     "Liveness: answers without touching RabbitMQ or Redis.",
                     {200: Reply("The process is up.", Ping)},
                 ),
+                Operation(
+                    "HEAD",
+                    "pingHead",
+                    "Liveness for probes that send HEAD: the status of GET, no body.",
+                    {200: Reply("The process is up.", Ping)},
+                ),
             ),
         ),
         Route(
@@ -133,10 +145,13 @@ def build_routes(api: ApiConfig) -> tuple[Route, ...]:
                     "GET",
                     "health",
                     "Readiness: RabbitMQ, the status store and each module's heartbeat.",
-                    {
-                        200: Reply("Broker and store answer.", HealthReport),
-                        503: Reply("Broker or store does not answer.", HealthReport),
-                    },
+                    HEALTH_REPLIES,
+                ),
+                Operation(
+                    "HEAD",
+                    "healthHead",
+                    "Readiness for probes that send HEAD: the status of GET, no body.",
+                    HEALTH_REPLIES,
                 ),
             ),
         ),

@@ -12,7 +12,7 @@ from pika.adapters.blocking_connection import BlockingChannel
 from rich.table import Table
 
 from nagatha.cli.context import CliContext, pass_context
-from nagatha.cli.output import console, emit_json
+from nagatha.cli.output import cell, console, emit_json
 from nagatha.config import MEMORY_URL, FrameworkConfig
 from nagatha.errors import BrokerUnavailable
 
@@ -104,13 +104,18 @@ def dlq_list(obj: CliContext, as_json: bool) -> None:
     table = Table("id", "queue", "task", "task id", "dead at", "bytes", "reason")
     for letter in letters:
         table.add_row(
-            letter.id,
-            letter.queue,
-            letter.task_name or "",
-            letter.task_id or "",
-            letter.dead_at or "",
-            str(letter.size),
-            letter.reason,
+            *(
+                cell(text)
+                for text in (
+                    letter.id,
+                    letter.queue,
+                    letter.task_name or "",
+                    letter.task_id or "",
+                    letter.dead_at or "",
+                    str(letter.size),
+                    letter.reason,
+                )
+            )
         )
     console().print(table)
 

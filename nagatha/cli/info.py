@@ -7,7 +7,7 @@ import json
 import click
 
 from nagatha.cli.context import CliContext, pass_context
-from nagatha.cli.output import console, emit_json, show_modules, show_tasks
+from nagatha.cli.output import cell, console, emit_json, show_modules, show_tasks
 from nagatha.config import mask_value
 
 
@@ -78,9 +78,8 @@ def config_command(obj: CliContext, key: str | None, as_json: bool) -> None:
 
     table = Table("key", "value", "source")
     for name, value in values.items():
-        table.add_row(
-            name, value if isinstance(value, str) else json.dumps(value), loaded.sources[name]
-        )
+        shown = value if isinstance(value, str) else json.dumps(value)
+        table.add_row(cell(name), cell(shown), cell(loaded.sources[name]))
     console().print(table)
 
 

@@ -9,6 +9,7 @@ from typing import Any
 import click
 from pydantic import BaseModel
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from nagatha.types import ModuleMetadata, TaskInfo, TaskRecord
@@ -32,7 +33,26 @@ def console() -> Console:
 
 def emit_json(document: Any) -> None:
     """Print a JSON document (pydantic models as their JSON form) on one line."""
-    click.echo(json.dumps(_plain(document), ensure_ascii=False))
+    text = json.dumps(_plain(document), ensure_ascii=False)
+    if not _encodable(text):  # a lone surrogate in a task's data: as a JSON \u escape
+        text = json.dumps(_plain(document))
+    click.echo(text)
+
+
+def _encodable(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def cell(text: str) -> str:
+    """``text`` for a table cell as it is: never read as rich markup (a task's data, a
+    module's error, a Celery message's task name), lone surrogates as ``\\udcff`` escapes."""
+    if not _encodable(text):
+        text = text.encode("utf-8", "backslashreplace").decode()
+    return escape(text)
 
 
 def _plain(value: Any) -> Any:
@@ -57,11 +77,11 @@ def show_record(record: TaskRecord) -> None:
     for key, value in data.items():
         if value is None:
             continue
-        text = (
-            _styled(value)
-            if key == "status"
-            else (value if isinstance(value, str) else json.dumps(value, ensure_ascii=False))
-        )
+        if key == "status":
+            text = _styled(value)
+        else:  # the task's data, shown as it is: never read as rich markup
+            shown = value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
+            text = cell(shown)
         table.add_row(f"[bold]{key}[/bold]", text)
     console().print(table)
 
@@ -73,7 +93,7 @@ def show_tasks(tasks: Iterable[TaskInfo]) -> None:
         params = ", ".join(
             p.name if p.required else f"{p.name}={p.default!r}" for p in task.parameters
         )
-        table.add_row(task.name, params, task.queue, task.description)
+        table.add_row(cell(task.name), cell(params), cell(task.queue), cell(task.description))
     console().print(table)
 
 
@@ -83,11 +103,11 @@ def show_modules(modules: Iterable[ModuleMetadata]) -> None:
     for module in modules:
         beat = module.heartbeat
         table.add_row(
-            module.name,
-            module.version or "",
+            cell(module.name),
+            cell(module.version or ""),
             _styled(module.status),
-            ", ".join(module.tasks),
-            str(beat.get("status", "")) if beat else "",
-            module.error or "",
+            cell(", ".join(module.tasks)),
+            cell(str(beat.get("status", ""))) if beat else "",
+            cell(module.error or ""),
         )
     console().print(table)

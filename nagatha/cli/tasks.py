@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from typing import Any
 
 import click
 
+from nagatha import jsontext
 from nagatha.cli.context import CliContext, pass_context
 from nagatha.cli.errors import EXIT_OK, EXIT_TASK_FAILED
 from nagatha.cli.output import emit_json, show_record
@@ -17,24 +17,33 @@ DEFAULT_TIMEOUT = 60.0
 
 
 def parse_assignment(text: str) -> tuple[str, Any]:
-    """Parse ``key=value``; the value is JSON when it parses as JSON, else the raw string."""
+    """Parse ``key=value``; the value is JSON when it parses as strict JSON, else the string.
+
+    ``NaN`` or ``1e400`` stay strings (they are no JSON numbers). Text that is not valid
+    Unicode (a byte of another encoding in the argument) is refused.
+    """
     key, sep, raw = text.partition("=")
     if not sep or not key:
         raise click.BadParameter(f"{text!r} is not key=value", param_hint="-k/--kwarg")
     try:
-        return key, json.loads(raw)
-    except ValueError:
-        return key, raw
+        value: Any = jsontext.loads(raw)
+    except jsontext.JsonTextError:
+        value = raw
+    try:
+        jsontext.check({key: value})
+    except jsontext.JsonTextError as exc:
+        raise click.BadParameter(f"{ascii(text)} {exc}", param_hint="-k/--kwarg") from None
+    return key, value
 
 
 def parse_kwargs_json(text: str | None) -> dict[str, Any]:
-    """Parse ``--kwargs``: it must be a JSON object."""
+    """Parse ``--kwargs``: it must be a JSON object (strict, see :mod:`nagatha.jsontext`)."""
     if text is None:
         return {}
     try:
-        value = json.loads(text)
-    except ValueError as exc:
-        raise click.BadParameter(f"not valid JSON ({exc})", param_hint="--kwargs") from None
+        value = jsontext.loads(text)
+    except jsontext.JsonTextError as exc:
+        raise click.BadParameter(str(exc), param_hint="--kwargs") from None
     if not isinstance(value, dict):
         raise click.BadParameter("must be a JSON object", param_hint="--kwargs")
     return value

@@ -12,6 +12,7 @@ import pytest
 from nagatha.config import FrameworkConfig
 from nagatha.stores import RedisStatusStore
 from nagatha.testing import HubProcess, run_cli, wait_until
+from nagatha.types import TaskStatus
 
 pytestmark = pytest.mark.integration
 
@@ -39,6 +40,52 @@ def test_add_parses_k_values_as_json(hub_env: dict[str, str], worker: HubProcess
     )
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout)["result"] == 5
+
+
+def test_k_values_that_are_no_strict_json_stay_strings(
+    hub_env: dict[str, str], worker: HubProcess
+) -> None:
+    for text in ("NaN", "-Infinity", "1e400", "[1, 2"):
+        done = run_cli(
+            ["run", "echo_bot.echo", "-k", f"message={text}", "--wait", "--json"], hub_env
+        )
+        assert done.returncode == 0, done.stderr
+        assert json.loads(done.stdout)["result"] == text
+
+
+@pytest.mark.parametrize(
+    ("args", "reason"),
+    [
+        (["--kwargs", '{"message": "\\ud800"}'], "lone surrogate"),
+        (["-k", "message=\udcff"], "lone surrogate"),  # a byte of another encoding in argv
+        (["--kwargs", '{"message": NaN}'], "NaN is not valid JSON"),
+        (["--kwargs", '{"message": ' + "[" * 300 + "]" * 300 + "}"], "deeper than 200 levels"),
+    ],
+)
+def test_kwargs_the_hub_could_not_keep_exit_2_before_anything_is_sent(
+    hub_env: dict[str, str], args: list[str], reason: str
+) -> None:
+    # No worker and an unreachable broker: the refusal must come first.
+    env = {**hub_env, "NAGATHA_BROKER_URL": "amqp://guest:guest@127.0.0.1:1//"}
+    done = run_cli(["run", "echo_bot.echo", *args], env)
+    assert done.returncode == 2, done.stderr
+    assert reason in done.stderr
+    assert "Traceback" not in done.stderr
+
+
+def test_a_record_holding_a_lone_surrogate_is_still_shown(
+    hub_env: dict[str, str], hub_config: FrameworkConfig
+) -> None:
+    store = store_for(hub_config)
+    defaults = {"task_name": "x.y", "created_at": "2026-11-29T00:00:00Z"}
+    store.update("surrogate-1", TaskStatus.SUCCESS, {"result": "a\ud800b"}, defaults)
+    store.close()
+    done = run_cli(["status", "surrogate-1", "--json"], hub_env)
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["result"] == "a\ud800b"
+    table = run_cli(["status", "surrogate-1"], hub_env)
+    assert table.returncode == 0, table.stderr
+    assert "a\\ud800b" in table.stdout
 
 
 def test_failing_task_exits_1_with_its_message(hub_env: dict[str, str], worker: HubProcess) -> None:

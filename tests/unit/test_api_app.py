@@ -20,6 +20,7 @@ from nagatha.config import FrameworkConfig
 from nagatha.errors import StoreUnavailable
 from nagatha.hub import create_hub
 from nagatha.registry import TaskRegistry
+from nagatha.types import TaskStatus
 from nagatha.worker import start_embedded_worker
 
 TOKEN = "unit-token-1"
@@ -186,6 +187,18 @@ def test_kwargs_that_do_not_bind_are_422_with_the_names(
     error = assert_error(run(client, body), 422, "zz", "y")
     assert error["unknown"] == ["zz"]
     assert error["missing"] == ["y"]
+
+
+def test_a_record_holding_a_lone_surrogate_is_answered_with_an_escape(
+    client: TestClient, hub: TaskRegistry
+) -> None:
+    # A task may return such a string, and a Celery client may send one (both JSON escapes).
+    defaults = {"task_name": "x.y", "created_at": "2026-11-29T00:00:00Z"}
+    hub.store.update("lone", TaskStatus.SUCCESS, {"result": "a\ud800b"}, defaults)
+    result = client.simulate_get("/tasks/lone")
+    assert result.status_code == 200
+    assert b'"a\\ud800b"' in result.content
+    assert json.loads(result.content)["result"] == "a\ud800b"
 
 
 def test_unknown_id_is_404(client: TestClient) -> None:

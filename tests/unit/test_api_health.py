@@ -59,6 +59,38 @@ def test_ready_when_broker_and_store_answer_with_heartbeats(hub: TaskRegistry) -
     app.health.close()
 
 
+def test_head_probes_get_the_status_without_a_body(hub: TaskRegistry) -> None:
+    app = create_app(hub.config, hub)
+    for path in ("/ping", "/health"):
+        result = TestClient(app).simulate_head(path)
+        assert result.status_code == 200, path
+        assert result.content == b""
+    app.health.close()
+
+
+def test_a_heartbeat_that_is_not_json_is_an_error_entry_not_a_500(
+    hub: TaskRegistry, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import decimal
+    import types
+
+    answers = {
+        "odd": lambda: {"status": "ok", "since": object()},
+        "money": lambda: {"status": "ok", "balance": decimal.Decimal("1.5")},
+        "nan": lambda: {"status": "ok", "load": float("nan")},
+        "exits": lambda: exit(3),
+    }
+    modules = {name: types.SimpleNamespace(heartbeat=beat) for name, beat in answers.items()}
+    monkeypatch.setattr(hub, "_module_objects", modules)
+    app = create_app(hub.config, hub)
+    result = TestClient(app).simulate_get("/health")
+    assert result.status_code == 200
+    beats = result.json["modules"]
+    assert {name: beat["status"] for name, beat in beats.items()} == dict.fromkeys(answers, "error")
+    assert "not JSON serializable" in beats["odd"]["error"]
+    app.health.close()
+
+
 def test_a_failing_broker_is_503_with_the_reason(hub: TaskRegistry) -> None:
     def refused() -> None:
         raise ConnectionRefusedError("connection refused")

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from nagatha.config import load_config, mask_url, secrets_of
+from nagatha.config import load_config, mask_url, mask_value, secrets_of
 from nagatha.errors import ConfigError
 
 
@@ -101,6 +101,11 @@ def test_memory_urls_select_embedded_mode(dirs: tuple[Path, Path]) -> None:
         ({"NAGATHA_BROKER_URL": "http://x"}, {}, "broker.url"),
         ({"NAGATHA_RESULTS_TTL": "-1"}, {}, "results.ttl"),
         ({"NAGATHA_RESULTS_TTL": "60"}, {}, "greater than or equal to 3600"),
+        ({"NAGATHA_API_TOKENS": '[""]'}, {}, "a token is empty"),
+        ({"NAGATHA_API_TOKENS": '["ok", "  "]'}, {}, "a token is empty"),
+        ({"NAGATHA_BRIDGE_QUEUES": ","}, {}, "bridge.queues"),
+        ({"NAGATHA_BROKER_URL": "amqp://u:ab#cd@h//"}, {}, "percent-encode them"),
+        ({"NAGATHA_RESULTS_URL": "redis://u:a/b@h/0"}, {}, "percent-encode them"),
         ({}, {"nagatha.yaml": "api: [1, 2"}, "invalid YAML in ./nagatha.yaml"),
         ({}, {"nagatha.yaml": "apii: {port: 1}"}, "unknown section 'apii'"),
         ({}, {"nagatha.yaml": "api: {prot: 1}"}, "unknown key 'api.prot' (from ./nagatha.yaml)"),
@@ -135,3 +140,61 @@ def test_secrets_are_collected_and_masked(dirs: tuple[Path, Path]) -> None:
     config = load_config(env=env, home=home, cwd=cwd).config
     assert set(secrets_of(config)) == {"pw123", "tok-1"}
     assert mask_url(config.broker.url) == "amqp://u:****@h:5672/v"
+
+
+def test_a_url_password_with_reserved_characters_is_masked_whole() -> None:
+    assert mask_url("amqp://guest:4711#xY@127.0.0.1//") == "amqp://guest:****@127.0.0.1//"
+    assert mask_url("redis://:p/w?x@h:6379/0") == "redis://:****@h:6379/0"
+    assert mask_url("redis://h:6379/0") == "redis://h:6379/0"
+
+
+def test_reserved_characters_in_a_url_password_fail_without_showing_it(
+    dirs: tuple[Path, Path],
+) -> None:
+    home, cwd = dirs
+    with pytest.raises(ConfigError) as info:
+        load_config(env={"NAGATHA_BROKER_URL": "amqp://u:s3c#ret@h//"}, home=home, cwd=cwd)
+    assert "s3c" not in str(info.value) and "ret@" not in str(info.value)
+
+
+def test_module_settings_secrets_are_masked_and_redacted(dirs: tuple[Path, Path]) -> None:
+    home, cwd = dirs
+    (cwd / "nagatha.yaml").write_text(
+        "modules:\n  settings:\n    ai: {api_key: sk-live-1, model: m, db: {password: pw-2}}\n"
+    )
+    config = load_config(env={}, home=home, cwd=cwd).config
+    shown = mask_value("modules.settings", config.modules.settings)
+    assert shown == {"ai": {"api_key": "****", "model": "m", "db": {"password": "****"}}}
+    assert {"sk-live-1", "pw-2"} <= set(secrets_of(config))
+
+
+def test_module_settings_from_env_json_and_nested_keys(dirs: tuple[Path, Path]) -> None:
+    home, cwd = dirs
+    env = {
+        "NAGATHA_MODULES__SETTINGS__ECHO_BOT__ENABLED": "false",
+        "NAGATHA_MODULES__SETTINGS__AI__API_KEY": "sk-env",
+        "NAGATHA_MODULES__SETTINGS__AI__TASKS__CHAT__MAX_RETRIES": "2",
+    }
+    settings = load_config(env=env, home=home, cwd=cwd).config.modules.settings
+    assert settings == {
+        "echo_bot": {"enabled": False},
+        "ai": {"api_key": "sk-env", "tasks": {"chat": {"max_retries": 2}}},
+    }
+    as_json = {"NAGATHA_MODULES_SETTINGS": '{"ai": {"api_key": "sk-json"}}'}
+    config = load_config(env=as_json, home=home, cwd=cwd).config
+    assert config.modules.settings == {"ai": {"api_key": "sk-json"}}
+
+
+def test_a_bad_module_settings_value_is_never_echoed(dirs: tuple[Path, Path]) -> None:
+    home, cwd = dirs
+    with pytest.raises(ConfigError) as info:
+        env = {"NAGATHA_MODULES_SETTINGS": '["sk-secret-in-a-list"]'}
+        load_config(env=env, home=home, cwd=cwd)
+    assert "modules.settings" in str(info.value)
+    assert "sk-secret" not in str(info.value)
+
+
+def test_a_section_with_every_key_commented_out_is_empty(dirs: tuple[Path, Path]) -> None:
+    home, cwd = dirs
+    (cwd / "nagatha.yaml").write_text("api:\n  # port: 9000\n")
+    assert load_config(env={}, home=home, cwd=cwd).config.api.port == 8000

@@ -19,3 +19,5 @@ class HealthResource:
         report = self.checker.check()
         send(resp, report, 200 if report.status == "ok" else 503)
         resp.cache_control = ["no-store"]
+
+    on_head = on_get  # load balancers that probe with HEAD (Falcon sends no body for HEAD)

@@ -19,6 +19,8 @@ class PingResource:
         """Answer ``{"status": "ok", "version": ...}``."""
         send(resp, Ping(version=__version__))
 
+    on_head = on_get  # probes that only look at the status (Falcon sends no body for HEAD)
+
 
 class OpenApiResource:
     """Serve the OpenAPI document built once at startup."""
