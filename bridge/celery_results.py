@@ -24,7 +24,7 @@ import redis
 import redis.exceptions
 
 from bridge.serialization import encode_json
-from nagatha.errors import BrokerUnavailable, StoreUnavailable
+from nagatha.errors import BrokerUnavailable, PublishRefused, StoreUnavailable
 
 __all__ = [
     "FAILURE",
@@ -337,6 +337,8 @@ class RpcReplyWriter:
             ValueError, TypeError: see :func:`encode_meta` (nothing is sent); ValueError
                 also for an empty ``reply_to``.
             BrokerUnavailable: the channel or connection is closed or failed.
+            PublishRefused: RabbitMQ refused the reply for good (``reply_to`` or the
+                correlation id over AMQP's 255 bytes, no such queue's exchange).
         """
         if not reply_to:
             raise ValueError("an rpc reply needs the task message's reply_to")
@@ -353,6 +355,8 @@ class RpcReplyWriter:
             self.channel.basic_publish(
                 exchange="", routing_key=reply_to, body=payload, properties=properties
             )
+        except pika.exceptions.ShortStringTooLong as exc:
+            raise PublishRefused(f"the Celery rpc reply cannot be sent: {exc!r}") from None
         except pika.exceptions.AMQPError as exc:
             raise BrokerUnavailable(f"RabbitMQ did not take the Celery rpc reply: {exc!r}") from exc
 

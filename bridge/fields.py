@@ -17,7 +17,8 @@ from nagatha.errors import ProtocolError
 
 #: What a task name may look like; also rejects ``..`` separately (see :func:`task_name`).
 TASK_NAME_PATTERN: Final = re.compile(r"[A-Za-z_][A-Za-z0-9_.:-]{0,199}")
-#: Longest task/group/root id, ``reply_to`` or ``correlation_id`` (AMQP short-string size).
+#: Longest task/group/root id, ``reply_to`` or ``correlation_id`` in UTF-8 bytes (AMQP's
+#: short-string size).
 MAX_ID_LENGTH: Final = 255
 _MAX_INT: Final = 2**31 - 1
 _MAX_TIME_LIMIT: Final = 10**9
@@ -43,9 +44,10 @@ def identifier(value: Any, field: str) -> str | None:
     result = text(value, field)
     if not result:
         return None
-    if len(result) > MAX_ID_LENGTH or not result.isprintable():
+    # AMQP short strings (a correlation id, a reply_to) are counted in bytes, not characters.
+    if len(result.encode("utf-8", "surrogatepass")) > MAX_ID_LENGTH or not result.isprintable():
         raise ProtocolError(
-            f"field {field!r} must be printable and at most {MAX_ID_LENGTH} characters"
+            f"field {field!r} must be printable and at most {MAX_ID_LENGTH} bytes of UTF-8"
         )
     return result
 

@@ -61,7 +61,7 @@ from bridge.publisher import ConfirmedPublisher
 from bridge.task import CeleryTask
 from nagatha.broker import amqp_url
 from nagatha.config import FrameworkConfig
-from nagatha.errors import NagathaError, ServiceUnavailable
+from nagatha.errors import NagathaError, PublishRefused, ServiceUnavailable
 from nagatha.middleware.holding import hold
 from nagatha.stores import StatusStore
 from nagatha.types import utcnow
@@ -206,7 +206,9 @@ class CeleryResultsMiddleware(dramatiq.Middleware):
             meta = revoked_meta(
                 task.task_id, reason, group_id=task.group_id, parent_id=task.parent_id
             )
-            self._send(task, meta, final=True)
+            # The bridge that took the revoke stored REVOKED already, but could not answer an
+            # rpc client: it never saw the task's reply_to. This is the client's answer.
+            self._send(task, meta, final=True, reply_anyway=reason == "revoked")
         self._workflow(
             task, lambda: workflows.dispatch_revoked(task, reason, **self._workflow_kwargs())
         )
@@ -269,8 +271,14 @@ class CeleryResultsMiddleware(dramatiq.Middleware):
             logger.exception("task %s %s: workflow dispatch failed", task.task_id, task.task_name)
             return None, exc
 
-    def _send(self, task: CeleryTask, meta: dict[str, Any], *, final: bool) -> None:
-        """Store ``meta`` and reply to an rpc client; final answers are held until written."""
+    def _send(
+        self, task: CeleryTask, meta: dict[str, Any], *, final: bool, reply_anyway: bool = False
+    ) -> None:
+        """Store ``meta`` and reply to an rpc client; final answers are held until written.
+
+        A final state found stored already means a duplicate delivery, answered before: no
+        second reply, unless ``reply_anyway``.
+        """
         state = meta["status"]
         if not final:
             try:
@@ -281,7 +289,7 @@ class CeleryResultsMiddleware(dramatiq.Middleware):
                 logger.warning("task %s: %s not written: %s", task.task_id, state, exc)
             return
         fresh = self._hold(task, state, lambda: self.answers.store_meta(meta))
-        if fresh is False:
+        if fresh is False and not reply_anyway:
             return  # a duplicate delivery: the client was answered already
         self._hold(
             task,
@@ -301,7 +309,8 @@ class CeleryResultsMiddleware(dramatiq.Middleware):
         ack the message with its client never answered; a worker stopped meanwhile exits
         without the ack and the message is delivered again. On the consumer thread
         (``after_nack``) there is one attempt only. Data that cannot be encoded
-        (TypeError/ValueError) is logged and dropped, or raised with ``reraise``.
+        (TypeError/ValueError) or that RabbitMQ refuses for good (``PublishRefused``) is
+        logged and dropped, or raised with ``reraise``.
         """
         single = getattr(self._single_attempt, "active", False)
 
@@ -317,7 +326,7 @@ class CeleryResultsMiddleware(dramatiq.Middleware):
             if reraise:
                 raise
             return None
-        except (TypeError, ValueError) as exc:
+        except (TypeError, ValueError, PublishRefused) as exc:
             if reraise:
                 raise
             logger.error("task %s: %s cannot be written: %s", task.task_id, what, exc)

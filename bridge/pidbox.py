@@ -25,6 +25,7 @@ from collections.abc import Callable, Mapping
 from typing import Any, Final
 
 import pika
+import pika.exceptions
 from pika.adapters.blocking_connection import BlockingChannel
 from pika.spec import Basic
 
@@ -89,7 +90,6 @@ class Pidbox:
         self.queue = f"{node_name}.celery.pidbox"
         self._revoke = revoke
         self._clock = 0
-        self._declared_reply_exchanges: set[str] = set()
 
     def declare(self, channel: BlockingChannel) -> str:
         """Declare exchange and queue exactly as kombu does; return the queue name."""
@@ -102,7 +102,6 @@ class Pidbox:
             arguments={"x-expires": QUEUE_EXPIRES_MS, "x-message-ttl": MESSAGE_TTL_MS},
         )
         channel.queue_bind(self.queue, EXCHANGE, routing_key="")
-        self._declared_reply_exchanges.clear()
         return self.queue
 
     def on_message(
@@ -163,7 +162,7 @@ class Pidbox:
             return {"ok": "pong"}
         if method == "revoke":
             ids = arguments.get("task_id")
-            task_ids = [ids] if isinstance(ids, str) else list(ids or [])
+            task_ids = [ids] if isinstance(ids, str) else ids if isinstance(ids, list) else []
             task_ids = [t for t in task_ids if isinstance(t, str) and t]
             if arguments.get("terminate"):
                 logger.warning("revoke with terminate=True: running tasks are not interrupted")
@@ -184,26 +183,27 @@ class Pidbox:
         exchange, routing_key = reply_to.get("exchange"), reply_to.get("routing_key")
         if not isinstance(exchange, str) or not exchange or not isinstance(routing_key, str):
             return
-        if exchange not in self._declared_reply_exchanges:
+        self._clock += 1
+        properties = pika.BasicProperties(
+            content_type="application/json",
+            content_encoding="utf-8",
+            delivery_mode=1,
+            headers={"ticket": ticket if isinstance(ticket, str) else None, "clock": self._clock},
+        )
+        # A channel of its own: a reply RabbitMQ refuses (an exchange declared otherwise, a
+        # name too long) closes that channel, never the one the bridge consumes on.
+        replies = channel.connection.channel()
+        try:
             # Publishing to a missing exchange would close the channel; declare it the way
             # the client does (kombu Mailbox: direct, not durable).
-            channel.exchange_declare(exchange, exchange_type="direct", durable=False)
-            self._declared_reply_exchanges.add(exchange)
-        self._clock += 1
-        channel.basic_publish(
-            exchange,
-            routing_key,
-            json.dumps({self.node_name: reply}).encode("utf-8"),
-            pika.BasicProperties(
-                content_type="application/json",
-                content_encoding="utf-8",
-                delivery_mode=1,
-                headers={
-                    "ticket": ticket if isinstance(ticket, str) else None,
-                    "clock": self._clock,
-                },
-            ),
-        )
+            replies.exchange_declare(exchange, exchange_type="direct", durable=False)
+            body = json.dumps({self.node_name: reply}).encode("utf-8")
+            replies.basic_publish(exchange, routing_key, body, properties)
+        except (pika.exceptions.ChannelClosedByBroker, pika.exceptions.ShortStringTooLong) as exc:
+            logger.warning("control reply to exchange %r not sent: %s", exchange[:100], exc)
+        finally:
+            if replies.is_open:
+                replies.close()
 
 
 def _number(value: Any) -> float:

@@ -22,7 +22,7 @@ import pika.exceptions
 from pika.adapters.blocking_connection import BlockingChannel
 
 from bridge.queues import declare_celery_queue
-from nagatha.errors import BrokerUnavailable
+from nagatha.errors import BrokerUnavailable, PublishRefused
 
 __all__ = ["ConfirmedPublisher", "Unroutable"]
 
@@ -44,8 +44,19 @@ _RETRYABLE: Final = (
 )
 
 
+#: Channel-close codes that refuse a message for good: 403 ACCESS_REFUSED, 404 NOT_FOUND
+#: (no such exchange), 406 PRECONDITION_FAILED. Retrying the same publish meets them again.
+_REFUSALS: Final = frozenset({403, 404, 406})
+
+
 class Unroutable(BrokerUnavailable):
     """RabbitMQ had no queue for a message published ``mandatory``."""
+
+
+def _refusal(exc: Exception) -> bool:
+    if isinstance(exc, pika.exceptions.ShortStringTooLong):
+        return True
+    return isinstance(exc, pika.exceptions.ChannelClosedByBroker) and exc.reply_code in _REFUSALS
 
 
 class ConfirmedPublisher:
@@ -118,6 +129,8 @@ class ConfirmedPublisher:
         Raises:
             BrokerUnavailable: not confirmed after every attempt, or unroutable with
                 ``mandatory``.
+            PublishRefused: refused for good (see :data:`_REFUSALS`; an id or ``reply_to``
+                over AMQP's 255 bytes); not tried again.
         """
         delay = RETRY_DELAY_S
         for attempt in range(1, self.attempts + 1):
@@ -129,8 +142,13 @@ class ConfirmedPublisher:
                 raise Unroutable(
                     f"RabbitMQ could not route the message to {exchange!r}/{routing_key!r}"
                 ) from None
-            except _RETRYABLE as exc:
+            except (*_RETRYABLE, pika.exceptions.ShortStringTooLong) as exc:
                 self._drop()
+                if _refusal(exc):
+                    raise PublishRefused(
+                        f"RabbitMQ refused the message to {exchange!r}/{routing_key!r}: "
+                        f"{type(exc).__name__}: {exc}"
+                    ) from None
                 if attempt == self.attempts:
                     raise BrokerUnavailable(
                         f"RabbitMQ did not confirm the message to {exchange!r}/{routing_key!r} "

@@ -115,6 +115,11 @@ class BridgeError(NagathaError):
     """Base class of errors raised by the Celery bridge."""
 
 
+class PublishRefused(BridgeError):
+    """RabbitMQ refused a message for good (no such exchange, no permission, a field too
+    long): unlike an outage, sending it again cannot help."""
+
+
 class ProtocolError(BridgeError):
     """A Celery message could not be parsed into a task.
 

@@ -260,6 +260,20 @@ def test_the_rpc_backend_gets_results_and_failures(
         client.close()
 
 
+def test_an_rpc_client_that_revokes_a_delayed_task_is_answered_revoked(
+    stack: HubStack, worker: HubProcess, bridge: HubProcess
+) -> None:
+    client = CeleryClient(stack, backend="rpc://")
+    try:
+        result = client.send("echo_bot.echo", kwargs={"message": "never"}, countdown=2)
+        wait_until(lambda: stack.record(result.id), GET_TIMEOUT, message="the bridge took it")
+        result.revoke()
+        with pytest.raises(TaskRevokedError, match="revoked"):
+            result.get(timeout=GET_TIMEOUT)
+    finally:
+        client.close()
+
+
 # --- volume -----------------------------------------------------------------------------------
 
 

@@ -349,3 +349,56 @@ def _close_connections(vhost: str) -> int:
     for pid in pids:
         rabbitmqctl("close_connection", pid, "nagatha test: connection dropped on purpose")
     return len(pids)
+
+
+def test_an_errback_rabbitmq_refuses_does_not_stall_intake(
+    stack: HubStack, client: CeleryClient
+) -> None:
+    stack.start_bridge()
+    errback = client.app.signature("nope.errback").set(exchange="no-such-exchange", routing_key="x")
+    refused = client.send("nope.unknown", link_error=errback)
+    with pytest.raises(NotRegistered):
+        refused.get(timeout=GET_TIMEOUT)
+    # The message behind it is handled: the refusal was not taken for an outage.
+    assert client.send("diagnostics.add", args=[1, 2]).get(timeout=GET_TIMEOUT) == 3
+    letters = dlq(stack, "list")["dead_letters"]
+    assert [letter["task_id"] for letter in letters] == [refused.id]
+
+
+def test_a_link_rabbitmq_refuses_fails_the_task_instead_of_holding_a_worker(
+    stack: HubStack, client: CeleryClient
+) -> None:
+    stack.start_bridge()
+    link = client.app.signature("nope.callback").set(exchange="no-such-exchange", routing_key="x")
+    result = client.send("diagnostics.add", args=[1, 2], link=link)
+    with pytest.raises(Exception, match="refused"):
+        result.get(timeout=GET_TIMEOUT)
+    assert result.state == "FAILURE"
+
+
+def test_malformed_control_commands_keep_the_bridge_consuming(
+    stack: HubStack, client: CeleryClient
+) -> None:
+    bridge = stack.start_bridge()
+    node = bridge.wait_for_log(r"bridge (\S+) consuming").group(1)
+    client.app.control.broadcast("revoke", arguments={"task_id": 5})
+    command = {
+        "method": "ping",
+        "arguments": {},
+        "destination": None,
+        "pattern": None,
+        "matcher": None,
+        "ticket": "t-1",
+        "reply_to": {"exchange": "celery", "routing_key": "x"},  # declared otherwise: 406
+    }
+    with amqp_channel(amqp_url(stack.config.broker)) as channel:
+        channel.basic_publish(
+            "celery.pidbox",
+            "",
+            json.dumps(command).encode(),
+            pika.BasicProperties(content_type="application/json", content_encoding="utf-8"),
+        )
+    bridge.wait_for_log(r"control reply to exchange 'celery' not sent", timeout=30)
+    assert {node: {"ok": "pong"}} in client.app.control.ping(timeout=5)
+    assert client.send("diagnostics.add", args=[2, 2]).get(timeout=GET_TIMEOUT) == 4
+    assert "failed; restarting" not in bridge.log()

@@ -12,6 +12,7 @@ import pytest
 
 from bridge.publisher import ConfirmedPublisher
 from bridge.queues import CELERY_EXCHANGE
+from nagatha.errors import PublishRefused
 from nagatha.testing import RabbitVhost, amqp_channel
 
 pytestmark = pytest.mark.integration
@@ -72,3 +73,36 @@ def test_without_declare_queue_nothing_is_declared(
 
     with pytest.raises(pika.exceptions.ChannelClosedByBroker, match="NOT_FOUND"):
         channel.queue_declare(queue, passive=True)
+
+
+@pytest.mark.parametrize(
+    ("exchange", "routing_key", "properties"),
+    [
+        ("no-such-exchange", "x", {}),  # 404 NOT_FOUND closes the channel
+        ("", "q", {"correlation_id": "ü" * 200}),  # 400 bytes: over AMQP's short string
+    ],
+)
+def test_a_publish_refused_for_good_is_not_an_outage_and_not_retried(
+    vhost: RabbitVhost,
+    queue: str,
+    channel: Any,
+    exchange: str,
+    routing_key: str,
+    properties: dict[str, Any],
+) -> None:
+    publisher = ConfirmedPublisher(vhost.url, attempts=3)
+    try:
+        with pytest.raises(PublishRefused, match="refused"):
+            publisher.publish(
+                exchange=exchange,
+                routing_key=routing_key,
+                body=b"x",
+                headers={},
+                properties=properties,
+            )
+        # The publisher still works for the next message.
+        channel.queue_declare(queue)
+        publish(publisher, queue, b"after")
+    finally:
+        publisher.close_all()
+    assert channel.basic_get(queue, auto_ack=True)[2] == b"after"

@@ -26,6 +26,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from kombu.utils import json as kombu_json
 
+from bridge.fields import identifier
 from bridge.protocol import CeleryTask, parse_message
 from bridge.serialization import JSON, MSGPACK, PICKLE, YAML
 from nagatha.errors import PickleRefused, ProtocolError
@@ -852,3 +853,9 @@ def test_mutating_one_header_or_the_body_never_breaks_the_contract(
         parse_message(message.pop("body"), **message)
     except ProtocolError as exc:
         assert exc.task_id == "t-1" or (header == "id" and exc.task_id is not None)
+
+
+def test_ids_are_limited_in_utf8_bytes_as_amqp_short_strings_are() -> None:
+    assert identifier("é" * 127, "id") == "é" * 127  # 254 bytes
+    with pytest.raises(ProtocolError, match="at most 255 bytes"):
+        identifier("é" * 128, "id")  # 128 characters, 256 bytes
