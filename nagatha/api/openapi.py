@@ -52,7 +52,7 @@ def build_openapi(
     paths: dict[str, Any] = {}
     for route in routes:
         protected = protects(route.path)
-        item = paths.setdefault(route.path, {})
+        item = paths.setdefault(route.openapi_path, {})
         for operation in route.operations:
             replies = {**common_replies(protected), **operation.replies}
             spec: dict[str, Any] = {

@@ -8,6 +8,7 @@ repeated here: :func:`common_replies` adds them, from the same policy the middle
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -60,11 +61,19 @@ class Operation:
 
 @dataclass(frozen=True)
 class Route:
-    """A path, the key of the resource serving it, and its operations."""
+    """A path (a Falcon URI template), the key of the resource serving it, its operations."""
 
     path: str
     resource: str
     operations: tuple[Operation, ...] = field(default_factory=tuple)
+
+    @property
+    def openapi_path(self) -> str:
+        """The path as OpenAPI writes it: ``{task_id:path}`` becomes ``{task_id}``."""
+        return _CONVERTER.sub(r"{\1}", self.path)
+
+
+_CONVERTER = re.compile(r"\{(\w+):[^}]*\}")
 
 
 NOT_AUTHORIZED = Reply("Missing or invalid bearer token (`Authorization: Bearer <token>`).")
@@ -199,12 +208,13 @@ def build_routes(api: ApiConfig) -> tuple[Route, ...]:
             ),
         ),
         Route(
-            "/tasks/{task_id}",
+            # :path: a Celery client may choose an id with a slash (sent as %2F).
+            "/tasks/{task_id:path}",
             "status",
             (_status_operation("getTask", "The status record of a task.", api.max_wait),),
         ),
         Route(
-            "/status/{task_id}",
+            "/status/{task_id:path}",
             "status",
             (_status_operation("getStatus", "Alias of `GET /tasks/{task_id}`.", api.max_wait),),
         ),

@@ -21,6 +21,7 @@ import pytest
 from nagatha.config import FrameworkConfig, load_config
 from nagatha.stores import RedisStatusStore
 from nagatha.testing import HubProcess, RabbitVhost, RedisPrefix, free_port, wait_until
+from nagatha.types import TaskStatus
 
 pytestmark = pytest.mark.integration
 
@@ -181,6 +182,20 @@ def test_modules_and_tasks_list_what_the_hub_can_run(client: httpx.Client) -> No
     tasks = {t["name"]: t for t in client.get("/tasks").json()["tasks"]}
     assert tasks["diagnostics.add"]["parameters"][0]["name"] == "x"
     assert tasks["echo_bot.echo"]["queue"] == "default"
+
+
+def test_head_probes_and_celery_ids_with_a_slash_through_gunicorn(
+    client: httpx.Client, shared_config: FrameworkConfig
+) -> None:
+    assert client.head("/ping").status_code == 200
+    assert client.head("/health").status_code == 200
+    store = store_for(shared_config)
+    defaults = {"task_name": "x.y", "created_at": "2026-11-29T00:00:00Z"}
+    store.update("reports/2024-06", TaskStatus.SUCCESS, {"result": 7}, defaults)
+    store.close()
+    response = client.get("/tasks/reports%2F2024-06")  # as status_url encodes it
+    assert response.status_code == 200, response.text
+    assert response.json()["task_id"] == "reports/2024-06"
 
 
 def test_openapi_is_served(client: httpx.Client) -> None:

@@ -201,6 +201,19 @@ def test_a_record_holding_a_lone_surrogate_is_answered_with_an_escape(
     assert json.loads(result.content)["result"] == "a\ud800b"
 
 
+def test_ids_a_celery_client_may_choose_are_found_slash_and_255_bytes_included(
+    client: TestClient, hub: TaskRegistry
+) -> None:
+    defaults = {"task_name": "x.y", "created_at": "2026-11-29T00:00:00Z"}
+    for task_id in ("reports/2024-06", "a/b/c", "é" * 127, "x" * 255):
+        hub.store.update(task_id, TaskStatus.SUCCESS, {"result": 1}, defaults)
+        for prefix in ("/tasks/", "/status/"):
+            result = client.simulate_get(prefix + task_id)
+            assert result.status_code == 200, (prefix, task_id)
+            assert result.json["task_id"] == task_id
+    assert_error(client.simulate_get("/tasks/" + "x" * 256), 404)
+
+
 def test_unknown_id_is_404(client: TestClient) -> None:
     assert_error(client.simulate_get("/tasks/no-such-id"), 404, "no-such-id")
     assert_error(client.simulate_get("/status/no-such-id", params={"wait": "0.1"}), 404)

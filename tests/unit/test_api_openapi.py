@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
 
 import jsonschema
@@ -23,6 +24,9 @@ def make_app(**api: Any) -> HubApp:
     return create_app(config, create_hub(config))
 
 
+CONVERTER = re.compile(r"\{(\w+):[^}]*\}")  # {task_id:path} is {task_id} in OpenAPI
+
+
 def router_operations(app: HubApp) -> set[tuple[str, str]]:
     """(path template, METHOD) for every responder a resource defines (not Falcon's defaults)."""
     found: set[tuple[str, str]] = set()
@@ -32,7 +36,7 @@ def router_operations(app: HubApp) -> set[tuple[str, str]]:
             if node.resource is not None:
                 for method, responder in node.method_map.items():
                     if getattr(responder, "__self__", None) is node.resource:
-                        found.add((node.uri_template, method))
+                        found.add((CONVERTER.sub(r"{\1}", node.uri_template), method))
             walk(node.children)
 
     walk(app._router._roots)  # type: ignore[attr-defined]

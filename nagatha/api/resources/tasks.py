@@ -14,8 +14,9 @@ from nagatha.errors import TaskNotFound
 from nagatha.registry import TaskRegistry
 from nagatha.types import TaskRequest
 
-#: Longer ids were never handed out; refusing them early keeps them out of Redis keys.
-MAX_TASK_ID_LENGTH = 200
+#: Longer ids (in UTF-8 bytes) were never handed out: the bridge takes Celery ids up to AMQP's
+#: short-string size. Refusing them early keeps them out of Redis keys.
+MAX_TASK_ID_BYTES = 255
 
 
 def status_url(task_id: str) -> str:
@@ -82,8 +83,8 @@ class TaskStatusResource:
     def on_get(self, req: falcon.Request, resp: falcon.Response, task_id: str) -> None:
         """Answer the record; with ``wait``, as soon as it is final (the store wakes us)."""
         wait = self.wait_seconds(req)
-        if len(task_id) > MAX_TASK_ID_LENGTH:
-            raise TaskNotFound(task_id[:MAX_TASK_ID_LENGTH] + "...")
+        if len(task_id.encode("utf-8", "surrogatepass")) > MAX_TASK_ID_BYTES:
+            raise TaskNotFound(task_id[:MAX_TASK_ID_BYTES] + "...")
         if wait > 0:
             record = self.registry.wait_for(task_id, wait)
         else:
