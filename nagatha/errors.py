@@ -57,6 +57,19 @@ class UnknownTask(TaskError):
         )
 
 
+#: Names an :class:`InvalidArguments` lists at most (and characters of each).
+MAX_NAMES, MAX_NAME_CHARS = 20, 100
+
+
+def _short(name: str) -> str:
+    return name if len(name) <= MAX_NAME_CHARS else name[:MAX_NAME_CHARS] + "..."
+
+
+def _listed(names: list[str], total: int) -> str:
+    more = f" and {total - len(names)} more" if total > len(names) else ""
+    return ", ".join(names) + more
+
+
 class InvalidArguments(TaskError):
     """The given arguments do not bind to the task's parameters."""
 
@@ -69,13 +82,15 @@ class InvalidArguments(TaskError):
         detail: str | None = None,
     ) -> None:
         self.task_name = task_name
-        self.unknown = sorted(unknown)
-        self.missing = sorted(missing)
+        # A body may name thousands of unknown keys: the error names the first few.
+        unknown_all, missing_all = sorted(unknown), sorted(missing)
+        self.unknown = [_short(name) for name in unknown_all[:MAX_NAMES]]
+        self.missing = [_short(name) for name in missing_all[:MAX_NAMES]]
         parts = []
         if self.unknown:
-            parts.append("unknown " + ", ".join(self.unknown))
+            parts.append("unknown " + _listed(self.unknown, len(unknown_all)))
         if self.missing:
-            parts.append("missing " + ", ".join(self.missing))
+            parts.append("missing " + _listed(self.missing, len(missing_all)))
         if detail:
             parts.append(detail)
         super().__init__(f"arguments do not fit task {task_name!r}: " + "; ".join(parts))

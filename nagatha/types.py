@@ -101,6 +101,7 @@ class TaskRequest(BaseModel):
         default=None,
         ge=0,
         le=MAX_HOLD_MS,
+        strict=True,  # true is no delay, and "100" no number
         description="run no earlier than this many ms from now (at most 25 minutes: a worker "
         "holds a delayed task unacknowledged, within RabbitMQ's consumer_timeout)",
     )

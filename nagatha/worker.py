@@ -77,6 +77,9 @@ def _worker_process(config: FrameworkConfig, threads: int, queues: Sequence[str]
     broker.emit_after("process_boot")
     worker = dramatiq.Worker(broker, queues=set(queues) if queues else None, worker_threads=threads)
     worker.start()
+    used = {task.queue for task in registry.list_tasks()}
+    for queue in sorted(set(queues) - used):
+        logger.warning("queue %s: no loaded task uses it (a typo in --queues?)", queue)
     logger.info(
         "worker process %d consuming %s with %d threads",
         os.getpid(),

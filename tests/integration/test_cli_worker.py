@@ -225,3 +225,11 @@ def test_bad_config_exits_2_with_one_line(hub_env: dict[str, str]) -> None:
     done = run_cli(["list"], {**hub_env, "NAGATHA_RESULTS_TTL": "soon"})
     assert done.returncode == 2
     assert done.stderr.count("\n") == 1 and "results.ttl" in done.stderr
+
+
+def test_a_queue_no_task_uses_is_reported(
+    hub_env: dict[str, str], start_process: type[HubProcess]
+) -> None:
+    process = start_process(["worker", "-p", "1", "-t", "1", "--queues", "defualt"], hub_env)
+    process.wait_for_log(r"queue defualt: no loaded task uses it", timeout=60)
+    process.wait_for_log(r"worker process \d+ consuming defualt", timeout=60)

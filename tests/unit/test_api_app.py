@@ -166,6 +166,8 @@ def test_bodies_that_are_not_a_json_object_are_400(
         ({"task_name": "diagnostics.noop", "delay_ms": -1}, "delay_ms"),
         # Longer than a worker may hold a message within RabbitMQ's consumer_timeout.
         ({"task_name": "diagnostics.noop", "delay_ms": 1_500_001}, "delay_ms"),
+        ({"task_name": "diagnostics.noop", "delay_ms": True}, "delay_ms"),
+        ({"task_name": "diagnostics.noop", "delay_ms": "100"}, "delay_ms"),
     ],
 )
 def test_body_fields_of_the_wrong_shape_are_400_naming_the_field(
@@ -173,6 +175,15 @@ def test_body_fields_of_the_wrong_shape_are_400_naming_the_field(
 ) -> None:
     error = assert_error(run(client, body), 400, field)
     assert field in [e["field"] for e in error["errors"]]
+
+
+def test_a_422_names_at_most_20_unknown_arguments(client: TestClient, app: HubApp) -> None:
+    client = TestClient(create_app(memory_config(), app.registry))  # the default body limit
+    kwargs = {f"k{i:05}": 1 for i in range(5000)}
+    result = run(client, {"task_name": "diagnostics.noop", "kwargs": kwargs})
+    error = assert_error(result, 422, "and 4980 more")
+    assert error["unknown"] == [f"k{i:05}" for i in range(20)]
+    assert len(result.content) < 2000
 
 
 def test_unknown_task_is_404(client: TestClient) -> None:
