@@ -33,7 +33,7 @@ from __future__ import annotations
 import functools
 import logging
 from collections import deque
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -283,7 +283,12 @@ class _Run:
     def fail_chain(
         self, chain: Sequence[Mapping[str, Any]] | None, info: dict[str, Any], traceback: str | None
     ) -> None:
-        """``Backend._fail_chain``: every remaining step with an id fails, chord bodies too."""
+        """``Backend._fail_chain``: every remaining step with an id fails, chord bodies too.
+
+        Unlike Celery's, the members of a group step (and the steps of a chain inside it)
+        fail too: a client holding their ids, which would wait for them forever otherwise,
+        is answered.
+        """
         pending = deque(chain or ())
         while pending:
             element = pending.popleft()
@@ -295,6 +300,8 @@ class _Run:
                         options.get("group_id"), options.get("group_index"), options["chord"]
                     )
                     self.chord_part(options["task_id"], member, FAILURE, info)
+            for nested in _nested_options(element):
+                self.store_failure(nested, info, traceback)
             if element.get("subtask_type") == "chord":
                 body = (element.get("kwargs") or {}).get("body")
                 if isinstance(body, Mapping):
@@ -370,3 +377,17 @@ def _unsupported_info(sig: Mapping[str, Any]) -> dict[str, Any]:
     kind = sig.get("subtask_type") or "task"
     text = f"the nagatha Celery bridge cannot run this {kind} signature ({sig.get('task')})"
     return error_info("NotImplementedError", [text], "builtins")
+
+
+def _nested_options(element: Mapping[str, Any]) -> Iterator[Mapping[str, Any]]:
+    """The options of each signature with an id inside ``element`` (group members, chain
+    steps), at any depth."""
+    kwargs = element.get("kwargs")
+    tasks = kwargs.get("tasks") if isinstance(kwargs, Mapping) else None
+    for member in tasks if isinstance(tasks, list | tuple) else ():
+        if not isinstance(member, Mapping):
+            continue
+        options = member.get("options")
+        if isinstance(options, Mapping) and options.get("task_id"):
+            yield options
+        yield from _nested_options(member)

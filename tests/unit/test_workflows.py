@@ -491,6 +491,25 @@ def test_an_unsupported_chain_step_fails_the_rest_of_the_chain(ref: Reference) -
         apply_signature(nested, (1,), sender=Sender())
 
 
+def test_a_group_step_holding_a_chain_fails_every_id_the_client_waits_for(
+    ref: Reference,
+) -> None:
+    canvas = chain(
+        ref.sig("proj.first"), group(chain(ref.sig("proj.a"), ref.sig("proj.b")), ref.sig("c"))
+    )
+    with captured() as wires:
+        result = canvas.apply_async()
+    recorder = Recorder()
+    children = dispatch_success(
+        wires[0].parse(), 1, publisher=recorder, results=recorder, redis_client=None
+    )
+    assert children == [] and recorder.wires == []
+    waited = [result.id, *(member.id for member in result.results)]  # a GroupResult's
+    assert len(waited) == 3
+    for task_id in waited:
+        assert recorder.metas[task_id]["result"]["exc_type"] == "NotImplementedError", task_id
+
+
 # --- failures ---------------------------------------------------------------------------
 
 
