@@ -5,6 +5,7 @@ from __future__ import annotations
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import dramatiq
+import pika.exceptions
 from dramatiq.brokers.rabbitmq import RabbitmqBroker
 from dramatiq.brokers.stub import StubBroker
 from dramatiq.middleware import (
@@ -43,6 +44,25 @@ def amqp_url(config: BrokerConfig) -> str:
     # kombu spells the default vhost "//"; pika reads that as the empty vhost.
     path = "/%2F" if parts.path == "//" else parts.path
     return urlunsplit(parts._replace(path=path, query=urlencode(query)))
+
+
+def broker_error_reason(exc: BaseException) -> str:
+    """Why talking to RabbitMQ failed, in words: a refused login or vhost is no outage.
+
+    Dramatiq wraps pika's errors (``ConnectionClosed`` from ``ProbableAuthenticationError``);
+    the cause chain is searched for the ones that a retry cannot fix.
+    """
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, pika.exceptions.ProbableAuthenticationError):
+            return "RabbitMQ refused the login: check the user and password of broker.url"
+        if isinstance(seen, pika.exceptions.ProbableAccessDeniedError):
+            return (
+                "RabbitMQ refused access to the vhost: check the vhost of broker.url and "
+                "the user's permissions there"
+            )
+        seen = seen.__cause__ or seen.__context__
+    return type(exc).__name__
 
 
 def build_middleware(config: FrameworkConfig, store: StatusStore) -> list[dramatiq.Middleware]:

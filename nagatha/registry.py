@@ -25,6 +25,7 @@ import pika.exceptions
 from dramatiq.middleware import TimeLimitExceeded
 
 from nagatha import jsontext
+from nagatha.broker import broker_error_reason
 from nagatha.config import FrameworkConfig
 from nagatha.errors import (
     BrokerUnavailable,
@@ -432,7 +433,8 @@ class TaskRegistry:
                     "task %s: pending record left behind after a failed enqueue", record.task_id
                 )
             raise BrokerUnavailable(
-                f"broker (RabbitMQ) unavailable, the task was not accepted: {type(exc).__name__}"
+                "broker (RabbitMQ) unavailable, the task was not accepted: "
+                + broker_error_reason(exc)
             ) from None
         logger.info("task %s %s enqueued", record.task_id, spec.name)
         return record

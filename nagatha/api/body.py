@@ -8,7 +8,7 @@ import falcon
 from pydantic import BaseModel, ValidationError
 
 from nagatha import jsontext
-from nagatha.api.errors import bad_request, too_large
+from nagatha.api.errors import ApiError, bad_request, too_large
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -21,6 +21,14 @@ def read_body(req: falcon.Request, max_bytes: int) -> bytes:
             raise too_large(max_bytes)
         return req.bounded_stream.read(length)
     if "chunked" in (req.get_header("Transfer-Encoding") or "").lower():
+        if not req.env.get("wsgi.input_terminated"):
+            # The embedded server (wsgiref) hands the raw chunked stream over and never ends
+            # it: reading would wait for the client to give up. gunicorn decodes it.
+            raise ApiError(
+                411,
+                "Length required",
+                "This server does not read chunked bodies: send a Content-Length.",
+            )
         data = req.stream.read(max_bytes + 1)
         if len(data) > max_bytes:
             raise too_large(max_bytes)

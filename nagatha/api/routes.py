@@ -200,6 +200,7 @@ def build_routes(api: ApiConfig) -> tuple[Route, ...]:
                         202: Reply("Enqueued and confirmed by the broker.", TaskAccepted),
                         400: Reply("Malformed JSON, a body that is not an object, or bad fields."),
                         404: Reply("No task of that name."),
+                        411: Reply("A chunked body where the server cannot read one (embedded)."),
                         422: Reply("kwargs do not bind to the task (`unknown`, `missing`)."),
                         503: Reply("Broker or store unreachable: the task was not accepted."),
                     },

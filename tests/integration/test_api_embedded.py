@@ -72,3 +72,19 @@ def test_embedded_hub_stops_on_sigterm(embedded: tuple[HubProcess, httpx.Client]
     process, _ = embedded
     assert process.stop(timeout=30) == 0
     assert "embedded hub stopping" in process.log()
+
+
+def test_embedded_hub_refuses_a_chunked_body_at_once(
+    embedded: tuple[HubProcess, httpx.Client],
+) -> None:
+    # wsgiref cannot read chunked bodies: without the refusal the request waited for the
+    # client to give up. gunicorn reads them (tests/integration/test_api.py).
+    _, client = embedded
+
+    def chunks() -> Iterator[bytes]:
+        yield b'{"task_name": "diagnostics.noop"}'
+
+    response = client.post("/tasks/run", content=chunks(), timeout=10)
+    assert response.status_code == 411
+    assert "Content-Length" in response.json()["description"]
+    assert client.get("/ping").status_code == 200

@@ -135,6 +135,22 @@ def test_unreachable_broker_exits_3_and_leaves_no_record(
     assert list(store.client.scan_iter(match=f"{hub_config.results.prefix}task:*")) == []
 
 
+@pytest.mark.parametrize(
+    ("url", "reason"),
+    [
+        ("amqp://guest:wrong-pw@127.0.0.1:5672/%2F", "refused the login: check the user"),
+        ("amqp://guest:guest@127.0.0.1:5672/no-such-vhost", "refused access to the vhost"),
+    ],
+)
+def test_refused_credentials_are_named_as_such_not_as_an_outage(
+    hub_env: dict[str, str], url: str, reason: str
+) -> None:
+    done = run_cli(["run", "diagnostics.noop"], {**hub_env, "NAGATHA_BROKER_URL": url})
+    assert done.returncode == 3
+    assert reason in done.stderr
+    assert "wrong-pw" not in done.stderr
+
+
 def test_worker_killed_mid_task_is_redelivered_to_a_new_worker(
     hub_env: dict[str, str], hub_config: FrameworkConfig, start_process: type[HubProcess]
 ) -> None:

@@ -82,8 +82,18 @@ def statuses(doc: dict[str, Any], path: str, method: str = "get") -> set[int]:
 def test_documented_statuses_follow_the_auth_policy() -> None:
     open_doc = document(make_app())
     closed = document(make_app(tokens=["t"]))
-    assert statuses(open_doc, "/tasks/run", "post") == {202, 400, 404, 413, 422, 500, 503}
-    assert statuses(closed, "/tasks/run", "post") == {202, 400, 401, 404, 413, 422, 500, 503}
+    assert statuses(open_doc, "/tasks/run", "post") == {202, 400, 404, 411, 413, 422, 500, 503}
+    assert statuses(closed, "/tasks/run", "post") == {
+        202,
+        400,
+        401,
+        404,
+        411,
+        413,
+        422,
+        500,
+        503,
+    }
     assert statuses(closed, "/tasks/{task_id}") == {200, 400, 401, 404, 413, 500, 503}
     assert 401 not in statuses(closed, "/ping")
     assert 401 not in statuses(closed, "/health")

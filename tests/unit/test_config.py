@@ -102,6 +102,8 @@ def test_memory_urls_select_embedded_mode(dirs: tuple[Path, Path]) -> None:
         ({"NAGATHA_RESULTS_TTL": "-1"}, {}, "results.ttl"),
         ({"NAGATHA_RESULTS_TTL": "60"}, {}, "greater than or equal to 3600"),
         ({"NAGATHA_API_TOKENS": '[""]'}, {}, "a token is empty"),
+        ({}, {"nagatha.yaml": "api: {port: true}"}, "api.port = True (from ./nagatha.yaml)"),
+        ({}, {"nagatha.yaml": "api: {max_wait: false}"}, "must be a number, not true/false"),
         ({"NAGATHA_API_TOKENS": '["ok", "  "]'}, {}, "a token is empty"),
         ({"NAGATHA_BRIDGE_QUEUES": ","}, {}, "bridge.queues"),
         ({"NAGATHA_BROKER_URL": "amqp://u:ab#cd@h//"}, {}, "percent-encode them"),
