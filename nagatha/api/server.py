@@ -17,7 +17,9 @@ from __future__ import annotations
 
 import ipaddress
 import logging
+import os
 import signal
+import socket
 import socketserver
 import threading
 from types import FrameType
@@ -113,8 +115,21 @@ class GunicornServer(BaseApplication):  # type: ignore[misc]
         return LazyApp(lambda: create_app(config))
 
 
+def check_listen(host: str, port: int) -> None:
+    """Raise :class:`ConfigError` if ``host:port`` cannot be listened on (in use, no such
+    address), as the embedded server does; gunicorn would retry for 5 s, then exit 1."""
+    try:
+        family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][0]
+        with socket.create_server((host, port), family=family):
+            pass
+    except OSError as exc:
+        reason = os.strerror(exc.errno) if exc.errno else str(exc)
+        raise ConfigError(f"cannot listen on {host}:{port}: {reason}") from None
+
+
 def run_gunicorn(config: FrameworkConfig) -> int:
     """Run the gunicorn master until it stops; return its exit code."""
+    check_listen(config.api.host, config.api.port)
     try:
         GunicornServer(config).run()
     except SystemExit as exc:

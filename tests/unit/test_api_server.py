@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import socket
 import sys
 from pathlib import Path
 from types import SimpleNamespace
@@ -124,3 +125,14 @@ def test_memory_store_with_a_rabbitmq_broker_exits_2(tmp_path: Path) -> None:
     done = run_cli(["serve", "--port", str(free_port())], env)
     assert done.returncode == 2
     assert "results.url is memory://" in done.stderr and "Traceback" not in done.stderr
+
+
+@pytest.mark.parametrize("embedded", [False, True])
+def test_a_port_in_use_exits_2_with_one_line_in_both_modes(tmp_path: Path, embedded: bool) -> None:
+    port = free_port()
+    with socket.create_server(("127.0.0.1", port)):
+        args = ["serve", "--port", str(port), *(["--embedded"] if embedded else [])]
+        done = run_cli(args, cli_env(tmp_path), timeout=30)
+    assert done.returncode == 2, done.stderr
+    lines = done.stderr.strip().splitlines()
+    assert lines[-1] == f"error: cannot listen on 127.0.0.1:{port}: Address already in use"
