@@ -109,7 +109,7 @@ def dispatch_success(
         chain_options = {"chain": task.chain[:-1], **options}
         step = run.apply(task.chain[-1], (result,), chain_options, what="chain step")
         if step is None:
-            run.fail_chain(task.chain, _unsupported_info(task.chain[-1]), None)
+            run.fail_chain(task.chain, _unsupported_info(task.chain[-1]), None, members=True)
         children += step or []
     run.chord_part(task.task_id, task, SUCCESS, result)
     return children
@@ -281,13 +281,18 @@ class _Run:
             self.rpc.write(meta, reply_to=options["reply_to"])
 
     def fail_chain(
-        self, chain: Sequence[Mapping[str, Any]] | None, info: dict[str, Any], traceback: str | None
+        self,
+        chain: Sequence[Mapping[str, Any]] | None,
+        info: dict[str, Any],
+        traceback: str | None,
+        *,
+        members: bool = False,
     ) -> None:
         """``Backend._fail_chain``: every remaining step with an id fails, chord bodies too.
 
-        Unlike Celery's, the members of a group step (and the steps of a chain inside it)
-        fail too: a client holding their ids, which would wait for them forever otherwise,
-        is answered.
+        With ``members`` (a step the hub cannot run, where a Celery worker would have), the
+        ids inside a group or chord step fail too: the client holding them would otherwise
+        wait forever because of the hub, not because of its canvas.
         """
         pending = deque(chain or ())
         while pending:
@@ -300,7 +305,7 @@ class _Run:
                         options.get("group_id"), options.get("group_index"), options["chord"]
                     )
                     self.chord_part(options["task_id"], member, FAILURE, info)
-            for nested in _nested_options(element):
+            for nested in _nested_options(element) if members else ():
                 self.store_failure(nested, info, traceback)
             if element.get("subtask_type") == "chord":
                 body = (element.get("kwargs") or {}).get("body")
@@ -381,10 +386,17 @@ def _unsupported_info(sig: Mapping[str, Any]) -> dict[str, Any]:
 
 def _nested_options(element: Mapping[str, Any]) -> Iterator[Mapping[str, Any]]:
     """The options of each signature with an id inside ``element`` (group members, chain
-    steps), at any depth."""
+    steps, a chord's header), at any depth. A chord's body is left out: ``fail_chain``
+    queues it as a step of its own."""
     kwargs = element.get("kwargs")
-    tasks = kwargs.get("tasks") if isinstance(kwargs, Mapping) else None
-    for member in tasks if isinstance(tasks, list | tuple) else ():
+    members: list[Any] = []
+    for key in ("tasks", "header"):  # a header is a group signature or a list of members
+        found = kwargs.get(key) if isinstance(kwargs, Mapping) else None
+        if isinstance(found, Mapping):
+            members.append(found)
+        elif isinstance(found, list | tuple):
+            members += found
+    for member in members:
         if not isinstance(member, Mapping):
             continue
         options = member.get("options")

@@ -59,19 +59,34 @@ def _split_list(value: Any, separator: str) -> Any:
 
 
 def _user_info(url: str) -> str | None:
-    """What stands between ``://`` and the last ``@`` of ``url`` (user:password), if any."""
-    _, sep, rest = url.partition("://")
-    if not sep or "@" not in rest:
+    """The ``user:password`` part of ``url``'s authority, if it has one."""
+    try:
+        netloc = urlsplit(url).netloc
+    except ValueError:
         return None
-    return rest.rsplit("@", 1)[0]
+    return netloc.rsplit("@", 1)[0] if "@" in netloc else None
+
+
+def _misplaced_at(url: str) -> bool:
+    """True if ``url`` holds an ``@`` after its authority (which holds none).
+
+    That is how a password with an unencoded ``/``, ``?`` or ``#`` reads
+    (``amqp://u:pa#ss@host//``: host ``u``, the password in the fragment), so such a URL is
+    refused, and never shown, rather than guessed at.
+    """
+    _, sep, rest = url.partition("://")
+    try:
+        netloc = urlsplit(url).netloc
+    except ValueError:
+        return "@" in rest
+    return bool(sep) and "@" not in netloc and "@" in rest
 
 
 def _check_scheme(url: str, allowed: tuple[str, ...]) -> str:
-    user_info = _user_info(url)
-    if user_info is not None and any(c in user_info for c in "/?#"):
-        # urlsplit would cut the URL at that character: wrong host, password in the path.
+    if _misplaced_at(url):
         raise ValueError(
-            "the user or password holds '/', '?' or '#': percent-encode them (%2F, %3F, %23)"
+            "an '@' after the host: percent-encode '/', '?' and '#' in the password (%2F, %3F, "
+            "%23) and any '@' in the vhost, path or query (%40)"
         )
     try:
         parts = urlsplit(url)
@@ -148,6 +163,9 @@ class ApiConfig(_Section):
     @field_validator("tokens", mode="before")
     @classmethod
     def _tokens(cls, value: Any) -> Any:
+        if isinstance(value, str) and not value.strip().startswith("["):
+            # Not _split_list, which drops empty parts: "a,,b" or " , " is a mistake here.
+            return [part.strip() for part in value.split(",")] if value.strip() else []
         return _split_list(value, ",")
 
     @field_validator("tokens")
@@ -341,9 +359,18 @@ def _read_env(env: Mapping[str, str]) -> tuple[dict[str, dict[str, Any]], dict[s
             if not isinstance(target, dict):
                 break
         else:
-            target[path[-1]] = _env_value(env[name])
+            # A secret stays text: "12345678" must not become a number nobody redacts.
+            raw = env[name]
+            target[path[-1]] = raw if is_secret_name(path[-1]) else _env_value(raw)
             sources["modules.settings"] = f"env {name}"
     return values, sources
+
+
+def _deep_merge(base: Any, over: Any) -> Any:
+    """``over`` laid on ``base``: mappings key by key (at any depth), anything else replaced."""
+    if isinstance(base, dict) and isinstance(over, dict):
+        return {**base, **{k: _deep_merge(base.get(k), v) for k, v in over.items()}}
+    return over
 
 
 def _env_value(text: str) -> Any:
@@ -418,13 +445,21 @@ def load_config(
     merged, sources = _merge(layers)
     env_values, env_sources = _read_env(env)
     for section, values in env_values.items():
-        merged.setdefault(section, {}).update(values)
+        target = merged.setdefault(section, {})
+        for key, value in values.items():
+            target[key] = _deep_merge(target.get(key), value)
     sources.update(env_sources)
 
     try:
         config = FrameworkConfig.model_validate(merged)
     except ValidationError as exc:
         raise ConfigError(_describe_error(exc, sources)) from None
+    if config.results.url == MEMORY_URL and not config.embedded:
+        raise ConfigError(
+            f"results.url is memory:// (from {sources.get('results.url', DEFAULT_SOURCE)}) but "
+            "broker.url is RabbitMQ: workers elsewhere could not record status in this "
+            "process's memory; use Redis, or memory:// for both (the embedded hub)"
+        )
     all_sources = {
         f"{section}.{key}": sources.get(f"{section}.{key}", DEFAULT_SOURCE)
         for section, model in SECTIONS.items()
@@ -434,30 +469,45 @@ def load_config(
 
 
 SECRET_KEYS = frozenset({"api.tokens"})
-#: Keys of module settings whose values are secrets (``api_key``, ``token``, ``db_password``).
-SECRET_NAME = re.compile(r"(?:^|[_.-])(?:api_?key|key|token|password|passwd|secret)s?$", re.I)
+#: Keys of module settings whose values are secrets (``api_key``, ``access_token``,
+#: ``db_password``, ``clientSecret``); ``max_tokens`` or ``cache_key`` are not.
+SECRET_NAME = re.compile(
+    r"(?:^|_)(?:(?:api|access|secret|private)_?key|(?:access_|auth_|refresh_|bearer_)?token"
+    r"|password|passwd|secret|credentials?)$"
+)
+#: Shortest secret value redacted from logs (shorter ones would blank ordinary words).
+MIN_REDACTED = 8
+
+
+def is_secret_name(key: str) -> bool:
+    """True if a module setting named ``key`` holds a secret (see :data:`SECRET_NAME`)."""
+    return bool(SECRET_NAME.search(re.sub(r"(?<=[a-z0-9])(?=[A-Z])", "_", key).lower()))
+
+
 MASK = "****"
 
 
 def mask_url(url: str) -> str:
     """Replace the password of a URL with ``****`` (``amqp://user:****@host//``).
 
-    The password is whatever follows the user up to the *last* ``@``, so that one holding an
-    unencoded ``#``, ``?`` or ``/`` (which ``urlsplit`` would cut elsewhere) is hidden too.
+    A URL whose password could hide elsewhere (see :func:`_misplaced_at`) shows its scheme
+    only.
     """
+    if _misplaced_at(url):
+        return url.partition("://")[0] + "://" + MASK
     user_info = _user_info(url)
     if user_info is None or ":" not in user_info:
         return url
     scheme, _, rest = url.partition("://")
     user = user_info.split(":", 1)[0]
-    return f"{scheme}://{user}:{MASK}@{rest.rsplit('@', 1)[1]}"
+    return f"{scheme}://{user}:{MASK}@{rest[len(user_info) + 1 :]}"
 
 
 def mask_value(key: str, value: Any) -> Any:
     """Return ``value`` fit to show a person: tokens and secrets hidden, URL passwords masked."""
     if key in SECRET_KEYS:
         return [MASK for _ in value] if isinstance(value, list) else MASK
-    if key.startswith("modules.settings.") and SECRET_NAME.search(key.rsplit(".", 1)[1]):
+    if key.startswith("modules.settings.") and is_secret_name(key.rsplit(".", 1)[1]):
         return MASK
     if isinstance(value, str) and "://" in value:
         return mask_url(value)
@@ -479,11 +529,13 @@ def secrets_of(config: FrameworkConfig) -> list[str]:
 
 
 def _secret_settings(settings: Mapping[str, Any]) -> list[str]:
-    """String values of secret-named keys (see :data:`SECRET_NAME`), at any depth."""
+    """Values of secret-named keys (:func:`is_secret_name`) at any depth, as text, the ones
+    long enough to redact (:data:`MIN_REDACTED`)."""
     found: list[str] = []
     for key, value in settings.items():
         if isinstance(value, Mapping):
             found += _secret_settings(value)
-        elif isinstance(value, str) and SECRET_NAME.search(str(key)):
-            found.append(value)
+        elif is_secret_name(str(key)):
+            values = value if isinstance(value, list) else [value]
+            found += [str(v) for v in values if v is not None and len(str(v)) >= MIN_REDACTED]
     return found

@@ -50,11 +50,15 @@ class TaskError(NagathaError):
 class UnknownTask(TaskError):
     """No task of that name is registered."""
 
-    def __init__(self, task_name: str) -> None:
+    def __init__(self, task_name: str, *, module_error: str | None = None) -> None:
+        """``module_error``: why the module the name points at failed to load, if it did."""
         self.task_name = task_name
-        super().__init__(
-            f"unknown task {task_name!r}: see `nagatha list tasks` or GET /tasks for the names"
+        hint = (
+            f"its module failed to load: {module_error}"
+            if module_error
+            else "see `nagatha list tasks` or GET /tasks for the names"
         )
+        super().__init__(f"unknown task {task_name!r}: {hint}")
 
 
 #: Names an :class:`InvalidArguments` lists at most (and characters of each).
@@ -111,7 +115,8 @@ class TaskWaitTimeout(TaskError):
         self.task_id = task_id
         self.timeout = timeout
         self.status = status
-        super().__init__(f"task {task_id!r} still {status} after {timeout:g}s")
+        hint = " (is a worker running and consuming its queue?)" if status == "pending" else ""
+        super().__init__(f"task {task_id!r} still {status} after {timeout:g}s{hint}")
 
 
 class ServiceUnavailable(NagathaError):

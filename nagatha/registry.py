@@ -11,6 +11,7 @@ from __future__ import annotations
 import inspect
 import json
 import logging
+import math
 import re
 import types
 import uuid
@@ -23,9 +24,10 @@ from typing import Any
 import dramatiq
 import pika.exceptions
 from dramatiq.middleware import TimeLimitExceeded
+from pydantic_core import to_jsonable_python
 
 from nagatha import jsontext
-from nagatha.broker import broker_error_reason
+from nagatha.broker import broker_address, broker_error_reason
 from nagatha.config import FrameworkConfig
 from nagatha.errors import (
     BrokerUnavailable,
@@ -88,6 +90,8 @@ def _check_options(task: str, opts: dict[str, Any]) -> None:
         if name not in opts:
             continue
         value = opts[name]
+        if name == "time_limit" and value == math.inf:
+            continue  # Dramatiq's documented "no limit"
         if isinstance(value, bool) or not isinstance(value, int):
             raise ModuleLoadError(
                 f"task {task!r}: option {name} must be a whole number, got {value!r}"
@@ -315,6 +319,8 @@ class TaskRegistry:
             try:
                 result = beat()
                 answer = result if isinstance(result, dict) else {"status": "ok", "detail": result}
+                # As the API would answer it: datetimes and UUIDs as text, NaN refused.
+                answer = to_jsonable_python(answer)
                 json.dumps(answer, allow_nan=False)
                 jsontext.check(answer)
                 beats[name] = answer
@@ -395,7 +401,9 @@ class TaskRegistry:
         try:
             return self._tasks[task_name]
         except (KeyError, TypeError):
-            raise UnknownTask(str(task_name)[:200]) from None
+            module = self._modules.get(str(task_name).split(".", 1)[0])
+            error = module.error if module is not None and module.status == "failed" else None
+            raise UnknownTask(str(task_name)[:200], module_error=error) from None
 
     def list_tasks(self) -> list[TaskInfo]:
         """Every registered task, by name."""
@@ -433,8 +441,8 @@ class TaskRegistry:
                     "task %s: pending record left behind after a failed enqueue", record.task_id
                 )
             raise BrokerUnavailable(
-                "broker (RabbitMQ) unavailable, the task was not accepted: "
-                + broker_error_reason(exc)
+                f"broker (RabbitMQ at {broker_address(self.config.broker)}) unavailable, "
+                f"the task was not accepted: {broker_error_reason(exc)}"
             ) from None
         logger.info("task %s %s enqueued", record.task_id, spec.name)
         return record

@@ -67,19 +67,12 @@ def embedded_config(config: FrameworkConfig, *, forced: bool) -> FrameworkConfig
     """The config to serve embedded, or None when the config asks for gunicorn.
 
     ``forced`` (``--embedded``) puts broker and store in memory. Without it, a ``memory://``
-    broker means embedded (the store may stay in Redis); a ``memory://`` store with RabbitMQ
-    is refused: the workers elsewhere could not write to this process's memory.
+    broker means embedded (the store may stay in Redis). A ``memory://`` store with RabbitMQ
+    never gets here: :func:`nagatha.config.load_config` refuses it.
     """
     if forced:
         return config.with_overrides(broker={"url": MEMORY_URL}, results={"url": MEMORY_URL})
-    if config.embedded:
-        return config
-    if config.results.url == MEMORY_URL:
-        raise ConfigError(
-            "results.url is memory:// but broker.url is RabbitMQ: workers could not record "
-            "status in this process's memory; use Redis, or `nagatha serve --embedded`"
-        )
-    return None
+    return config if config.embedded else None
 
 
 def serve(config: FrameworkConfig, *, embedded: bool = False) -> int:
@@ -123,8 +116,14 @@ def check_listen(host: str, port: int) -> None:
         with socket.create_server((host, port), family=family):
             pass
     except OSError as exc:
-        reason = os.strerror(exc.errno) if exc.errno else str(exc)
-        raise ConfigError(f"cannot listen on {host}:{port}: {reason}") from None
+        raise _cannot_listen(host, port, exc) from None
+
+
+def _cannot_listen(host: str, port: int, exc: OSError) -> ConfigError:
+    reason = os.strerror(exc.errno) if exc.errno else str(exc)
+    return ConfigError(
+        f"cannot listen on {host}:{port}: {reason} (choose another with --port or NAGATHA_API_PORT)"
+    )
 
 
 def run_gunicorn(config: FrameworkConfig) -> int:
@@ -165,15 +164,14 @@ def run_embedded(config: FrameworkConfig) -> int:
     from nagatha.hub import create_hub
     from nagatha.worker import start_embedded_worker
 
+    api = config.api
+    try:  # first: a port in use is one line, before anything else starts
+        httpd = ThreadingWSGIServer((api.host, api.port), _QuietHandler)
+    except OSError as exc:
+        raise _cannot_listen(api.host, api.port, exc) from None
     registry = create_hub(config)
     app = create_app(config, registry)
     worker = start_embedded_worker(registry.broker, threads=EMBEDDED_WORKER_THREADS)
-    api = config.api
-    try:
-        httpd = ThreadingWSGIServer((api.host, api.port), _QuietHandler)
-    except OSError as exc:
-        worker.stop(timeout=1000)
-        raise ConfigError(f"cannot listen on {api.host}:{api.port}: {exc.strerror}") from None
     httpd.set_app(app)
     stop = threading.Event()
 

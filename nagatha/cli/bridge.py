@@ -9,10 +9,9 @@ import click
 import pika
 import pika.exceptions
 from pika.adapters.blocking_connection import BlockingChannel
-from rich.table import Table
 
 from nagatha.cli.context import CliContext, pass_context
-from nagatha.cli.output import cell, console, emit_json
+from nagatha.cli.output import cell, console, emit_json, table
 from nagatha.config import MEMORY_URL, FrameworkConfig
 from nagatha.errors import BrokerUnavailable
 
@@ -101,9 +100,11 @@ def dlq_list(obj: CliContext, as_json: bool) -> None:
     if not letters:
         click.echo("no dead-lettered messages")
         return
-    table = Table("id", "queue", "task", "task id", "dead at", "bytes", "reason")
+    grid = table(
+        "id", "queue", "task", "task id", "dead at", "bytes", "reason", whole=("id", "task id")
+    )
     for letter in letters:
-        table.add_row(
+        grid.add_row(
             *(
                 cell(text)
                 for text in (
@@ -117,7 +118,7 @@ def dlq_list(obj: CliContext, as_json: bool) -> None:
                 )
             )
         )
-    console().print(table)
+    console().print(grid)
 
 
 @dlq_group.command("replay")

@@ -7,7 +7,7 @@ import json
 import click
 
 from nagatha.cli.context import CliContext, pass_context
-from nagatha.cli.output import cell, console, emit_json, show_modules, show_tasks
+from nagatha.cli.output import cell, console, emit_json, show_modules, show_tasks, table
 from nagatha.config import mask_value
 
 
@@ -74,13 +74,11 @@ def config_command(obj: CliContext, key: str | None, as_json: bool) -> None:
     if as_json:
         emit_json({"config": values, "sources": dict(loaded.sources)})
         return
-    from rich.table import Table
-
-    table = Table("key", "value", "source")
+    grid = table("key", "value", "source")
     for name, value in values.items():
         shown = value if isinstance(value, str) else json.dumps(value)
-        table.add_row(cell(name), cell(shown), cell(loaded.sources[name]))
-    console().print(table)
+        grid.add_row(cell(name), cell(shown), cell(loaded.sources[name]))
+    console().print(grid)
 
 
 COMMANDS = [list_command, modules_command, config_command]

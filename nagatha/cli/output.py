@@ -26,6 +26,16 @@ _STATUS_STYLE = {
 }
 
 
+def table(*headers: str, whole: Iterable[str] = (), **options: Any) -> Table:
+    """A table whose cells wrap instead of ending in "...", and whose ``whole`` columns (ids
+    to paste back, as into ``bridge dlq replay``) are never cut or wrapped."""
+    created = Table(**options)
+    kept = set(whole)
+    for header in headers:
+        created.add_column(header, overflow="fold", no_wrap=header in kept)
+    return created
+
+
 def console() -> Console:
     """A console on stdout that degrades to plain text when piped."""
     return Console(soft_wrap=True)
@@ -72,7 +82,7 @@ def _styled(status: str) -> str:
 
 def show_record(record: TaskRecord) -> None:
     """The status record as a two-column table."""
-    table = Table(show_header=False, box=None)
+    grid = table("key", "value", show_header=False, box=None)
     data = record.model_dump(mode="json")
     for key, value in data.items():
         if value is None:
@@ -82,27 +92,27 @@ def show_record(record: TaskRecord) -> None:
         else:  # the task's data, shown as it is: never read as rich markup
             shown = value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
             text = cell(shown)
-        table.add_row(f"[bold]{key}[/bold]", text)
-    console().print(table)
+        grid.add_row(f"[bold]{key}[/bold]", text)
+    console().print(grid)
 
 
 def show_tasks(tasks: Iterable[TaskInfo]) -> None:
     """Tasks with their parameters and queue."""
-    table = Table("task", "parameters", "queue", "description")
+    grid = table("task", "parameters", "queue", "description")
     for task in tasks:
         params = ", ".join(
             p.name if p.required else f"{p.name}={p.default!r}" for p in task.parameters
         )
-        table.add_row(cell(task.name), cell(params), cell(task.queue), cell(task.description))
-    console().print(table)
+        grid.add_row(cell(task.name), cell(params), cell(task.queue), cell(task.description))
+    console().print(grid)
 
 
 def show_modules(modules: Iterable[ModuleMetadata]) -> None:
     """Modules with version, status, tasks and heartbeat (errors in full)."""
-    table = Table("module", "version", "status", "tasks", "heartbeat", "error")
+    grid = table("module", "version", "status", "tasks", "heartbeat", "error")
     for module in modules:
         beat = module.heartbeat
-        table.add_row(
+        grid.add_row(
             cell(module.name),
             cell(module.version or ""),
             _styled(module.status),
@@ -110,4 +120,4 @@ def show_modules(modules: Iterable[ModuleMetadata]) -> None:
             cell(str(beat.get("status", ""))) if beat else "",
             cell(module.error or ""),
         )
-    console().print(table)
+    console().print(grid)

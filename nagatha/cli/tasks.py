@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import logging
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import click
@@ -47,6 +49,22 @@ def parse_kwargs_json(text: str | None) -> dict[str, Any]:
     if not isinstance(value, dict):
         raise click.BadParameter("must be a JSON object", param_hint="--kwargs")
     return value
+
+
+@contextmanager
+def _task_logs_silenced(silenced: bool) -> Iterator[None]:
+    """Quiet the in-process worker: the record printed says how the task ended, and the
+    worker's own lines (a failed task's traceback) would repeat it (``--debug`` keeps them)."""
+    loggers = [logging.getLogger(name) for name in ("dramatiq", "nagatha.tasks")]
+    levels = [logger.level for logger in loggers]
+    if silenced:
+        for logger in loggers:
+            logger.setLevel(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        for logger, level in zip(loggers, levels, strict=True):
+            logger.setLevel(level)
 
 
 def wait_options(command: Callable[..., None]) -> Callable[..., None]:
@@ -108,12 +126,13 @@ def run_command(
         from nagatha.worker import start_embedded_worker
 
         hub.get_task(task_name)
-        worker = start_embedded_worker(hub.broker, threads=2)
-        try:
-            record = hub.submit(task_name, kwargs=kwargs)
-            record = hub.wait_for(record.task_id, timeout, strict=True)
-        finally:
-            worker.stop(timeout=1000)
+        with _task_logs_silenced(not obj.debug):
+            worker = start_embedded_worker(hub.broker, threads=2)
+            try:
+                record = hub.submit(task_name, kwargs=kwargs)
+                record = hub.wait_for(record.task_id, timeout, strict=True)
+            finally:
+                worker.stop(timeout=1000)
         _finish(record, as_json)
     record = hub.submit(task_name, kwargs=kwargs)
     if wait:

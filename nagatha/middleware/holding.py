@@ -21,16 +21,22 @@ def hold(
     attempt: Callable[[], T],
     retry_on: type[Exception] | tuple[type[Exception], ...],
     report: Callable[[Exception], None],
+    *,
+    give_up_after: float | None = None,
 ) -> T:
-    """Call ``attempt`` until it returns, for as long as this process lives.
+    """Call ``attempt`` until it returns: for as long as this process lives, or until
+    ``give_up_after`` seconds have passed, when the last ``retry_on`` error is raised.
 
     ``report`` is called with each ``retry_on`` error before the pause; other errors propagate.
     """
     pause = RETRY_FIRST
+    deadline = None if give_up_after is None else time.monotonic() + give_up_after
     while True:
         try:
             return attempt()
         except retry_on as exc:
+            if deadline is not None and time.monotonic() >= deadline:
+                raise
             report(exc)
             time.sleep(pause)
             pause = min(pause * 2, RETRY_CAP)

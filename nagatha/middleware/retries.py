@@ -1,12 +1,20 @@
-"""Dramatiq's ``Retries``, except that a retry it cannot enqueue is held, never lost.
+"""Dramatiq's ``Retries``, except that a retry it cannot enqueue is never lost.
 
 ``Retries`` sends the retry of a failed attempt from its ``after_process_message`` hook. When
-that publish fails (RabbitMQ gone for longer than Dramatiq's own reconnect attempts, a memory
-alarm, a ``reject-publish`` length limit on the delay queue), Dramatiq logs and swallows the
-error and then *acks* the message: the task is gone and its record says ``retrying`` forever
-(Dramatiq issue 545). Here the publish is tried again, with backoff, for as long as this
-process lives; a worker stopped meanwhile exits without the ack and RabbitMQ redelivers the
-attempt, so the task runs again either way.
+that publish fails (a memory alarm, a ``reject-publish`` length limit on the delay queue,
+RabbitMQ gone for longer than Dramatiq's own reconnects), Dramatiq logs and swallows the error
+and then *acks* the message: the task is gone and its record says ``retrying`` for a day
+(Dramatiq issue 545). Here the publish is tried again, with backoff, for up to
+:data:`HOLD_S`; then the message is failed instead of acked:
+
+* with the consumer's connection alive, RabbitMQ dead-letters it and the record says
+  ``failure``: a refusal that does not clear (a delay queue declared otherwise) costs a
+  worker thread for a minute, not forever;
+* with that connection gone too (RabbitMQ down), neither ack nor nack reaches RabbitMQ, which
+  delivers the attempt again: the task is retried that way.
+
+A retry enqueued while the consumer's connection was lost is one more run of the task (its
+attempt is delivered again as well): at least once, never lost.
 """
 
 from __future__ import annotations
@@ -22,9 +30,12 @@ from nagatha.middleware.holding import hold
 
 logger = logging.getLogger("nagatha.tasks")
 
+#: Seconds a worker thread keeps trying to enqueue a retry before it fails the message.
+HOLD_S = 60.0
+
 
 class _HoldingEnqueue:
-    """The broker as ``Retries`` sees it: ``enqueue`` returns only once the broker took it."""
+    """The broker as ``Retries`` sees it: ``enqueue`` tries for up to :data:`HOLD_S`."""
 
     def __init__(self, broker: dramatiq.Broker) -> None:
         self._broker = broker
@@ -43,12 +54,15 @@ class _HoldingEnqueue:
             )
 
         return hold(
-            lambda: self._broker.enqueue(message, delay=delay), BrokerConnectionError, report
+            lambda: self._broker.enqueue(message, delay=delay),
+            BrokerConnectionError,
+            report,
+            give_up_after=HOLD_S,
         )
 
 
 class HeldRetries(dramatiq.middleware.Retries):
-    """``Retries`` whose retry publish is held until RabbitMQ takes it (module docstring)."""
+    """``Retries`` whose retry publish is held, then the message failed (module docstring)."""
 
     def after_process_message(
         self,
@@ -58,9 +72,20 @@ class HeldRetries(dramatiq.middleware.Retries):
         result: Any = None,
         exception: BaseException | None = None,
     ) -> None:
-        super().after_process_message(  # type: ignore[no-untyped-call]
-            _HoldingEnqueue(broker),
-            message,
-            result=result,
-            exception=exception,
-        )
+        try:
+            super().after_process_message(  # type: ignore[no-untyped-call]
+                _HoldingEnqueue(broker),
+                message,
+                result=result,
+                exception=exception,
+            )
+        except BrokerConnectionError as exc:
+            logger.error(
+                "task %s %s: its retry was not enqueued in %gs (%s); failing the message "
+                "rather than acking it",
+                message.message_id,
+                message.actor_name,
+                HOLD_S,
+                exc,
+            )
+            message.fail()

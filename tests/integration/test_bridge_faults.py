@@ -187,6 +187,11 @@ def test_dead_letters_keep_the_message_and_say_why(stack: HubStack, client: Cele
     assert headers["id"] == result.id and headers["task"] == "nope.missing"
     assert "unknown task 'nope.missing'" in headers[f"{HEADER_PREFIX}reason"]
     assert json.loads(body)[1] == {"a": 1}
+    # The table, piped (80 columns), still shows whole ids that `dlq replay` takes.
+    letter_id = dlq(stack, "list")["dead_letters"][0]["id"]
+    table = run_cli(["bridge", "dlq", "list"], stack.env)
+    assert table.returncode == 0, table.stderr
+    assert letter_id in table.stdout
 
 
 def test_a_replayed_dead_letter_runs_and_stores_its_new_outcome(

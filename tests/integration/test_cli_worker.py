@@ -130,7 +130,8 @@ def test_unreachable_broker_exits_3_and_leaves_no_record(
     env = {**hub_env, "NAGATHA_BROKER_URL": "amqp://guest:guest@127.0.0.1:1//"}
     done = run_cli(["run", "diagnostics.noop", "--json"], env)
     assert done.returncode == 3
-    assert "the task was not accepted" in done.stderr
+    assert "RabbitMQ at 127.0.0.1:1) unavailable, the task was not accepted" in done.stderr
+    assert done.stderr.strip().endswith("Connection refused")
     store = store_for(hub_config)
     assert list(store.client.scan_iter(match=f"{hub_config.results.prefix}task:*")) == []
 

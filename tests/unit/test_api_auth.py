@@ -130,6 +130,3 @@ def test_embedded_config_rules() -> None:
     assert forced is not None and forced.embedded and forced.results.url == "memory://"
     memory_broker = FrameworkConfig.model_validate({"broker": {"url": "memory://"}})
     assert embedded_config(memory_broker, forced=False) is memory_broker
-    memory_store = FrameworkConfig.model_validate({"results": {"url": "memory://"}})
-    with pytest.raises(ConfigError, match="results.url is memory://"):
-        embedded_config(memory_store, forced=False)

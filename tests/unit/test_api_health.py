@@ -71,14 +71,18 @@ def test_head_probes_get_the_status_without_a_body(hub: TaskRegistry) -> None:
 def test_a_heartbeat_that_is_not_json_is_an_error_entry_not_a_500(
     hub: TaskRegistry, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    import datetime
     import decimal
     import types
 
+    since = datetime.datetime(2026, 11, 29, tzinfo=datetime.UTC)
     answers = {
         "odd": lambda: {"status": "ok", "since": object()},
-        "money": lambda: {"status": "ok", "balance": decimal.Decimal("1.5")},
         "nan": lambda: {"status": "ok", "load": float("nan")},
         "exits": lambda: exit(3),
+        # What the API can answer is answered as it would be: text for these.
+        "money": lambda: {"status": "ok", "balance": decimal.Decimal("1.5")},
+        "dated": lambda: {"status": "ok", "since": since},
     }
     modules = {name: types.SimpleNamespace(heartbeat=beat) for name, beat in answers.items()}
     monkeypatch.setattr(hub, "_module_objects", modules)
@@ -86,8 +90,16 @@ def test_a_heartbeat_that_is_not_json_is_an_error_entry_not_a_500(
     result = TestClient(app).simulate_get("/health")
     assert result.status_code == 200
     beats = result.json["modules"]
-    assert {name: beat["status"] for name, beat in beats.items()} == dict.fromkeys(answers, "error")
-    assert "not JSON serializable" in beats["odd"]["error"]
+    assert {name: beat["status"] for name, beat in beats.items()} == {
+        "odd": "error",
+        "nan": "error",
+        "exits": "error",
+        "money": "ok",
+        "dated": "ok",
+    }
+    assert "Unable to serialize" in beats["odd"]["error"]
+    assert beats["money"]["balance"] == "1.5"
+    assert beats["dated"]["since"] == "2026-11-29T00:00:00Z"
     app.health.close()
 
 

@@ -135,4 +135,17 @@ def test_a_port_in_use_exits_2_with_one_line_in_both_modes(tmp_path: Path, embed
         done = run_cli(args, cli_env(tmp_path), timeout=30)
     assert done.returncode == 2, done.stderr
     lines = done.stderr.strip().splitlines()
-    assert lines[-1] == f"error: cannot listen on 127.0.0.1:{port}: Address already in use"
+    assert lines == [
+        f"error: cannot listen on 127.0.0.1:{port}: Address already in use "
+        "(choose another with --port or NAGATHA_API_PORT)"
+    ]
+
+
+def test_run_in_process_prints_the_record_and_nothing_else(tmp_path: Path) -> None:
+    env = cli_env(tmp_path, NAGATHA_BROKER_URL="memory://", NAGATHA_RESULTS_URL="memory://")
+    done = run_cli(["run", "diagnostics.fail", "-k", "message=boom", "--json"], env)
+    assert done.returncode == 1
+    assert '"error": "DiagnosticFailure: boom"' in done.stdout
+    assert done.stderr == ""  # no worker traceback repeating what the record says
+    ok = run_cli(["run", "diagnostics.add", "-k", "x=1", "-k", "y=2", "--json"], env)
+    assert ok.returncode == 0 and '"result": 3' in ok.stdout

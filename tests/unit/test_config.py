@@ -102,12 +102,20 @@ def test_memory_urls_select_embedded_mode(dirs: tuple[Path, Path]) -> None:
         ({"NAGATHA_RESULTS_TTL": "-1"}, {}, "results.ttl"),
         ({"NAGATHA_RESULTS_TTL": "60"}, {}, "greater than or equal to 3600"),
         ({"NAGATHA_API_TOKENS": '[""]'}, {}, "a token is empty"),
+        (
+            {"NAGATHA_RESULTS_URL": "memory://"},
+            {},
+            "results.url is memory:// (from env NAGATHA_RESULTS_URL) but broker.url is RabbitMQ",
+        ),
         ({}, {"nagatha.yaml": "api: {port: true}"}, "api.port = True (from ./nagatha.yaml)"),
         ({}, {"nagatha.yaml": "api: {max_wait: false}"}, "must be a number, not true/false"),
         ({"NAGATHA_API_TOKENS": '["ok", "  "]'}, {}, "a token is empty"),
+        ({"NAGATHA_API_TOKENS": " , "}, {}, "a token is empty"),
+        ({"NAGATHA_API_TOKENS": "a,,b"}, {}, "a token is empty"),
         ({"NAGATHA_BRIDGE_QUEUES": ","}, {}, "bridge.queues"),
-        ({"NAGATHA_BROKER_URL": "amqp://u:ab#cd@h//"}, {}, "percent-encode them"),
-        ({"NAGATHA_RESULTS_URL": "redis://u:a/b@h/0"}, {}, "percent-encode them"),
+        ({"NAGATHA_BROKER_URL": "amqp://u:ab#cd@h//"}, {}, "percent-encode '/', '?' and '#'"),
+        ({"NAGATHA_RESULTS_URL": "redis://u:a/b@h/0"}, {}, "percent-encode '/', '?' and '#'"),
+        ({"NAGATHA_RESULTS_URL": "redis://h:6379/0?name=w@x"}, {}, "any '@' in the vhost"),
         ({}, {"nagatha.yaml": "api: [1, 2"}, "invalid YAML in ./nagatha.yaml"),
         ({}, {"nagatha.yaml": "apii: {port: 1}"}, "unknown section 'apii'"),
         ({}, {"nagatha.yaml": "api: {prot: 1}"}, "unknown key 'api.prot' (from ./nagatha.yaml)"),
@@ -145,9 +153,11 @@ def test_secrets_are_collected_and_masked(dirs: tuple[Path, Path]) -> None:
 
 
 def test_a_url_password_with_reserved_characters_is_masked_whole() -> None:
-    assert mask_url("amqp://guest:4711#xY@127.0.0.1//") == "amqp://guest:****@127.0.0.1//"
-    assert mask_url("redis://:p/w?x@h:6379/0") == "redis://:****@h:6379/0"
+    assert mask_url("amqp://guest:4711#xY@127.0.0.1//") == "amqp://****"
+    assert mask_url("redis://:p/w?x@h:6379/0") == "redis://****"
     assert mask_url("redis://h:6379/0") == "redis://h:6379/0"
+    assert mask_url("amqp://u:p%23w@h:5672/vh%401") == "amqp://u:****@h:5672/vh%401"
+    assert mask_url("amqp://u:p@h:5672/vh@1") == "amqp://u:****@h:5672/vh@1"
 
 
 def test_reserved_characters_in_a_url_password_fail_without_showing_it(
@@ -162,12 +172,40 @@ def test_reserved_characters_in_a_url_password_fail_without_showing_it(
 def test_module_settings_secrets_are_masked_and_redacted(dirs: tuple[Path, Path]) -> None:
     home, cwd = dirs
     (cwd / "nagatha.yaml").write_text(
-        "modules:\n  settings:\n    ai: {api_key: sk-live-1, model: m, db: {password: pw-2}}\n"
+        "modules:\n  settings:\n    ai: {api_key: sk-live-1, model: m, max_tokens: 512,"
+        " cache_key: name, clientSecret: cs-secret-3, db: {password: pw-pw-22},"
+        " tokens: [a], api_tokens: x}\n"
     )
     config = load_config(env={}, home=home, cwd=cwd).config
     shown = mask_value("modules.settings", config.modules.settings)
-    assert shown == {"ai": {"api_key": "****", "model": "m", "db": {"password": "****"}}}
-    assert {"sk-live-1", "pw-2"} <= set(secrets_of(config))
+    assert shown == {
+        "ai": {
+            "api_key": "****",
+            "model": "m",
+            "max_tokens": 512,
+            "cache_key": "name",
+            "clientSecret": "****",
+            "db": {"password": "****"},
+            "tokens": ["a"],
+            "api_tokens": "x",
+        }
+    }
+    secrets = set(secrets_of(config))
+    assert {"sk-live-1", "cs-secret-3", "pw-pw-22"} <= secrets
+    assert "name" not in secrets
+
+
+def test_nested_env_settings_merge_into_the_files_settings(dirs: tuple[Path, Path]) -> None:
+    home, cwd = dirs
+    (cwd / "nagatha.yaml").write_text(
+        "modules:\n  settings:\n    ai: {base_url: u, model: m}\n    other: {x: 1}\n"
+    )
+    env = {"NAGATHA_MODULES__SETTINGS__AI__API_KEY": "12345678"}
+    settings = load_config(env=env, home=home, cwd=cwd).config.modules.settings
+    assert settings == {
+        "ai": {"base_url": "u", "model": "m", "api_key": "12345678"},  # a secret stays text
+        "other": {"x": 1},
+    }
 
 
 def test_module_settings_from_env_json_and_nested_keys(dirs: tuple[Path, Path]) -> None:

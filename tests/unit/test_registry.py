@@ -9,7 +9,7 @@ import pytest
 from dramatiq.middleware import TimeLimitExceeded
 
 from nagatha.config import FrameworkConfig
-from nagatha.errors import InvalidArguments, UnknownTask
+from nagatha.errors import InvalidArguments, TaskWaitTimeout, UnknownTask
 from nagatha.hub import create_hub
 from nagatha.registry import TaskRegistry
 from nagatha.types import TaskStatus
@@ -141,6 +141,19 @@ def test_kwargs_that_do_not_bind_are_refused_before_anything_is_enqueued(
     assert hub.broker.queues["default"].qsize() == 0
 
 
+def test_a_task_of_a_failed_module_is_refused_with_the_modules_error(tree: Path) -> None:
+    hub = create_hub(make_config(str(tree)))
+    with pytest.raises(UnknownTask, match="its module failed to load: .*boom in register"):
+        hub.submit("raises.anything")
+
+
+def test_a_wait_that_ends_while_pending_asks_whether_a_worker_runs(tree: Path) -> None:
+    hub = create_hub(make_config(str(tree)))  # no worker started
+    record = hub.submit("good.twice", kwargs={"x": 1})
+    with pytest.raises(TaskWaitTimeout, match=r"still pending after 0.1s \(is a worker running"):
+        hub.wait_for(record.task_id, 0.1, strict=True)
+
+
 def test_unknown_task_is_refused(tree: Path) -> None:
     hub = create_hub(make_config(str(tree)))
     with pytest.raises(UnknownTask):
@@ -260,6 +273,22 @@ def test_a_time_limit_stays_final_when_a_module_passes_its_own_throws(tmp_path: 
     )
     throws = create_hub(make_config(str(root))).get_task("thr.t").actor.options["throws"]
     assert throws == (TimeLimitExceeded, KeyError)
+
+
+def test_an_infinite_time_limit_is_dramatiqs_no_limit(tmp_path: Path) -> None:
+    root = tmp_path / "mods"
+    module(
+        root,
+        "endless",
+        """
+        def t():
+            pass
+        def register_tasks(registry):
+            registry.register_task("endless", "t", t, time_limit=float("inf"))
+    """,
+    )
+    hub = create_hub(make_config(str(root)))
+    assert hub.get_task("endless.t").actor.options["time_limit"] == float("inf")
 
 
 def test_a_module_shadowed_by_an_earlier_path_is_ignored_with_a_warning(

@@ -14,6 +14,7 @@ from dramatiq.middleware import TimeLimit
 from nagatha.config import FrameworkConfig
 from nagatha.errors import StoreUnavailable
 from nagatha.hub import create_hub
+from nagatha.middleware import retries
 from nagatha.middleware.retries import HeldRetries
 from nagatha.middleware.status import StatusMiddleware
 from nagatha.registry import TaskRegistry
@@ -176,6 +177,23 @@ def test_a_final_write_held_past_the_time_limit_keeps_the_success(
     assert refusals["left"] == 0
     assert record.status is TaskStatus.SUCCESS
     assert record.result == {"x": 5, "list": [1, "é"]}
+
+
+def test_a_retry_the_broker_refuses_for_good_fails_the_task_after_the_hold(
+    hub: TaskRegistry, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(retries, "HOLD_S", 0.5)
+    original = hub.broker.enqueue
+
+    def refusing(message, *, delay=None):  # type: ignore[no-untyped-def]
+        if delay is not None:  # every retry
+            raise ConnectionClosed(RuntimeError("simulated: 406 PRECONDITION_FAILED"))
+        return original(message, delay=delay)
+
+    monkeypatch.setattr(hub.broker, "enqueue", refusing)
+    record = finish(hub, "life.flaky")
+    assert record.status is TaskStatus.FAILURE  # not acked and forgotten as "retrying"
+    assert record.error == "RuntimeError: attempt 1"
 
 
 def test_a_retry_the_broker_refuses_is_held_until_it_is_enqueued(
