@@ -28,6 +28,8 @@ import jsonschema
 import pytest
 import yaml
 
+from nagatha.config import ApiConfig
+
 ROOT = Path(__file__).resolve().parents[2]
 COMPOSE_FILE = ROOT / "docker-compose.yml"
 COMPOSE_SCHEMA = Path(__file__).resolve().parent / "schemas" / "compose-spec.json"
@@ -41,6 +43,7 @@ ALL_SERVICES = {*HUB_SERVICES, "broker", "redis"}
 
 # The hub's built-in defaults (DESIGN §7); compose only swaps localhost for a service name.
 DEFAULT_BROKER_URL = "amqp://guest:guest@localhost:5672//"
+DEFAULT_MAX_WAIT = ApiConfig().max_wait
 DEFAULT_RESULTS_URL = "redis://localhost:6379/0"
 DEFAULT_API_PORT = 8000
 DEFAULT_RESULTS_TTL = 86_400
@@ -128,6 +131,13 @@ def environment_of(service: Mapping[str, Any]) -> dict[str, Any]:
     if isinstance(env, list):
         return dict(item.split("=", 1) if "=" in item else (item, None) for item in env)
     return dict(env)
+
+
+def raw_compose_broker_ports() -> list[Any]:
+    """The broker's ports as written, ``${...}`` untouched."""
+    return list(
+        yaml.safe_load(COMPOSE_FILE.read_text(encoding="utf-8"))["services"]["broker"]["ports"]
+    )
 
 
 def published(port: str | int | Mapping[str, Any]) -> tuple[str | None, int, int]:
@@ -265,7 +275,7 @@ def test_the_compose_defaults_follow_the_hub_config_defaults() -> None:
     assert config.api.port == DEFAULT_API_PORT
 
 
-def test_hub_services_wait_for_healthy_broker_and_redis_and_restart_on_failure(
+def test_hub_services_wait_for_healthy_broker_and_redis_and_come_back_after_restarts(
     services: dict[str, Any],
 ) -> None:
     for name in HUB_SERVICES:
@@ -274,8 +284,9 @@ def test_hub_services_wait_for_healthy_broker_and_redis_and_restart_on_failure(
             "broker": {"condition": "service_healthy"},
             "redis": {"condition": "service_healthy"},
         }, name
-        assert service["restart"] == "on-failure", name
-    for name in ("broker", "redis"):
+    # A hub process stopped by SIGTERM exits 0: on-failure would leave it down after Docker
+    # itself restarts (an upgrade, a reboot) while broker and redis come back.
+    for name in (*HUB_SERVICES, "broker", "redis"):
         assert services[name]["restart"] in ("always", "unless-stopped"), name
 
 
@@ -294,7 +305,9 @@ def test_broker_redis_and_api_have_health_checks(services: dict[str, Any]) -> No
         assert services[name]["healthcheck"] == {"disable": True}, name
 
 
-def test_published_ports_match_the_contract(services: dict[str, Any]) -> None:
+def test_published_ports_match_the_contract(
+    services: dict[str, Any], raw_compose: dict[str, Any]
+) -> None:
     api_ports = [published(p) for p in services["api"]["ports"]]
     assert api_ports == [(None, DEFAULT_API_PORT, DEFAULT_API_PORT)]
     command = services["api"]["command"]
@@ -304,7 +317,12 @@ def test_published_ports_match_the_contract(services: dict[str, Any]) -> None:
     broker_ports = {
         target: (ip, host) for ip, host, target in map(published, services["broker"]["ports"])
     }
-    assert broker_ports[5672] == (None, 5672), "AMQP is published for other machines"
+    # guest/guest by default, and Docker's published ports bypass host firewalls: AMQP is on
+    # this machine only unless BROKER_PUBLISH_ADDRESS opens it.
+    assert broker_ports[5672] == ("127.0.0.1", 5672)
+    written = raw_compose["services"]["broker"]["ports"]
+    opened = interpolate_tree(written, {"BROKER_PUBLISH_ADDRESS": "0.0.0.0"})
+    assert published(opened[0])[0] == "0.0.0.0"
     assert broker_ports.get(15672, ("127.0.0.1", 15672))[0] == "127.0.0.1"
 
     # Redis has no password in compose: never published beyond this machine.
@@ -564,8 +582,13 @@ def test_deployments_for_api_worker_and_bridge_have_probes_and_resources() -> No
                     compile(command[2], f"<{name} {probe}>", "exec")
 
     api = deployments["nagatha-api"]["spec"]["template"]["spec"]["containers"][0]
-    assert api["readinessProbe"]["httpGet"]["path"] == "/health"
+    # Readiness on /ping: in an outage the API stays routed and answers its JSON 503 (DESIGN
+    # section 9) rather than leaving the Service empty.
+    assert api["readinessProbe"]["httpGet"]["path"] == "/ping"
     assert api["livenessProbe"]["httpGet"]["path"] == "/ping"
+    liveness = api["livenessProbe"]
+    budget = liveness["periodSeconds"] * liveness["failureThreshold"]
+    assert budget > DEFAULT_MAX_WAIT + liveness["timeoutSeconds"], "outlasts a long poll"
     assert api["ports"] == [{"name": "http", "containerPort": DEFAULT_API_PORT}]
     assert api["args"][:5] == ["serve", "--host", "0.0.0.0", "--port", str(DEFAULT_API_PORT)]
     assert (
@@ -710,7 +733,7 @@ def test_docker_compose_up_serves_ping(tmp_path: Path) -> None:
                 if time.monotonic() > deadline:
                     raise
                 time.sleep(2)
-        assert body == {"status": "ok"}
+        assert body["status"] == "ok"
         ps = compose_cmd("ps", "--format", "json", timeout=60).stdout.strip()
         # Compose prints a JSON array (before 2.21) or one JSON object per line (since).
         rows = json.loads(ps) if ps.startswith("[") else [json.loads(x) for x in ps.splitlines()]
