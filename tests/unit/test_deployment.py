@@ -17,6 +17,7 @@ import re
 import secrets
 import shutil
 import subprocess
+import sys
 import time
 import urllib.request
 from collections.abc import Iterator, Mapping
@@ -29,6 +30,7 @@ import pytest
 import yaml
 
 from nagatha.config import ApiConfig
+from nagatha.testing import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 COMPOSE_FILE = ROOT / "docker-compose.yml"
@@ -745,3 +747,28 @@ def test_docker_compose_up_serves_ping(tmp_path: Path) -> None:
             capture_output=True,
             timeout=120,
         )
+
+
+@pytest.mark.parametrize("name", ["nagatha-worker", "nagatha-bridge"])
+def test_worker_and_bridge_readiness_probes_read_the_urls_as_the_hub_does(
+    name: str, tmp_path: Path, rabbitmq: None, redis_server: None
+) -> None:
+    deployment = next(d for d in k8s_objects("Deployment") if d["metadata"]["name"] == name)
+    command = deployment["spec"]["template"]["spec"]["containers"][0]["readinessProbe"]["exec"][
+        "command"
+    ]
+    base = {k: v for k, v in os.environ.items() if not k.startswith("NAGATHA_")}
+    base.update({"HOME": str(tmp_path), "PYTHONPATH": str(ROOT)})
+    closed = f"amqp://guest:guest@127.0.0.1:{free_port()}//"
+
+    def probe(**env: str) -> int:
+        run = subprocess.run(
+            [sys.executable, *command[1:]], env={**base, **env}, cwd=tmp_path, timeout=30
+        )
+        return run.returncode
+
+    # DESIGN's spelling with "__" is read as the hub reads it (a KeyError before).
+    redis = "redis://127.0.0.1:6379/15"
+    assert probe(NAGATHA_BROKER__URL=closed, NAGATHA_RESULTS__URL=redis) != 0
+    broker = "amqp://guest:guest@127.0.0.1:5672//"
+    assert probe(NAGATHA_BROKER__URL=broker, NAGATHA_RESULTS_URL=redis) == 0
