@@ -341,7 +341,7 @@ def test_workers_scale_with_no_fixed_name_or_port_and_stop_gracefully(
     assert "ports" not in worker
     assert worker["command"][0] == "worker"
     grace = float(environment_of(worker)["NAGATHA_WORKER_SHUTDOWN_GRACE"])
-    assert seconds(worker["stop_grace_period"]) >= grace + 10
+    assert seconds(worker["stop_grace_period"]) >= grace + 15  # supervisor: grace + 10 + 5
     assert services["bridge"]["command"][0] == "bridge"
     assert environment_of(services["bridge"])["NAGATHA_BRIDGE_QUEUES"] == "celery"
     for name in HUB_SERVICES:
