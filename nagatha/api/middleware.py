@@ -67,8 +67,14 @@ class BodyLimit:
             raise too_large(self.max_bytes)
 
 
+#: Probe paths: their successful answers are logged at DEBUG, not INFO (a load balancer and
+#: Kubernetes ask every few seconds, per pod; their lines would drown the requests).
+PROBE_PATHS = frozenset({"/ping", "/health"})
+
+
 class AccessLog:
-    """One ``nagatha.api.access`` INFO line per request, as ``key=value`` pairs."""
+    """One ``nagatha.api.access`` line per request, as ``key=value`` pairs: INFO, except
+    successful probes (:data:`PROBE_PATHS`), which are DEBUG."""
 
     def process_request(self, req: falcon.Request, resp: falcon.Response) -> None:
         """Note the start time."""
@@ -78,12 +84,15 @@ class AccessLog:
         self, req: falcon.Request, resp: falcon.Response, resource: object, req_succeeded: bool
     ) -> None:
         """Log method, path, status, duration, request id and client address."""
-        if not access_logger.isEnabledFor(logging.INFO):
+        probe = req.path in PROBE_PATHS and resp.status_code < 400
+        level = logging.DEBUG if probe else logging.INFO
+        if not access_logger.isEnabledFor(level):
             return
         started = getattr(req.context, "started", None)
         duration_ms = (time.perf_counter() - started) * 1000 if started is not None else -1.0
         query = f"?{req.query_string}" if req.query_string else ""
-        access_logger.info(
+        access_logger.log(
+            level,
             'request_id=%s method=%s path="%s%s" status=%d duration_ms=%.1f remote=%s',
             request_id_of(req),
             req.method,

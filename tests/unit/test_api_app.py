@@ -322,3 +322,17 @@ def test_each_request_is_in_the_access_log(
     line = next(r.getMessage() for r in caplog.records if r.name == "nagatha.api.access")
     assert line.startswith("request_id=log-1 method=GET ")
     assert 'path="/tasks/x%20y"' in line and "status=404" in line
+
+
+def test_successful_probes_are_logged_at_debug_only(
+    client: TestClient, caplog: pytest.LogCaptureFixture
+) -> None:
+    with caplog.at_level(logging.INFO, logger="nagatha.api.access"):
+        client.simulate_get("/ping")
+        client.simulate_head("/health")
+        client.simulate_get("/modules")
+    paths = [r.getMessage().split('path="')[1].split('"')[0] for r in caplog.records]
+    assert paths == ["/modules"]
+    with caplog.at_level(logging.DEBUG, logger="nagatha.api.access"):
+        client.simulate_get("/ping")
+    assert any('path="/ping"' in r.getMessage() for r in caplog.records)
