@@ -22,6 +22,7 @@ import pika.exceptions
 from pika.adapters.blocking_connection import BlockingChannel
 
 from bridge.queues import declare_celery_queue
+from nagatha.broker_errors import REFUSAL_CODES
 from nagatha.errors import BrokerUnavailable, PublishRefused
 
 __all__ = ["ConfirmedPublisher", "Unroutable"]
@@ -44,11 +45,6 @@ _RETRYABLE: Final = (
 )
 
 
-#: Channel-close codes that refuse a message for good: 403 ACCESS_REFUSED, 404 NOT_FOUND
-#: (no such exchange), 406 PRECONDITION_FAILED. Retrying the same publish meets them again.
-_REFUSALS: Final = frozenset({403, 404, 406})
-
-
 class Unroutable(BrokerUnavailable):
     """RabbitMQ had no queue for a message published ``mandatory``."""
 
@@ -56,7 +52,10 @@ class Unroutable(BrokerUnavailable):
 def _refusal(exc: Exception) -> bool:
     if isinstance(exc, pika.exceptions.ShortStringTooLong):
         return True
-    return isinstance(exc, pika.exceptions.ChannelClosedByBroker) and exc.reply_code in _REFUSALS
+    # Not broker_errors.refused_for_good: a NACK is worth another attempt here.
+    return (
+        isinstance(exc, pika.exceptions.ChannelClosedByBroker) and exc.reply_code in REFUSAL_CODES
+    )
 
 
 class ConfirmedPublisher:
@@ -129,7 +128,8 @@ class ConfirmedPublisher:
         Raises:
             BrokerUnavailable: not confirmed after every attempt, or unroutable with
                 ``mandatory``.
-            PublishRefused: refused for good (see :data:`_REFUSALS`; an id or ``reply_to``
+            PublishRefused: refused for good (a channel closed with one of
+                :data:`~nagatha.broker_errors.REFUSAL_CODES`; an id or ``reply_to``
                 over AMQP's 255 bytes); not tried again.
         """
         delay = RETRY_DELAY_S

@@ -386,12 +386,14 @@ def _unsupported_info(sig: Mapping[str, Any]) -> dict[str, Any]:
 
 def _nested_options(element: Mapping[str, Any]) -> Iterator[Mapping[str, Any]]:
     """The options of each signature with an id inside ``element`` (group members, chain
-    steps, a chord's header), at any depth. A chord's body is left out: ``fail_chain``
-    queues it as a step of its own."""
+    steps, a chord's header, and the body of a chord nested in them), at any depth.
+    ``element``'s own chord body is left out: ``fail_chain`` queues it as a step."""
     kwargs = element.get("kwargs")
+    if not isinstance(kwargs, Mapping):
+        return
     members: list[Any] = []
     for key in ("tasks", "header"):  # a header is a group signature or a list of members
-        found = kwargs.get(key) if isinstance(kwargs, Mapping) else None
+        found = kwargs.get(key)
         if isinstance(found, Mapping):
             members.append(found)
         elif isinstance(found, list | tuple):
@@ -399,7 +401,12 @@ def _nested_options(element: Mapping[str, Any]) -> Iterator[Mapping[str, Any]]:
     for member in members:
         if not isinstance(member, Mapping):
             continue
-        options = member.get("options")
-        if isinstance(options, Mapping) and options.get("task_id"):
-            yield options
-        yield from _nested_options(member)
+        member_kwargs = member.get("kwargs")
+        body = member_kwargs.get("body") if isinstance(member_kwargs, Mapping) else None
+        for nested in (member, body):
+            if not isinstance(nested, Mapping):
+                continue
+            options = nested.get("options")
+            if isinstance(options, Mapping) and options.get("task_id"):
+                yield options
+            yield from _nested_options(nested)

@@ -5,7 +5,6 @@ from __future__ import annotations
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import dramatiq
-import pika.exceptions
 from dramatiq.brokers.rabbitmq import RabbitmqBroker
 from dramatiq.brokers.stub import StubBroker
 from dramatiq.middleware import (
@@ -46,43 +45,11 @@ def amqp_url(config: BrokerConfig) -> str:
     return urlunsplit(parts._replace(path=path, query=urlencode(query)))
 
 
-def broker_error_reason(exc: BaseException) -> str:
-    """Why talking to RabbitMQ failed, in words: a refused login or vhost is no outage.
-
-    Dramatiq wraps pika's errors (``ConnectionClosed`` from ``ProbableAuthenticationError``,
-    which holds the socket's ``ConnectionRefusedError`` among its arguments): causes and
-    arguments are searched for the ones a person can act on.
-    """
-    pending: list[BaseException] = [exc]
-    seen: set[int] = set()
-    socket_error: OSError | None = None
-    while pending and len(seen) < 50:
-        error = pending.pop(0)
-        if id(error) in seen:
-            continue
-        seen.add(id(error))
-        if isinstance(error, pika.exceptions.ProbableAuthenticationError):
-            return "RabbitMQ refused the login: check the user and password of broker.url"
-        if isinstance(error, pika.exceptions.ProbableAccessDeniedError):
-            return (
-                "RabbitMQ refused access to the vhost: check the vhost of broker.url and "
-                "the user's permissions there"
-            )
-        if isinstance(error, OSError) and socket_error is None:
-            socket_error = error
-        # pika's connector errors keep the socket's error as ``.exception``, not in args.
-        inner = [*error.args, getattr(error, "exception", None)]
-        pending += [a for a in inner if isinstance(a, BaseException)]
-        pending += [e for e in (error.__cause__, error.__context__) if e is not None]
-    if socket_error is not None:
-        return socket_error.strerror or type(socket_error).__name__
-    return type(exc).__name__
-
-
 def broker_address(config: BrokerConfig) -> str:
     """``host:port`` of the broker (no user, no password), for messages."""
     parts = urlsplit(config.url)
-    return f"{parts.hostname or 'localhost'}:{parts.port or 5672}"
+    host = parts.hostname or "localhost"
+    return f"[{host}]:{parts.port or 5672}" if ":" in host else f"{host}:{parts.port or 5672}"
 
 
 def build_middleware(config: FrameworkConfig, store: StatusStore) -> list[dramatiq.Middleware]:

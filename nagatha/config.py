@@ -454,12 +454,6 @@ def load_config(
         config = FrameworkConfig.model_validate(merged)
     except ValidationError as exc:
         raise ConfigError(_describe_error(exc, sources)) from None
-    if config.results.url == MEMORY_URL and not config.embedded:
-        raise ConfigError(
-            f"results.url is memory:// (from {sources.get('results.url', DEFAULT_SOURCE)}) but "
-            "broker.url is RabbitMQ: workers elsewhere could not record status in this "
-            "process's memory; use Redis, or memory:// for both (the embedded hub)"
-        )
     all_sources = {
         f"{section}.{key}": sources.get(f"{section}.{key}", DEFAULT_SOURCE)
         for section, model in SECTIONS.items()
@@ -468,20 +462,58 @@ def load_config(
     return LoadedConfig(config=config, sources=all_sources)
 
 
+def check_stores(loaded: LoadedConfig) -> None:
+    """Raise :class:`ConfigError` for a ``memory://`` store beside a RabbitMQ broker: workers
+    elsewhere could not record status in this process's memory. (``serve --embedded``, which
+    puts both in memory, does not ask.)"""
+    config = loaded.config
+    if config.results.url == MEMORY_URL and not config.embedded:
+        source = loaded.sources.get("results.url", DEFAULT_SOURCE)
+        raise ConfigError(
+            f"results.url is memory:// (from {source}) but broker.url is RabbitMQ: workers "
+            "elsewhere could not record status in this process's memory; use Redis, or "
+            "memory:// for both (the embedded hub)"
+        )
+
+
 SECRET_KEYS = frozenset({"api.tokens"})
-#: Keys of module settings whose values are secrets (``api_key``, ``access_token``,
-#: ``db_password``, ``clientSecret``); ``max_tokens`` or ``cache_key`` are not.
-SECRET_NAME = re.compile(
-    r"(?:^|_)(?:(?:api|access|secret|private)_?key|(?:access_|auth_|refresh_|bearer_)?token"
-    r"|password|passwd|secret|credentials?)$"
+#: Last words of module setting names whose values are secrets (``api_key``, ``db-password``,
+#: ``clientSecret``, ``signing_key``, ``api_keys``); ``max_tokens`` is not one.
+SECRET_WORDS = frozenset(
+    {
+        "key",
+        "keys",
+        "apikey",
+        "apikeys",
+        "token",
+        "password",
+        "passwords",
+        "passwd",
+        "pwd",
+        "secret",
+        "secrets",
+        "credential",
+        "credentials",
+    }
 )
 #: Shortest secret value redacted from logs (shorter ones would blank ordinary words).
 MIN_REDACTED = 8
 
 
 def is_secret_name(key: str) -> bool:
-    """True if a module setting named ``key`` holds a secret (see :data:`SECRET_NAME`)."""
-    return bool(SECRET_NAME.search(re.sub(r"(?<=[a-z0-9])(?=[A-Z])", "_", key).lower()))
+    """True if a module setting named ``key`` holds a secret (see :data:`SECRET_WORDS`).
+
+    camelCase, ``-`` and ``.`` separate words like ``_``; "tokens" counts after ``api``,
+    ``access``, ``auth``, ``bearer`` or ``refresh`` only (``max_tokens`` is an LLM setting).
+    """
+    spaced = re.sub(r"(?<=[a-z0-9])(?=[A-Z])", "_", key).lower()
+    words = [word for word in re.split(r"[^a-z0-9]+", spaced) if word]
+    if not words:
+        return False
+    if words[-1] in SECRET_WORDS:
+        return True
+    qualified = {"api", "access", "auth", "bearer", "refresh"}
+    return words[-1] == "tokens" and len(words) > 1 and words[-2] in qualified
 
 
 MASK = "****"

@@ -27,7 +27,8 @@ from dramatiq.middleware import TimeLimitExceeded
 from pydantic_core import to_jsonable_python
 
 from nagatha import jsontext
-from nagatha.broker import broker_address, broker_error_reason
+from nagatha.broker import broker_address
+from nagatha.broker_errors import broker_error_reason
 from nagatha.config import FrameworkConfig
 from nagatha.errors import (
     BrokerUnavailable,
@@ -308,8 +309,8 @@ class TaskRegistry:
     def heartbeats(self) -> dict[str, dict[str, Any]]:
         """Call each loaded module's ``heartbeat()``; an exception becomes an ``error`` entry.
 
-        So does an answer that is not plain JSON data (a ``Decimal``, an object), which
-        ``/health`` and ``nagatha modules --json`` could not show.
+        So does an answer the API could not encode (an arbitrary object, NaN); what pydantic
+        encodes (datetimes, UUIDs, Decimals) is kept, as text.
         """
         beats: dict[str, dict[str, Any]] = {}
         for name, module in sorted(self._module_objects.items()):

@@ -113,16 +113,22 @@ def check_listen(host: str, port: int) -> None:
     address), as the embedded server does; gunicorn would retry for 5 s, then exit 1."""
     try:
         family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][0]
-        with socket.create_server((host, port), family=family):
+        # gunicorn binds "::" for both IPv6 and IPv4: so must the check, or a port taken on
+        # IPv4 passes.
+        dual = family == socket.AF_INET6 and socket.has_dualstack_ipv6()
+        with socket.create_server((host, port), family=family, dualstack_ipv6=dual):
             pass
     except OSError as exc:
         raise _cannot_listen(host, port, exc) from None
 
 
 def _cannot_listen(host: str, port: int, exc: OSError) -> ConfigError:
+    address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    if isinstance(exc, socket.gaierror):  # its errno is no errno: os.strerror misreads it
+        return ConfigError(f"cannot listen on {address}: {exc.strerror} (check --host)")
     reason = os.strerror(exc.errno) if exc.errno else str(exc)
     return ConfigError(
-        f"cannot listen on {host}:{port}: {reason} (choose another with --port or NAGATHA_API_PORT)"
+        f"cannot listen on {address}: {reason} (choose another with --port or NAGATHA_API_PORT)"
     )
 
 

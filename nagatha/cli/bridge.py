@@ -100,9 +100,7 @@ def dlq_list(obj: CliContext, as_json: bool) -> None:
     if not letters:
         click.echo("no dead-lettered messages")
         return
-    grid = table(
-        "id", "queue", "task", "task id", "dead at", "bytes", "reason", whole=("id", "task id")
-    )
+    grid = table("id", "queue", "task", "task id", "dead at", "bytes", "reason")
     for letter in letters:
         grid.add_row(
             *(

@@ -7,7 +7,13 @@ from functools import cached_property
 
 import click
 
-from nagatha.config import FrameworkConfig, LoadedConfig, load_config, secrets_of
+from nagatha.config import (
+    FrameworkConfig,
+    LoadedConfig,
+    check_stores,
+    load_config,
+    secrets_of,
+)
 from nagatha.log import setup_logging
 from nagatha.registry import TaskRegistry
 
@@ -21,12 +27,16 @@ class CliContext:
     #: Long-running commands (worker, serve, bridge) log at the configured level; one-shot
     #: commands log warnings and errors only, so their output stays readable.
     server: bool = False
+    #: ``serve --embedded``: broker and store go to memory whatever the config says.
+    embedded: bool = False
     _hub: TaskRegistry | None = field(default=None, repr=False)
 
     @cached_property
     def loaded(self) -> LoadedConfig:
         """The validated config with the source of each value (raises ConfigError)."""
         loaded = load_config(self.config_file)
+        if not self.embedded:
+            check_stores(loaded)
         config = loaded.config
         if self.debug:
             config = config.with_overrides(logging={"level": "DEBUG"})

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 from collections.abc import Iterable
 from typing import Any
 
@@ -26,19 +27,23 @@ _STATUS_STYLE = {
 }
 
 
-def table(*headers: str, whole: Iterable[str] = (), **options: Any) -> Table:
-    """A table whose cells wrap instead of ending in "...", and whose ``whole`` columns (ids
-    to paste back, as into ``bridge dlq replay``) are never cut or wrapped."""
+def table(*headers: str, **options: Any) -> Table:
+    """A table whose cells wrap instead of ending in "...": a cut id could not be pasted
+    back (``bridge dlq replay``)."""
     created = Table(**options)
-    kept = set(whole)
     for header in headers:
-        created.add_column(header, overflow="fold", no_wrap=header in kept)
+        created.add_column(header, overflow="fold")
     return created
 
 
+#: Width of tables written to a pipe or file (rich's default there is 80 columns, which
+#: squeezes a seven-column table into unreadable slivers).
+PIPED_WIDTH = 250
+
+
 def console() -> Console:
-    """A console on stdout that degrades to plain text when piped."""
-    return Console(soft_wrap=True)
+    """A console on stdout that degrades to plain text when piped (and is wide then)."""
+    return Console(soft_wrap=True, width=None if sys.stdout.isatty() else PIPED_WIDTH)
 
 
 def emit_json(document: Any) -> None:

@@ -51,6 +51,7 @@ def serve_command(
     from nagatha.api.server import serve
 
     obj.server = True
+    obj.embedded = embedded
     overrides: dict[str, Any] = {
         key: value
         for key, value in (

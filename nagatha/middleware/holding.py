@@ -23,9 +23,11 @@ def hold(
     report: Callable[[Exception], None],
     *,
     give_up_after: float | None = None,
+    permanent: Callable[[Exception], bool] | None = None,
 ) -> T:
-    """Call ``attempt`` until it returns: for as long as this process lives, or until
-    ``give_up_after`` seconds have passed, when the last ``retry_on`` error is raised.
+    """Call ``attempt`` until it returns: for as long as this process lives, or, once
+    ``give_up_after`` seconds have passed, until an error ``permanent`` says will not clear
+    (every error, without ``permanent``), which is raised.
 
     ``report`` is called with each ``retry_on`` error before the pause; other errors propagate.
     """
@@ -35,7 +37,8 @@ def hold(
         try:
             return attempt()
         except retry_on as exc:
-            if deadline is not None and time.monotonic() >= deadline:
+            late = deadline is not None and time.monotonic() >= deadline
+            if late and (permanent is None or permanent(exc)):
                 raise
             report(exc)
             time.sleep(pause)

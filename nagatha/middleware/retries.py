@@ -1,20 +1,18 @@
 """Dramatiq's ``Retries``, except that a retry it cannot enqueue is never lost.
 
 ``Retries`` sends the retry of a failed attempt from its ``after_process_message`` hook. When
-that publish fails (a memory alarm, a ``reject-publish`` length limit on the delay queue,
-RabbitMQ gone for longer than Dramatiq's own reconnects), Dramatiq logs and swallows the error
-and then *acks* the message: the task is gone and its record says ``retrying`` for a day
-(Dramatiq issue 545). Here the publish is tried again, with backoff, for up to
-:data:`HOLD_S`; then the message is failed instead of acked:
+that publish fails, Dramatiq logs and swallows the error and then *acks* the message: the task
+is gone and its record says ``retrying`` for a day (Dramatiq issue 545). Here the publish is
+tried again with backoff:
 
-* with the consumer's connection alive, RabbitMQ dead-letters it and the record says
-  ``failure``: a refusal that does not clear (a delay queue declared otherwise) costs a
-  worker thread for a minute, not forever;
-* with that connection gone too (RabbitMQ down), neither ack nor nack reaches RabbitMQ, which
-  delivers the attempt again: the task is retried that way.
-
-A retry enqueued while the consumer's connection was lost is one more run of the task (its
-attempt is delivered again as well): at least once, never lost.
+* while RabbitMQ cannot be reached, for as long as this process lives. The consumer's
+  connection is down too, so RabbitMQ will deliver the attempt again anyway; once it is back
+  the retry goes out as well, and the task may run once more than planned (at least once,
+  never lost);
+* while RabbitMQ refuses it (a ``reject-publish`` limit on the delay queue, a delay queue
+  declared otherwise), for up to :data:`HOLD_S`. Then the message is failed instead of acked:
+  RabbitMQ dead-letters it, and the record says ``failure`` with :data:`NOT_RETRIED` as the
+  reason, so a refusal that never clears costs a worker thread for a minute, not forever.
 """
 
 from __future__ import annotations
@@ -26,12 +24,16 @@ import dramatiq
 from dramatiq.broker import MessageProxy
 from dramatiq.errors import BrokerConnectionError
 
+from nagatha.broker_errors import refused_for_good
 from nagatha.middleware.holding import hold
 
 logger = logging.getLogger("nagatha.tasks")
 
-#: Seconds a worker thread keeps trying to enqueue a retry before it fails the message.
+#: Seconds a worker thread keeps trying to enqueue a retry RabbitMQ refuses before it fails
+#: the message.
 HOLD_S = 60.0
+#: Attribute of a message failed here: the ``error`` its status record gets.
+NOT_RETRIED = "nagatha_not_retried"
 
 
 class _HoldingEnqueue:
@@ -58,6 +60,7 @@ class _HoldingEnqueue:
             BrokerConnectionError,
             report,
             give_up_after=HOLD_S,
+            permanent=refused_for_good,
         )
 
 
@@ -80,12 +83,10 @@ class HeldRetries(dramatiq.middleware.Retries):
                 exception=exception,
             )
         except BrokerConnectionError as exc:
-            logger.error(
-                "task %s %s: its retry was not enqueued in %gs (%s); failing the message "
-                "rather than acking it",
-                message.message_id,
-                message.actor_name,
-                HOLD_S,
-                exc,
+            reason = (
+                f"RetryRefused: RabbitMQ refused the retry for {HOLD_S:g}s ({exc}); the "
+                f"message was dead-lettered after attempt {message.options.get('retries', 0)}"
             )
+            logger.error("task %s %s: %s", message.message_id, message.actor_name, reason)
+            setattr(message, NOT_RETRIED, reason)
             message.fail()

@@ -37,6 +37,7 @@ from dramatiq.middleware import SkipMessage, TimeLimitExceeded
 
 from nagatha.errors import StoreUnavailable
 from nagatha.middleware.holding import hold
+from nagatha.middleware.retries import NOT_RETRIED
 from nagatha.stores import StatusStore
 from nagatha.types import TaskStatus, utcnow
 
@@ -149,7 +150,10 @@ class StatusMiddleware(dramatiq.Middleware):
             )
         elif message.failed:
             limit = self._time_limit(broker, message)
-            self._fail(message, describe_exception(exception, message, time_limit_ms=limit))
+            refused: str | None = getattr(message, NOT_RETRIED, None)  # HeldRetries gave up
+            self._fail(
+                message, refused or describe_exception(exception, message, time_limit_ms=limit)
+            )
         else:
             error = describe_exception(exception, message)
             logger.warning(

@@ -191,7 +191,8 @@ def test_dead_letters_keep_the_message_and_say_why(stack: HubStack, client: Cele
     letter_id = dlq(stack, "list")["dead_letters"][0]["id"]
     table = run_cli(["bridge", "dlq", "list"], stack.env)
     assert table.returncode == 0, table.stderr
-    assert letter_id in table.stdout
+    assert letter_id in table.stdout and "nope.missing" in table.stdout
+    assert "unknown task 'nope.missing'" in " ".join(table.stdout.split())
 
 
 def test_a_replayed_dead_letter_runs_and_stores_its_new_outcome(

@@ -15,7 +15,7 @@ from nagatha.api import gunicorn_conf
 from nagatha.api.server import GunicornServer
 from nagatha.api.wsgi import LazyApp
 from nagatha.config import ApiConfig, FrameworkConfig
-from nagatha.testing import free_port, run_cli
+from nagatha.testing import HubProcess, free_port, run_cli
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -120,11 +120,23 @@ def test_serving_beyond_loopback_without_tokens_exits_2_with_one_line(tmp_path: 
     assert lines[0].startswith("error: refusing to serve on 0.0.0.0 without tokens")
 
 
-def test_memory_store_with_a_rabbitmq_broker_exits_2(tmp_path: Path) -> None:
+@pytest.mark.parametrize("command", [["serve"], ["run", "diagnostics.noop"], ["list"]])
+def test_memory_store_with_a_rabbitmq_broker_exits_2(tmp_path: Path, command: list[str]) -> None:
     env = cli_env(tmp_path, NAGATHA_RESULTS_URL="memory://")
-    done = run_cli(["serve", "--port", str(free_port())], env)
+    done = run_cli([*command, *(["--port", str(free_port())] if command == ["serve"] else [])], env)
     assert done.returncode == 2
-    assert "results.url is memory://" in done.stderr and "Traceback" not in done.stderr
+    assert "results.url is memory:// (from env NAGATHA_RESULTS_URL)" in done.stderr
+    assert "Traceback" not in done.stderr
+
+
+def test_serve_embedded_puts_both_in_memory_whatever_the_store_says(tmp_path: Path) -> None:
+    port = free_port()
+    env = cli_env(tmp_path, NAGATHA_RESULTS_URL="memory://")
+    process = HubProcess(["serve", "--embedded", "--port", str(port)], env, cwd=tmp_path)
+    try:
+        process.wait_for_log(rf"embedded hub serving on http://127\.0\.0\.1:{port}", timeout=60)
+    finally:
+        process.stop(timeout=20)
 
 
 @pytest.mark.parametrize("embedded", [False, True])
@@ -149,3 +161,12 @@ def test_run_in_process_prints_the_record_and_nothing_else(tmp_path: Path) -> No
     assert done.stderr == ""  # no worker traceback repeating what the record says
     ok = run_cli(["run", "diagnostics.add", "-k", "x=1", "-k", "y=2", "--json"], env)
     assert ok.returncode == 0 and '"result": 3' in ok.stdout
+
+
+def test_a_host_that_does_not_resolve_is_named_as_such(tmp_path: Path) -> None:
+    env = cli_env(tmp_path, NAGATHA_API_TOKENS="t-1")
+    done = run_cli(["serve", "--host", "no-such-host.invalid", "--port", "8000"], env)
+    assert done.returncode == 2
+    line = done.stderr.strip().splitlines()[-1]
+    assert line.startswith("error: cannot listen on no-such-host.invalid:8000: ")
+    assert line.endswith("(check --host)") and "Unknown error" not in line

@@ -7,6 +7,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import dramatiq
+import pika.exceptions
 import pytest
 from dramatiq.errors import ConnectionClosed
 from dramatiq.middleware import TimeLimit
@@ -186,14 +187,36 @@ def test_a_retry_the_broker_refuses_for_good_fails_the_task_after_the_hold(
     original = hub.broker.enqueue
 
     def refusing(message, *, delay=None):  # type: ignore[no-untyped-def]
-        if delay is not None:  # every retry
-            raise ConnectionClosed(RuntimeError("simulated: 406 PRECONDITION_FAILED"))
+        if delay is not None:  # every retry: Dramatiq wraps pika's NACK like this
+            raise ConnectionClosed(pika.exceptions.NackError([]))
         return original(message, delay=delay)
 
     monkeypatch.setattr(hub.broker, "enqueue", refusing)
     record = finish(hub, "life.flaky")
     assert record.status is TaskStatus.FAILURE  # not acked and forgotten as "retrying"
-    assert record.error == "RuntimeError: attempt 1"
+    assert (record.error or "").startswith("RetryRefused: RabbitMQ refused the retry for 0.5s")
+    assert "dead-lettered after attempt 1" in (record.error or "")
+
+
+def test_a_retry_while_rabbitmq_is_unreachable_is_held_past_the_refusal_limit(
+    hub: TaskRegistry, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Unreachable: the attempt will be delivered again anyway, so nothing is failed; the
+    # retry goes out once RabbitMQ answers (3 refusals: 1.4 s of backoff, past HOLD_S).
+    monkeypatch.setattr(retries, "HOLD_S", 0.1)
+    refusals = {"left": 3}
+    original = hub.broker.enqueue
+
+    def unreachable(message, *, delay=None):  # type: ignore[no-untyped-def]
+        if delay is not None and refusals["left"]:
+            refusals["left"] -= 1
+            raise ConnectionClosed(pika.exceptions.AMQPConnectionError("connection refused"))
+        return original(message, delay=delay)
+
+    monkeypatch.setattr(hub.broker, "enqueue", unreachable)
+    record = finish(hub, "life.flaky")
+    assert refusals["left"] == 0
+    assert record.status is TaskStatus.SUCCESS and record.retries == 2
 
 
 def test_a_retry_the_broker_refuses_is_held_until_it_is_enqueued(

@@ -510,6 +510,19 @@ def test_a_group_step_holding_a_chain_fails_every_id_the_client_waits_for(
         assert recorder.metas[task_id]["result"]["exc_type"] == "NotImplementedError", task_id
 
 
+def test_a_group_step_holding_a_chord_fails_the_chords_id_too(ref: Reference) -> None:
+    inner = chord([ref.sig("proj.a"), ref.sig("proj.b")], ref.sig("proj.body"))
+    canvas = chain(ref.sig("proj.first"), group(inner, ref.sig("proj.c")))
+    with captured() as wires:
+        result = canvas.apply_async()
+    recorder = Recorder()
+    dispatch_success(wires[0].parse(), 1, publisher=recorder, results=recorder, redis_client=None)
+    waited = [member.id for member in result.results]  # the chord's id is its body's
+    assert len(waited) == 2
+    for task_id in waited:
+        assert recorder.metas[task_id]["result"]["exc_type"] == "NotImplementedError", task_id
+
+
 def test_a_chord_step_holding_a_chain_fails_its_header_ids_too(ref: Reference) -> None:
     header = [chain(ref.sig("proj.a"), ref.sig("proj.b")), ref.sig("proj.c")]
     canvas = chain(ref.sig("proj.first"), chord(header, ref.sig("proj.body")))
