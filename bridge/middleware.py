@@ -227,7 +227,7 @@ class CeleryResultsMiddleware(dramatiq.Middleware):
             meta = success_meta(
                 task.task_id,
                 result,
-                children=[[[child, None], None] for child in children or []],
+                children=children or [],
                 group_id=task.group_id,
                 parent_id=task.parent_id,
             )

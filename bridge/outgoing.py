@@ -125,11 +125,21 @@ class Application:
 
     messages: list[OutgoingMessage] = field(default_factory=list)
     chord_sizes: list[tuple[str, int]] = field(default_factory=list)
+    #: The group the messages belong to, when a group (or a chord's header) was applied.
+    group_id: str | None = None
 
     @property
     def task_ids(self) -> list[str]:
-        """Ids of the published tasks (the ``children`` of the task that applied it)."""
+        """Ids of the published tasks."""
         return [message.task_id for message in self.messages]
+
+    @property
+    def children(self) -> list[Any]:
+        """What Celery records in the applying task's ``children``: ``as_tuple()`` of the
+        result ``apply_async`` returned, ``[[id, None], None]`` for a task and
+        ``[[group id, None], [member tuples]]`` for a group."""
+        tasks = [[[task_id, None], None] for task_id in self.task_ids]
+        return [[[self.group_id, None], tasks]] if self.group_id is not None else tasks
 
 
 def group_signature(tasks: Sequence[Mapping[str, Any]]) -> _Sig:
@@ -324,7 +334,7 @@ def apply_group(
     chord = opts.pop("chord", None)
     for key in ("group_index", "add_to_parent"):
         opts.pop(key, None)
-    application = Application()
+    application = Application(group_id=group_id)
     for index, member in enumerate(members):
         body = chord if chord is not None else member["options"].get("chord")
         if body is not None and index == len(members) - 1:

@@ -98,10 +98,11 @@ def dispatch_success(
     results: RedisResultWriter | None,
     redis_client: redis.Redis | None = None,
     rpc: RpcReplyWriter | None = None,
-) -> list[str]:
-    """Publish callbacks and the next chain step; return the child task ids (see module doc)."""
+) -> list[Any]:
+    """Publish callbacks and the next chain step; return the ``children`` Celery records for
+    the task: one ``as_tuple()`` per applied signature (a group of callbacks is one)."""
     run = _Run(task, publisher, results, redis_client, rpc)
-    children: list[str] = []
+    children: list[Any] = []
     options = {"parent_id": task.task_id, "root_id": run.root_id, "priority": None}
     for sig in _callback_signatures(task.callbacks or []):
         children += run.apply(sig, (result,), options, what="link callback") or []
@@ -227,8 +228,9 @@ class _Run:
 
     def apply(
         self, sig: Mapping[str, Any], args: Sequence[Any], options: dict[str, Any], *, what: str
-    ) -> list[str] | None:
-        """Apply ``sig`` and publish it; the published ids, or None if it is unsupported."""
+    ) -> list[Any] | None:
+        """Apply ``sig`` and publish it; its ``children`` entries (see
+        :attr:`~bridge.outgoing.Application.children`), or None if it is unsupported."""
         try:
             application = apply_signature(sig, args, None, options, sender=self.sender)
         except UnsupportedCanvas as exc:
@@ -236,7 +238,7 @@ class _Run:
             return None
         return self.publish(application)
 
-    def publish(self, application: Application) -> list[str]:
+    def publish(self, application: Application) -> list[Any]:
         """Record the chord sizes, then publish every message in order."""
         for group_id, size in application.chord_sizes:
             if self.join is None:
@@ -254,7 +256,7 @@ class _Run:
                 properties=message.properties,
                 declare_queue=message.exchange == "",
             )
-        return application.task_ids
+        return application.children
 
     def errbacks(
         self, errbacks: Sequence[Mapping[str, Any]] | None, task_id: str, root_id: str

@@ -121,12 +121,12 @@ class MiniWorker:
     def assert_queue_empty(self) -> None:
         assert self.publisher.take() is None
 
-    def succeed(self, task: CeleryTask, result: Any) -> list[str]:
+    def succeed(self, task: CeleryTask, result: Any) -> list[Any]:
         children = dispatch_success(task, result, **self._services())
         meta = success_meta(
             task.task_id,
             result,
-            children=[[[child, None], None] for child in children],
+            children=children,
             group_id=task.group_id,
             parent_id=task.parent_id,
         )
@@ -228,6 +228,22 @@ def test_a_link_callback_gets_the_result(celery_app: Celery, mini: MiniWorker) -
     mini.succeed(linked, 10)
     assert ok.get(timeout=GET_TIMEOUT) == 5
     assert [child.get(timeout=GET_TIMEOUT) for child in ok.children] == [10]
+
+
+def test_two_link_callbacks_are_one_group_result_in_the_clients_children(
+    celery_app: Celery, mini: MiniWorker
+) -> None:
+    links = [sig(celery_app, "m.double"), sig(celery_app, "m.add", 1)]
+    ok = sig(celery_app, "m.add", 2, 3).apply_async(link=links)
+    mini.succeed(mini.take(), 5)
+    members = [mini.take(), mini.take()]
+    for member, value in zip(members, (10, 6), strict=True):
+        mini.succeed(member, value)
+    assert ok.get(timeout=GET_TIMEOUT) == 5
+    (child,) = ok.children  # as a Celery worker stores it: one GroupResult
+    assert isinstance(child, GroupResult)
+    assert [m.id for m in child.results] == [m.task_id for m in members]
+    assert child.get(timeout=GET_TIMEOUT) == [10, 6]
 
 
 def test_an_errback_gets_the_failed_task_id_first(celery_app: Celery, mini: MiniWorker) -> None:
