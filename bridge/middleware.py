@@ -315,12 +315,10 @@ class CeleryResultsMiddleware(dramatiq.Middleware):
         single = getattr(self._single_attempt, "active", False)
 
         def report(exc: Exception) -> None:
-            if single:
-                raise exc
             logger.warning("task %s: holding %s: %s", task.task_id, what, exc)
 
         try:
-            return hold(write, ServiceUnavailable, report)
+            return hold(write, ServiceUnavailable, report, give_up_after=0 if single else None)
         except ServiceUnavailable as exc:
             logger.error("task %s: %s not written: %s", task.task_id, what, exc)
             if reraise:

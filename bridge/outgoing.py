@@ -129,16 +129,11 @@ class Application:
     group_id: str | None = None
 
     @property
-    def task_ids(self) -> list[str]:
-        """Ids of the published tasks."""
-        return [message.task_id for message in self.messages]
-
-    @property
     def children(self) -> list[Any]:
         """What Celery records in the applying task's ``children``: ``as_tuple()`` of the
         result ``apply_async`` returned, ``[[id, None], None]`` for a task and
         ``[[group id, None], [member tuples]]`` for a group."""
-        tasks = [[[task_id, None], None] for task_id in self.task_ids]
+        tasks = [[[message.task_id, None], None] for message in self.messages]
         return [[[self.group_id, None], tasks]] if self.group_id is not None else tasks
 
 

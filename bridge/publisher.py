@@ -22,7 +22,7 @@ import pika.exceptions
 from pika.adapters.blocking_connection import BlockingChannel
 
 from bridge.queues import declare_celery_queue
-from nagatha.broker_errors import REFUSAL_CODES
+from nagatha.broker_errors import refused_for_good
 from nagatha.errors import BrokerUnavailable, PublishRefused
 
 __all__ = ["ConfirmedPublisher", "Unroutable"]
@@ -47,15 +47,6 @@ _RETRYABLE: Final = (
 
 class Unroutable(BrokerUnavailable):
     """RabbitMQ had no queue for a message published ``mandatory``."""
-
-
-def _refusal(exc: Exception) -> bool:
-    if isinstance(exc, pika.exceptions.ShortStringTooLong):
-        return True
-    # Not broker_errors.refused_for_good: a NACK is worth another attempt here.
-    return (
-        isinstance(exc, pika.exceptions.ChannelClosedByBroker) and exc.reply_code in REFUSAL_CODES
-    )
 
 
 class ConfirmedPublisher:
@@ -144,7 +135,7 @@ class ConfirmedPublisher:
                 ) from None
             except (*_RETRYABLE, pika.exceptions.ShortStringTooLong) as exc:
                 self._drop()
-                if _refusal(exc):
+                if refused_for_good(exc, nacks=False):  # a NACK is worth another attempt
                     raise PublishRefused(
                         f"RabbitMQ refused the message to {exchange!r}/{routing_key!r}: "
                         f"{type(exc).__name__}: {exc}"

@@ -31,16 +31,15 @@ def error_chain(exc: BaseException, limit: int = 50) -> Iterator[BaseException]:
         pending += [e for e in (error.__cause__, error.__context__) if e is not None]
 
 
-def refused_for_good(exc: BaseException) -> bool:
+def refused_for_good(exc: BaseException, *, nacks: bool = True) -> bool:
     """True if RabbitMQ answered and refused (a NACK, an unroutable message, a channel closed
-    with a :data:`REFUSAL_CODES` code, a field over 255 bytes), rather than being unreachable."""
+    with a :data:`REFUSAL_CODES` code, a field over 255 bytes), rather than being unreachable.
+
+    ``nacks=False`` leaves NACKs and returns out, for a caller that tries those again.
+    """
+    answers = (pika.exceptions.NackError, pika.exceptions.UnroutableError) if nacks else ()
     for error in error_chain(exc):
-        if isinstance(
-            error,
-            pika.exceptions.NackError
-            | pika.exceptions.UnroutableError
-            | pika.exceptions.ShortStringTooLong,
-        ):
+        if isinstance(error, (*answers, pika.exceptions.ShortStringTooLong)):
             return True
         if (
             isinstance(error, pika.exceptions.ChannelClosedByBroker)

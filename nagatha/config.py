@@ -348,21 +348,16 @@ def _read_env(env: Mapping[str, str]) -> tuple[dict[str, dict[str, Any]], dict[s
     nested = f"{ENV_PREFIX}MODULES__SETTINGS__"
     for name in sorted(n for n in env if n.upper().startswith(nested)):
         path = [part.lower() for part in name[len(nested) :].split("__")]
-        if len(path) < 2 or not all(path):
+        modules = values.setdefault("modules", {})
+        # NAGATHA_MODULES_SETTINGS, if given too, comes first.
+        if len(path) < 2 or not all(path) or isinstance(modules.get("settings"), str):
             continue
-        settings = values.setdefault("modules", {}).setdefault("settings", {})
-        if isinstance(settings, str):  # NAGATHA_MODULES_SETTINGS given too: it comes first
-            continue
-        target = settings
-        for part in path[:-1]:
-            target = target.setdefault(part, {})
-            if not isinstance(target, dict):
-                break
-        else:
-            # A secret stays text: "12345678" must not become a number nobody redacts.
-            raw = env[name]
-            target[path[-1]] = raw if is_secret_name(path[-1]) else _env_value(raw)
-            sources["modules.settings"] = f"env {name}"
+        # A secret stays text: "12345678" must not become a number nobody redacts.
+        value: Any = env[name] if is_secret_name(path[-1]) else _env_value(env[name])
+        for part in reversed(path):
+            value = {part: value}
+        modules["settings"] = _deep_merge(modules.get("settings"), value)
+        sources["modules.settings"] = f"env {name}"
     return values, sources
 
 

@@ -45,11 +45,16 @@ def loads(text: str | bytes) -> Any:
 
 
 def check(value: Any) -> None:
-    """Raise :class:`JsonTextError` if ``value`` nests too deep or holds a lone surrogate."""
+    """Raise :class:`JsonTextError` if ``value`` (plain JSON data) nests too deep, holds NaN
+    or Infinity, or holds a lone surrogate."""
     if _too_deep(value, MAX_DEPTH):
         raise JsonTextError(f"nests deeper than {MAX_DEPTH} levels")
     try:
-        json.dumps(value, ensure_ascii=False).encode("utf-8")
+        text = json.dumps(value, ensure_ascii=False, allow_nan=False)
+    except ValueError:
+        raise JsonTextError("holds NaN or Infinity, which JSON has not") from None
+    try:
+        text.encode("utf-8")
     except UnicodeEncodeError:
         raise JsonTextError("holds a string that is not valid Unicode (a lone surrogate)") from None
 

@@ -9,7 +9,6 @@ config (``modules.settings.<module>.tasks.<name>``).
 from __future__ import annotations
 
 import inspect
-import json
 import logging
 import math
 import re
@@ -322,7 +321,6 @@ class TaskRegistry:
                 answer = result if isinstance(result, dict) else {"status": "ok", "detail": result}
                 # As the API would answer it: datetimes and UUIDs as text, NaN refused.
                 answer = to_jsonable_python(answer)
-                json.dumps(answer, allow_nan=False)
                 jsontext.check(answer)
                 beats[name] = answer
             except (Exception, SystemExit) as exc:

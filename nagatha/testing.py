@@ -148,6 +148,12 @@ class RabbitVhost:
         """Delete the vhost and everything in it."""
         rabbitmqctl("delete_vhost", self.name)
 
+    def __enter__(self) -> RabbitVhost:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.delete()
+
 
 @contextmanager
 def amqp_channel(url: str) -> Iterator[BlockingChannel]:

@@ -105,7 +105,6 @@ class Supervisor:
         self.queues = list(queues)
         self._context = multiprocessing.get_context("fork")
         self._children: list[BaseProcess] = []
-        self._started: list[float] = []
         self._stopping = threading.Event()
 
     def _spawn(self) -> BaseProcess:
@@ -127,14 +126,14 @@ class Supervisor:
         signal.signal(signal.SIGTERM, self.stop)
         signal.signal(signal.SIGINT, self.stop)
         self._children = [self._spawn() for _ in range(self.processes)]
-        self._started = [time.monotonic()] * self.processes
+        started = [time.monotonic()] * self.processes
         logger.info("supervisor %d started %d worker processes", os.getpid(), self.processes)
         delays: list[float | None] = [None] * self.processes
         while not self._stopping.wait(0.5):
             for index, child in enumerate(self._children):
                 if child.is_alive() or self._stopping.is_set():
                     continue
-                delay = restart_delay(delays[index], time.monotonic() - self._started[index])
+                delay = restart_delay(delays[index], time.monotonic() - started[index])
                 delays[index] = delay
                 logger.error(
                     "worker process %s died with exit code %s; starting a new one in %gs",
@@ -145,7 +144,7 @@ class Supervisor:
                 if self._stopping.wait(delay):
                     break
                 self._children[index] = self._spawn()
-                self._started[index] = time.monotonic()
+                started[index] = time.monotonic()
         return self._shutdown()
 
     def _shutdown(self) -> int:

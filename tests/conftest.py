@@ -57,9 +57,8 @@ def redis_server() -> None:
 @pytest.fixture(scope="session")
 def vhost(rabbitmq: None) -> Iterator[RabbitVhost]:
     """A RabbitMQ vhost for this test session, deleted at the end."""
-    created = RabbitVhost()
-    yield created
-    created.delete()
+    with RabbitVhost() as created:
+        yield created
 
 
 @pytest.fixture

@@ -68,7 +68,7 @@ def embedded_config(config: FrameworkConfig, *, forced: bool) -> FrameworkConfig
 
     ``forced`` (``--embedded``) puts broker and store in memory. Without it, a ``memory://``
     broker means embedded (the store may stay in Redis). A ``memory://`` store with RabbitMQ
-    never gets here: :func:`nagatha.config.load_config` refuses it.
+    never gets here: the CLI refuses it first (:func:`nagatha.config.check_stores`).
     """
     if forced:
         return config.with_overrides(broker={"url": MEMORY_URL}, results={"url": MEMORY_URL})

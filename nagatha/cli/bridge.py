@@ -102,20 +102,16 @@ def dlq_list(obj: CliContext, as_json: bool) -> None:
         return
     grid = table("id", "queue", "task", "task id", "dead at", "bytes", "reason")
     for letter in letters:
-        grid.add_row(
-            *(
-                cell(text)
-                for text in (
-                    letter.id,
-                    letter.queue,
-                    letter.task_name or "",
-                    letter.task_id or "",
-                    letter.dead_at or "",
-                    str(letter.size),
-                    letter.reason,
-                )
-            )
+        texts = (
+            letter.id,
+            letter.queue,
+            letter.task_name or "",
+            letter.task_id or "",
+            letter.dead_at or "",
+            str(letter.size),
+            letter.reason,
         )
+        grid.add_row(*map(cell, texts))
     console().print(grid)
 
 

@@ -75,6 +75,8 @@ class HeldRetries(dramatiq.middleware.Retries):
         result: Any = None,
         exception: BaseException | None = None,
     ) -> None:
+        if exception is None:
+            return  # nothing to retry (Retries returns too): no wrapper on the hot path
         try:
             super().after_process_message(  # type: ignore[no-untyped-call]
                 _HoldingEnqueue(broker),

@@ -145,9 +145,8 @@ class MiniWorker:
 
 @pytest.fixture(scope="module")
 def own_vhost(rabbitmq: None) -> Iterator[RabbitVhost]:
-    created = RabbitVhost()
-    yield created
-    created.delete()
+    with RabbitVhost() as created:
+        yield created
 
 
 @pytest.fixture

@@ -39,9 +39,8 @@ class Recorder(dramatiq.Middleware):
 
 @pytest.fixture
 def own_vhost(rabbitmq: None) -> Iterator[RabbitVhost]:
-    vhost = RabbitVhost()
-    yield vhost
-    vhost.delete()
+    with RabbitVhost() as vhost:
+        yield vhost
 
 
 @pytest.fixture
