@@ -9,6 +9,9 @@ Decisions:
 
 * ``gthread`` workers: Dramatiq keeps one pika connection per thread, which threads reuse;
   gevent would make that one connection per greenlet, never closed (dramatiq issue #381).
+  The class is gthread's, extended by :class:`nagatha.api.keepalive.KeepAliveWorker`: a
+  client's back-to-back requests stay on one thread, which halves gunicorn's own CPU per
+  request and answers pipelined requests (gthread drops them).
 * ``preload_app = False``: the app (hub, modules, broker) is built in each worker after the
   fork, so the master never holds a broker connection a fork could share. ``post_fork`` also
   drops an app inherited by mistake (someone forcing preload) without touching its sockets.
@@ -43,7 +46,7 @@ logger = logging.getLogger("nagatha.api")
 #: gunicorn's exit code for a worker that could not boot: the master then stops.
 WORKER_BOOT_ERROR = 3
 
-worker_class = "gthread"
+worker_class = "nagatha.api.keepalive.KeepAliveWorker"
 preload_app = False
 graceful_timeout = 30
 keepalive = 5

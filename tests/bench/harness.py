@@ -295,6 +295,10 @@ class Proc:
     def alive(self) -> bool:
         return self.process.poll() is None
 
+    def cpu(self) -> float:
+        """CPU seconds (user + system) used so far by the processes of this tree."""
+        return cpu_seconds(self.tree())
+
     def log_tail(self, chars: int = 1500) -> str:
         try:
             return self.log_path.read_text(errors="replace")[-chars:]

@@ -170,6 +170,7 @@ def run(services: Services, params: HttpParams, want: set[str]) -> dict[str, Sce
             Ratio("rt_p99_ms", HUB, FASTAPI, ("<=", 1.0)),
             Ratio("submit_p99_ms", HUB, FASTAPI, ("<=", 1.0)),
             Ratio("cpu_ms_per_task", HUB, FASTAPI),
+            Ratio("api_cpu_ms_per_task", HUB, FASTAPI),
             Ratio("broker_cpu_ms_per_task", HUB, FASTAPI),
             Ratio("tasks_per_s", HUB, CEILING),
             Ratio("tasks_per_s", FASTAPI, CEILING),
@@ -225,12 +226,12 @@ def run(services: Services, params: HttpParams, want: set[str]) -> dict[str, Sce
 
 def _e2e_round(stack: Stack, port: int, params: HttpParams, servers: ServerCpu) -> dict[str, Any]:
     per_client = max(1, params.tasks // params.clients)
-    cpu_before = stack.cpu()
+    cpu_before, api_before = stack.cpu(), stack.procs[0].cpu()
     servers_before = servers.snapshot()
     burst = httpload.open_loop(port, params.clients, per_client, params.timeout)
     drained = httpload.collect(port, burst.task_ids, params.clients, params.timeout)
     loop = httpload.closed_loop(port, params.clients, per_client, params.timeout)
-    cpu_used = stack.cpu() - cpu_before
+    cpu_used, api_used = stack.cpu() - cpu_before, stack.procs[0].cpu() - api_before
     tasks = len(burst.task_ids) + loop.ok + loop.failed
     stack.check()
     figures = {
@@ -243,6 +244,7 @@ def _e2e_round(stack: Stack, port: int, params: HttpParams, servers: ServerCpu) 
         "lost": burst.lost + drained.lost + loop.lost,
         "failed": burst.failed + drained.failed + loop.failed,
         "cpu_ms_per_task": 1000 * cpu_used / max(1, tasks),
+        "api_cpu_ms_per_task": 1000 * api_used / max(1, tasks),
         **servers.figures(servers_before, tasks),
     }
     errors = burst.errors + drained.errors + loop.errors

@@ -10,6 +10,7 @@ from types import SimpleNamespace
 from typing import Any
 
 import pytest
+from gunicorn.workers.gthread import ThreadWorker
 
 from nagatha.api import gunicorn_conf
 from nagatha.api.server import GunicornServer
@@ -18,6 +19,7 @@ from nagatha.config import ApiConfig, FrameworkConfig
 from nagatha.testing import HubProcess, free_port, run_cli
 
 ROOT = Path(__file__).resolve().parents[2]
+KEEP_ALIVE = "nagatha.api.keepalive.KeepAliveWorker"
 
 
 class FakeApp:
@@ -55,10 +57,10 @@ def test_forget_drops_an_inherited_app_without_closing_it() -> None:
     assert not lazy.loaded and FakeApp.closed == before
 
 
-def test_gunicorn_settings_are_gthread_without_preload() -> None:
+def test_gunicorn_settings_are_the_keep_alive_gthread_worker_without_preload() -> None:
     api = ApiConfig(host="0.0.0.0", port=8123, workers=3, threads=5, timeout=40)
     settings = gunicorn_conf.settings(api)
-    assert settings["worker_class"] == "gthread"
+    assert settings["worker_class"] == KEEP_ALIVE
     assert settings["preload_app"] is False
     assert settings["bind"] == ["0.0.0.0:8123"]
     assert (settings["workers"], settings["threads"], settings["timeout"]) == (3, 5, 40)
@@ -68,7 +70,7 @@ def test_gunicorn_settings_are_gthread_without_preload() -> None:
 def test_the_gunicorn_application_takes_its_settings_and_builds_no_app_in_the_master() -> None:
     config = FrameworkConfig.model_validate({"api": {"port": 8124, "workers": 2, "threads": 3}})
     server = GunicornServer(config)
-    assert server.cfg.worker_class_str == "gthread"
+    assert server.cfg.worker_class_str == KEEP_ALIVE
     assert server.cfg.preload_app is False
     assert server.cfg.bind == ["127.0.0.1:8124"]
     assert (server.cfg.workers, server.cfg.threads) == (2, 3)
@@ -101,7 +103,8 @@ def test_gunicorn_reads_the_config_module_alone() -> None:
         app = WSGIApplication()
     finally:
         sys.argv = argv
-    assert app.cfg.worker_class_str == "gthread"
+    assert app.cfg.worker_class_str == KEEP_ALIVE
+    assert issubclass(app.cfg.worker_class, ThreadWorker)  # gthread, as DESIGN §5 requires
     assert app.cfg.preload_app is False
     assert app.cfg.control_socket_disable is True
 
