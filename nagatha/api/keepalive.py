@@ -72,7 +72,7 @@ class KeepAliveWorker(ThreadWorker):  # type: ignore[misc]
         poller = select.poll()
         poller.register(conn.sock, select.POLLIN)
         for _ in range(LINGER_MS):
-            if self._queued:
+            if self._queued > 0:
                 return False  # another connection waits for a thread: give this one back
             if poller.poll(1):
                 return True
