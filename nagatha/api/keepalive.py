@@ -4,15 +4,17 @@ gunicorn's :class:`~gunicorn.workers.gthread.ThreadWorker` hands every keep-aliv
 back to its main thread after each response: the socket goes back into the main thread's
 poller and, when the next request arrives, is submitted to the thread pool again. That round
 trip costs about half of gunicorn's CPU per request (a trivial WSGI app on 2 cores: 210 µs per
-request with gthread, 110 µs here; in the hub, 51 futex calls per task with gthread, 6 here)
-and it drops a pipelined request: the bytes already read sit in the parser's buffer, the
-socket never turns readable again, and the connection is closed at the keep-alive timeout.
+request with gthread, 110 µs here; in the hub, 51 futex calls per task with gthread, 6 here).
+Before gunicorn 27 it also dropped pipelined requests: the bytes already read sat in the
+parser's buffer, the socket never turned readable again, and the keep-alive timeout closed
+the connection.
 
 :class:`KeepAliveWorker` keeps serving the connection it just answered while the client sends
 more, which is what a service's HTTP client pool and a client that long-polls after a submit
 do:
 
-* a request already buffered (pipelined, or pending in TLS) is served at once;
+* a request already read (pipelined, or pending in TLS) is served at once, whatever the
+  gunicorn version;
 * otherwise the thread waits up to :data:`LINGER_MS` for the next request (blocked in
   ``poll``, no CPU, no GIL);
 * it does not wait when no other thread of the pool is free (a new connection must always

@@ -71,8 +71,9 @@ def one_thread(
 
 
 def test_pipelined_requests_are_all_answered_at_once(one_thread: tuple[HubProcess, str]) -> None:
-    # gthread answers the first and leaves the others in its parser's buffer: the socket never
-    # turns readable for them, and the keep-alive timeout (5 s) closes the connection.
+    # gthread before gunicorn 27 answers the first and leaves the others in its parser's
+    # buffer: the socket never turns readable for them, and the keep-alive timeout (5 s)
+    # closes the connection.
     connection = Connection(one_thread[1])
     try:
         connection.sock.sendall(PING * 3)
