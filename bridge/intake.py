@@ -13,7 +13,7 @@ task name no hub module has       dead-lettered; FAILURE ``NotRegistered(name)``
 ``expires`` already passed        REVOKED ``TaskRevokedError('expired')``
 arguments that do not fit         FAILURE ``TypeError`` (what the task call would raise)
 anything else                     hub ``pending`` record, then the Dramatiq message published
-                                  (``delay`` from ``eta``)
+                                  (``delay`` from ``eta``, 25 min at most per hop)
 a bug of the bridge               dead-lettered with the error
 ================================  ============================================================
 
@@ -62,7 +62,7 @@ from nagatha.errors import (
     UnknownTask,
 )
 from nagatha.registry import TaskRegistry, TaskSpec
-from nagatha.types import TaskRecord, utcnow
+from nagatha.types import MAX_HOLD_MS, TaskRecord, utcnow
 
 __all__ = ["ENQUEUED", "Delivery", "Intake"]
 
@@ -207,8 +207,9 @@ class Intake:
         record, message = spec.pending(task.task_id, args, kwargs, now, options)
         delay_ms = None
         if task.eta is not None and task.eta > now:
-            # Rounded up: the task never starts before the eta the client asked for.
-            delay_ms = math.ceil((task.eta - now).total_seconds() * 1000)
+            # Rounded up: the task never starts before the eta the client asked for. A longer
+            # countdown goes in hops (see bridge/middleware.py).
+            delay_ms = min(math.ceil((task.eta - now).total_seconds() * 1000), MAX_HOLD_MS)
         return _Admitted(record, Enqueue(message, delay_ms))
 
     def _enqueue(self, tasks: list[_Admitted]) -> None:

@@ -9,7 +9,9 @@ hook                       what it does
 before_process_message     revoked or expired → REVOKED answered, hub record ``failure`` with
                            the reason, :func:`bridge.workflows.dispatch_revoked` (a chord
                            member still counts), ``SkipMessage`` (the task does not run; the
-                           message is acked); else STARTED when ``bridge.track_started``
+                           message is acked); ``eta`` still ahead → the next hop of a long
+                           countdown (below), ``SkipMessage``; else STARTED when
+                           ``bridge.track_started``
 after_process_message      success → :func:`bridge.workflows.dispatch_success` (its ids are
                            the ``children``), then SUCCESS; a retry to come → RETRY; the final
                            failure → FAILURE, then :func:`bridge.workflows.dispatch_failure`
@@ -17,6 +19,15 @@ after_nack                 FAILURE for a message no worker thread answered (no s
                            this worker); REVOKED ``expired`` when the task's ``max_age``
                            passed
 =========================  ==================================================================
+
+Long countdowns: a worker holds a delayed message unacknowledged until it is due, and RabbitMQ
+closes the channel of a consumer that holds one past its ``consumer_timeout`` (30 minutes by
+default), delivering everything on it again. So the bridge delays a task by at most
+:data:`~nagatha.types.MAX_HOLD_MS` (25 minutes) at a time: a message that comes due before its
+Celery ``eta`` is sent back to the delay queue for the rest (25 minutes at most again) and
+acked, its pending record kept alive meanwhile. A revoke or ``expires`` is honoured at the next
+hop. Should RabbitMQ refuse a hop for :data:`~nagatha.middleware.retries.HOLD_S`, the task
+fails and its message is dead-lettered.
 
 Answers go to the Redis result backend and, with ``bridge.rpc_replies``, to the message's
 ``reply_to``; with ``ignore_result`` nothing is stored (workflows still run). Final answers
@@ -34,15 +45,17 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import socket
 import threading
 import weakref
 from collections.abc import Callable
+from datetime import datetime
 from typing import Any
 
 import dramatiq
-from dramatiq.errors import ActorNotFound
+from dramatiq.errors import ActorNotFound, BrokerConnectionError
 from dramatiq.middleware import SkipMessage
 
 from bridge import workflows
@@ -62,13 +75,19 @@ from bridge.task import CeleryTask
 from nagatha.broker import amqp_url
 from nagatha.config import FrameworkConfig
 from nagatha.errors import NagathaError, PublishRefused, ServiceUnavailable
+from nagatha.middleware import retries
 from nagatha.middleware.holding import hold
+from nagatha.middleware.status import record_defaults
 from nagatha.stores import StatusStore
-from nagatha.types import utcnow
+from nagatha.types import MAX_HOLD_MS, TaskStatus, utcnow
 
 __all__ = ["CeleryResultsMiddleware"]
 
 logger = logging.getLogger("nagatha.bridge")
+
+#: A task due within this many ms of this worker's clock runs now rather than hop again: the
+#: hosts' clocks may differ by that much (the bridge's delay was computed on its own).
+ETA_SLACK_MS = 1000
 
 
 class CeleryResultsMiddleware(dramatiq.Middleware):
@@ -82,6 +101,7 @@ class CeleryResultsMiddleware(dramatiq.Middleware):
         publisher: ConfirmedPublisher | None = None,
     ) -> None:
         self.publisher = publisher or ConfirmedPublisher(amqp_url(config.broker))
+        self.store = store
         self.answers: Answers = build_answers(config, store, self.publisher)
         self.revocations = build_revocations(config)
         self.track_started = config.bridge.track_started
@@ -111,6 +131,8 @@ class CeleryResultsMiddleware(dramatiq.Middleware):
         if reason is not None:
             self._discard(task, reason)
             raise SkipMessage(f"Celery task {reason}")
+        if task.eta is not None:
+            self._hop_if_early(broker, message, task, task.eta)
         if self.track_started and not task.ignore_result:
             meta = started_meta(
                 task.task_id,
@@ -191,6 +213,52 @@ class CeleryResultsMiddleware(dramatiq.Middleware):
         except ServiceUnavailable as exc:
             logger.warning("task %s: revoke check skipped (%s); running it", task.task_id, exc)
         return None
+
+    def _hop_if_early(
+        self,
+        broker: dramatiq.Broker,
+        message: dramatiq.MessageProxy,
+        task: CeleryTask,
+        eta: datetime,
+    ) -> None:
+        """Raise ``SkipMessage`` after sending ``message`` on its next hop if ``eta`` is ahead."""
+        ahead_ms = (eta - utcnow()).total_seconds() * 1000
+        if ahead_ms <= ETA_SLACK_MS:
+            return
+        delay_ms = min(math.ceil(ahead_ms), MAX_HOLD_MS)
+        try:
+            retries.enqueue_held(broker, message.copy(), delay_ms, "the next hop of its countdown")
+        except BrokerConnectionError as exc:
+            self._refuse_hop(message, task, exc)
+            raise SkipMessage("the next hop of its countdown was refused") from None
+        # The pending record must outlive the countdown: each hop renews its expiry.
+        self.store.update_soon(task.task_id, TaskStatus.PENDING, {}, record_defaults(message))
+        logger.info(
+            "task %s %s: due at %s, %d s from now; waiting up to %d s more",
+            task.task_id,
+            task.task_name,
+            eta.isoformat(),
+            int(ahead_ms // 1000),
+            delay_ms // 1000,
+        )
+        raise SkipMessage("early: sent on the next hop of its countdown")
+
+    def _refuse_hop(
+        self, message: dramatiq.MessageProxy, task: CeleryTask, exc: BrokerConnectionError
+    ) -> None:
+        """Fail a task whose next hop RabbitMQ refused: answered, then dead-lettered."""
+        reason = f"RabbitMQ refused the next hop of its countdown for {retries.HOLD_S:g}s ({exc})"
+        logger.error("task %s %s: %s", task.task_id, task.task_name, reason)
+        self._mark_answered(message)
+        self._hold(
+            task,
+            "hub record",
+            lambda: self.answers.hub_failure(
+                task.task_id, task_name=task.task_name, error=f"EtaRefused: {reason}"
+            ),
+        )
+        self._fail(task, error_info("RuntimeError", [reason]), None)
+        message.fail()
 
     def _discard(self, task: CeleryTask, reason: str) -> None:
         """Answer REVOKED, fail the hub record, count a chord member: the task is not run."""

@@ -36,8 +36,36 @@ HOLD_S = 60.0
 NOT_RETRIED = "nagatha_not_retried"
 
 
+def enqueue_held(
+    broker: dramatiq.Broker, message: dramatiq.Message[Any], delay: int | None, what: str
+) -> Any:
+    """``broker.enqueue(message, delay=delay)`` from a worker thread, held as described above.
+
+    Raises ``BrokerConnectionError`` once RabbitMQ refused it for :data:`HOLD_S`; ``what``
+    names the message in the warnings (``"the retry"``).
+    """
+
+    def report(exc: Exception) -> None:
+        logger.warning(
+            "task %s %s: %s could not be enqueued, holding it: %s: %s",
+            message.message_id,
+            message.actor_name,
+            what,
+            type(exc).__name__,
+            exc,
+        )
+
+    return hold(
+        lambda: broker.enqueue(message, delay=delay),
+        BrokerConnectionError,
+        report,
+        give_up_after=HOLD_S,
+        permanent=refused_for_good,
+    )
+
+
 class _HoldingEnqueue:
-    """The broker as ``Retries`` sees it: ``enqueue`` tries for up to :data:`HOLD_S`."""
+    """The broker as ``Retries`` sees it: ``enqueue`` is :func:`enqueue_held`."""
 
     def __init__(self, broker: dramatiq.Broker) -> None:
         self._broker = broker
@@ -46,22 +74,7 @@ class _HoldingEnqueue:
         return getattr(self._broker, name)
 
     def enqueue(self, message: dramatiq.Message[Any], *, delay: int | None = None) -> Any:
-        def report(exc: Exception) -> None:
-            logger.warning(
-                "task %s %s: the retry could not be enqueued, holding it: %s: %s",
-                message.message_id,
-                message.actor_name,
-                type(exc).__name__,
-                exc,
-            )
-
-        return hold(
-            lambda: self._broker.enqueue(message, delay=delay),
-            BrokerConnectionError,
-            report,
-            give_up_after=HOLD_S,
-            permanent=refused_for_good,
-        )
+        return enqueue_held(self._broker, message, delay, "the retry")
 
 
 class HeldRetries(dramatiq.middleware.Retries):

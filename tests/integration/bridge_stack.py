@@ -9,19 +9,31 @@
 from __future__ import annotations
 
 import os
+import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+import dramatiq
+import pika
 import redis
 from celery import Celery
 from celery.result import AsyncResult
 
+from bridge.task import CeleryTask
 from nagatha.config import FrameworkConfig, load_config
 from nagatha.stores import RedisStatusStore
-from nagatha.testing import LOOPBACK, HubProcess, RabbitVhost, RedisPrefix, wait_until
+from nagatha.testing import (
+    LOOPBACK,
+    HubProcess,
+    RabbitVhost,
+    RedisPrefix,
+    amqp_channel,
+    wait_until,
+)
 from nagatha.types import TaskRecord
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -77,6 +89,25 @@ class HubStack:
         bridge = self.start(["bridge"], **settings)
         bridge.wait_for_log(BRIDGE_READY, timeout=90)
         return bridge
+
+    def publish_due_later(self, task_id: str, eta: datetime) -> None:
+        """Publish what a worker sees when a hop of a long countdown ends: a bridged
+        ``echo_bot.echo`` (message ``"later"``) in the ``default`` queue whose Celery ``eta``
+        is still ahead, with no delay left."""
+        task = CeleryTask(task_id=task_id, task_name="echo_bot.echo", eta=eta)
+        message = dramatiq.Message(
+            queue_name="default",
+            actor_name="echo_bot.echo",
+            args=(),
+            kwargs={"message": "later"},
+            options={"celery": task.to_options()},
+            message_id=task_id,
+            message_timestamp=int(time.time() * 1000),
+        )
+        with amqp_channel(self.vhost.url) as channel:
+            channel.confirm_delivery()
+            properties = pika.BasicProperties(delivery_mode=2)
+            channel.basic_publish("", "default", message.encode(), properties)
 
     def record(self, task_id: str) -> TaskRecord | None:
         """The hub's status record of ``task_id``."""

@@ -22,7 +22,7 @@ from nagatha.hub import create_hub
 from nagatha.middleware.retries import HeldRetries
 from nagatha.middleware.status import StatusMiddleware
 from nagatha.testing import HubProcess, wait_until
-from nagatha.types import TaskStatus
+from nagatha.types import MAX_HOLD_MS, TaskStatus
 
 pytestmark = pytest.mark.integration
 
@@ -128,6 +128,34 @@ def test_countdown_is_honoured(client: CeleryClient, stack: HubStack) -> None:
     assert record is not None and record.started_at is not None
     # The client's eta is its clock at sending + 2 s, so at least sent_at + 2 s.
     assert record.started_at >= sent_at + timedelta(seconds=2)
+
+
+def test_a_long_countdown_is_delayed_25_minutes_at_a_time(
+    client: CeleryClient, bridge: HubProcess
+) -> None:
+    # Two hours: held whole, a worker would trip RabbitMQ's 30-minute consumer_timeout.
+    result = client.send("echo_bot.echo", kwargs={"message": "in two hours"}, countdown=7200)
+    enqueued = rf"task {re.escape(result.id)} echo_bot.echo enqueued on default"
+    bridge.wait_for_log(rf"{enqueued} \(delay {MAX_HOLD_MS} ms\)", 30)
+    result.revoke()  # it is discarded at its first hop; the vhost goes with the stack anyway
+
+
+def test_a_message_due_later_than_its_hop_goes_on_another_hop(
+    client: CeleryClient, stack: HubStack, worker: HubProcess
+) -> None:
+    # What a worker sees when a 25-minute hop of a longer countdown ends: a bridged message in
+    # the task queue whose Celery eta is still ahead (here 3 s, sent without any delay).
+    eta = datetime.now(UTC) + timedelta(seconds=3)
+    task_id = client.new_id()
+    stack.publish_due_later(task_id, eta)
+    worker.wait_for_log(rf"task {re.escape(task_id)} echo_bot.echo: due at ", 30)
+    # The hop renewed (here: made) the pending record; its write is deferred, so poll for it.
+    waiting = wait_until(lambda: stack.record(task_id), 10, message="the pending record")
+    assert waiting.status is TaskStatus.PENDING, waiting
+    assert client.result(task_id).get(timeout=GET_TIMEOUT) == "later"
+    record = stack.final_record(task_id)
+    assert record.status is TaskStatus.SUCCESS
+    assert record.started_at is not None and record.started_at >= eta - timedelta(seconds=1)
 
 
 def test_started_is_visible_when_track_started_is_on(client: CeleryClient) -> None:

@@ -10,9 +10,11 @@ import json
 import re
 import signal
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import dramatiq
 import pika
 import pytest
 from bridge_stack import BRIDGE_READY, CeleryClient, HubStack, hub_stack
@@ -23,7 +25,9 @@ from bridge.dead_letters import HEADER_PREFIX, declare_dead_letter_queue
 from bridge.intake import Delivery
 from nagatha.broker import amqp_url
 from nagatha.hub import create_hub
+from nagatha.middleware import retries
 from nagatha.testing import amqp_channel, rabbitmqctl, run_cli, wait_until
+from nagatha.types import TaskStatus
 
 pytestmark = pytest.mark.integration
 
@@ -53,6 +57,15 @@ def publish_raw(stack: HubStack, body: bytes, **properties: Any) -> None:
     with amqp_channel(amqp_url(stack.config.broker)) as channel:
         channel.confirm_delivery()
         channel.basic_publish("", "celery", body, pika.BasicProperties(**properties))
+
+
+def has_consumer(stack: HubStack, queue: str) -> bool:
+    """True once ``queue`` exists and a consumer reads it."""
+    try:
+        with amqp_channel(amqp_url(stack.config.broker)) as channel:
+            return channel.queue_declare(queue, passive=True).method.consumer_count > 0
+    except pika.exceptions.ChannelClosedByBroker:  # 404: not declared yet
+        return False
 
 
 def dlq(stack: HubStack, *args: str) -> Any:
@@ -408,3 +421,45 @@ def test_malformed_control_commands_keep_the_bridge_consuming(
     assert {node: {"ok": "pong"}} in client.app.control.ping(timeout=5)
     assert client.send("diagnostics.add", args=[2, 2]).get(timeout=GET_TIMEOUT) == 4
     assert "failed; restarting" not in bridge.log()
+
+
+def test_a_countdown_hop_rabbitmq_refuses_fails_the_task_and_dead_letters_it(
+    rabbitmq: None, redis_server: None, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # In process, to shorten the minute a worker tries a refused publish for.
+    monkeypatch.setattr(retries, "HOLD_S", 0.5)
+    with hub_stack(tmp_path) as stack:
+        hub = create_hub(stack.config)
+        worker = dramatiq.Worker(hub.broker, worker_threads=1)
+        client = CeleryClient(stack)
+        # No room in the delay queue: RabbitMQ NACKs every hop.
+        full = json.dumps({"max-length": 0, "overflow": "reject-publish"})
+        name = stack.vhost.name
+        rabbitmqctl(
+            "set_policy", "-p", name, "--apply-to", "queues", "full", r"^default\.DQ$", full
+        )
+        try:
+            worker.start()
+            wait_until(lambda: has_consumer(stack, "default"), GET_TIMEOUT, message="a consumer")
+            task_id = client.new_id()
+            eta = datetime.now(UTC) + timedelta(minutes=40)
+            stack.publish_due_later(task_id, eta)
+            record = stack.final_record(task_id)
+            assert record.status is TaskStatus.FAILURE
+            assert (record.error or "").startswith(
+                "EtaRefused: RabbitMQ refused the next hop of its countdown for 0.5s"
+            )
+            with pytest.raises(RuntimeError, match="refused the next hop"):
+                client.result(task_id).get(timeout=GET_TIMEOUT)
+            with amqp_channel(amqp_url(stack.config.broker)) as channel:
+                wait_until(
+                    lambda: channel.queue_declare("default.XQ", passive=True).method.message_count,
+                    GET_TIMEOUT,
+                    message="the refused message dead-lettered",
+                )
+        finally:
+            worker.stop()
+            hub.broker.close()
+            hub.store.close()
+            client.close()
+            rabbitmqctl("clear_policy", "-p", name, "full")
