@@ -207,8 +207,9 @@ class Intake:
         record, message = spec.pending(task.task_id, args, kwargs, now, options)
         delay_ms = None
         if task.eta is not None and task.eta > now:
-            # Rounded up: the task never starts before the eta the client asked for. A longer
-            # countdown goes in hops (see bridge/middleware.py).
+            # Rounded up: no start before the eta by this host's clock (a worker allows for
+            # clocks that differ, see ETA_SLACK_MS). A longer countdown goes in hops (see
+            # bridge/middleware.py).
             delay_ms = min(math.ceil((task.eta - now).total_seconds() * 1000), MAX_HOLD_MS)
         return _Admitted(record, Enqueue(message, delay_ms))
 

@@ -25,9 +25,12 @@ closes the channel of a consumer that holds one past its ``consumer_timeout`` (3
 default), delivering everything on it again. So the bridge delays a task by at most
 :data:`~nagatha.types.MAX_HOLD_MS` (25 minutes) at a time: a message that comes due before its
 Celery ``eta`` is sent back to the delay queue for the rest (25 minutes at most again) and
-acked, its pending record kept alive meanwhile. A revoke or ``expires`` is honoured at the next
-hop. Should RabbitMQ refuse a hop for :data:`~nagatha.middleware.retries.HOLD_S`, the task
-fails and its message is dead-lettered.
+acked, the expiry of its pending record started again. A revoke or ``expires`` is honoured at
+the next hop. Should a hop fail (RabbitMQ refusing it for
+:data:`~nagatha.middleware.retries.HOLD_S`), the task fails and its message goes to Dramatiq's
+dead-letter queue (``<queue>.XQ``); it never runs early. As with every move through a delay
+queue, a worker killed between sending a hop and its ack leaves two copies: the task may run
+twice (at least once, never lost).
 
 Answers go to the Redis result backend and, with ``bridge.rpc_replies``, to the message's
 ``reply_to``; with ``ignore_result`` nothing is stored (workflows still run). Final answers
@@ -77,9 +80,8 @@ from nagatha.config import FrameworkConfig
 from nagatha.errors import NagathaError, PublishRefused, ServiceUnavailable
 from nagatha.middleware import retries
 from nagatha.middleware.holding import hold
-from nagatha.middleware.status import record_defaults
 from nagatha.stores import StatusStore
-from nagatha.types import MAX_HOLD_MS, TaskStatus, utcnow
+from nagatha.types import MAX_HOLD_MS, utcnow
 
 __all__ = ["CeleryResultsMiddleware"]
 
@@ -131,7 +133,8 @@ class CeleryResultsMiddleware(dramatiq.Middleware):
         if reason is not None:
             self._discard(task, reason)
             raise SkipMessage(f"Celery task {reason}")
-        if task.eta is not None:
+        if task.eta is not None and not message.options.get("retries"):
+            # (A retry comes after an attempt, which came after the eta: it never hops.)
             self._hop_if_early(broker, message, task, task.eta)
         if self.track_started and not task.ignore_result:
             meta = started_meta(
@@ -228,11 +231,13 @@ class CeleryResultsMiddleware(dramatiq.Middleware):
         delay_ms = min(math.ceil(ahead_ms), MAX_HOLD_MS)
         try:
             retries.enqueue_held(broker, message.copy(), delay_ms, "the next hop of its countdown")
-        except BrokerConnectionError as exc:
+        except Exception as exc:  # refused for good, or a bug: never run the task early
             self._refuse_hop(message, task, exc)
-            raise SkipMessage("the next hop of its countdown was refused") from None
-        # The pending record must outlive the countdown: each hop renews its expiry.
-        self.store.update_soon(task.task_id, TaskStatus.PENDING, {}, record_defaults(message))
+            raise SkipMessage("the next hop of its countdown failed") from None
+        try:  # the pending record must outlive the countdown
+            self.store.renew(task.task_id)
+        except NagathaError as exc:
+            logger.warning("task %s: pending record not renewed: %s", task.task_id, exc)
         logger.info(
             "task %s %s: due at %s, %d s from now; waiting up to %d s more",
             task.task_id,
@@ -243,21 +248,22 @@ class CeleryResultsMiddleware(dramatiq.Middleware):
         )
         raise SkipMessage("early: sent on the next hop of its countdown")
 
-    def _refuse_hop(
-        self, message: dramatiq.MessageProxy, task: CeleryTask, exc: BrokerConnectionError
-    ) -> None:
-        """Fail a task whose next hop RabbitMQ refused: answered, then dead-lettered."""
-        reason = f"RabbitMQ refused the next hop of its countdown for {retries.HOLD_S:g}s ({exc})"
+    def _refuse_hop(self, message: dramatiq.MessageProxy, task: CeleryTask, exc: Exception) -> None:
+        """Fail a task whose next hop could not be enqueued: answered, then dead-lettered."""
+        if isinstance(exc, BrokerConnectionError):
+            reason = f"RabbitMQ refused the next hop of its countdown for {retries.HOLD_S:g}s"
+        else:
+            reason = "the next hop of its countdown could not be enqueued"
+        reason = f"EtaRefused: {reason} ({type(exc).__name__}: {exc})"
         logger.error("task %s %s: %s", task.task_id, task.task_name, reason)
         self._mark_answered(message)
         self._hold(
             task,
             "hub record",
-            lambda: self.answers.hub_failure(
-                task.task_id, task_name=task.task_name, error=f"EtaRefused: {reason}"
-            ),
+            lambda: self.answers.hub_failure(task.task_id, task_name=task.task_name, error=reason),
         )
         self._fail(task, error_info("RuntimeError", [reason]), None)
+        setattr(message, retries.FAILED_BECAUSE, reason)
         message.fail()
 
     def _discard(self, task: CeleryTask, reason: str) -> None:

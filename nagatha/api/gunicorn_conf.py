@@ -10,9 +10,8 @@ Decisions:
 * ``gthread`` workers: Dramatiq keeps one pika connection per thread, which threads reuse;
   gevent would make that one connection per greenlet, never closed (dramatiq issue #381).
   The class is gthread's, extended by :class:`nagatha.api.keepalive.KeepAliveWorker`: a
-  client's back-to-back requests stay on one thread, which halves gunicorn's own CPU per
-  request while few clients are busy at once, and answers pipelined requests (gthread before
-  gunicorn 27 drops them).
+  client's back-to-back requests stay on one thread while no other connection waits for
+  one, which halves gunicorn's own CPU per request while few clients are busy at once.
 * ``preload_app = False``: the app (hub, modules, broker) is built in each worker after the
   fork, so the master never holds a broker connection a fork could share. ``post_fork`` also
   drops an app inherited by mistake (someone forcing preload) without touching its sockets.

@@ -5,25 +5,23 @@ back to its main thread after each response: the socket goes back into the main 
 poller and, when the next request arrives, is submitted to the thread pool again. That round
 trip costs about half of gunicorn's CPU per request (a trivial WSGI app on 2 cores: 210 µs per
 request with gthread, 110 µs here; in the hub, 51 futex calls per task with gthread, 6 here).
-Before gunicorn 27 it also dropped pipelined requests: the bytes already read sat in the
-parser's buffer, the socket never turned readable again, and the keep-alive timeout closed
-the connection.
 
 :class:`KeepAliveWorker` keeps serving the connection it just answered while the client sends
 more, which is what a service's HTTP client pool and a client that long-polls after a submit
-do:
+do. After each response, in this order:
 
-* a request already read (pipelined, or pending in TLS) is served at once, whatever the
-  gunicorn version;
-* otherwise the thread waits up to :data:`LINGER_MS` for the next request (blocked in
-  ``poll``, no CPU, no GIL);
-* it does not wait when no other thread of the pool is free (a new connection must always
-  find a thread; queued work then waits at most :data:`LINGER_MS`), when the worker is
-  stopping, or for HTTP/2; the connection then goes back to the poller exactly as in gthread.
+* another connection waits for a thread: this one goes back to gthread's main thread (which
+  serves what it holds buffered, pipelined requests included, after the others), so no
+  client keeps a thread while another waits for one;
+* a request already read (pipelined, or pending in TLS) is served at once;
+* otherwise the thread waits up to :data:`LINGER_MS` for the next request, in ``poll`` (no
+  CPU, no GIL) and in 1 ms slices, giving the connection back as soon as another one waits
+  for a thread; nothing comes: back to the main thread's poller, as in gthread.
 
-Everything else (parsing, keep-alive timeouts, graceful stop, ``max_requests``) is gthread's.
-Written against gunicorn 25.1-27: ``ThreadWorker.handle`` returns ``True`` when the
-connection stays open.
+Not when the worker is stopping, nor for HTTP/2. Everything else (parsing, keep-alive
+timeouts, graceful stop, ``max_requests``) is gthread's, from gunicorn 27 on:
+``ThreadWorker.handle`` returns ``True`` when the connection stays open, and
+``finish_request`` queues a connection whose next request is already buffered.
 """
 
 from __future__ import annotations
@@ -62,8 +60,8 @@ class KeepAliveWorker(ThreadWorker):  # type: ignore[misc]
         return result
 
     def _next_request_soon(self, conn: Any) -> bool:
-        """True if ``conn`` has (or gets within the linger) a request this thread may serve."""
-        if not self.alive or conn.is_http2:
+        """True if this thread should serve ``conn``'s next request (see the module docstring)."""
+        if not self.alive or conn.is_http2 or self._others_wait():
             return False
         with conn.parser.unreader.buf.getbuffer() as buffered:
             if buffered.nbytes:
@@ -74,8 +72,12 @@ class KeepAliveWorker(ThreadWorker):  # type: ignore[misc]
         poller = select.poll()
         poller.register(conn.sock, select.POLLIN)
         for _ in range(LINGER_MS):
-            if self._queued > 0:
-                return False  # another connection waits for a thread: give this one back
             if poller.poll(1):
-                return True
+                return not self._others_wait()
+            if self._others_wait():
+                return False
         return False
+
+    def _others_wait(self) -> bool:
+        """True while another connection waits for a thread of the pool."""
+        return self._queued > 0

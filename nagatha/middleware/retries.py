@@ -11,7 +11,7 @@ tried again with backoff:
   never lost);
 * while RabbitMQ refuses it (a ``reject-publish`` limit on the delay queue, a delay queue
   declared otherwise), for up to :data:`HOLD_S`. Then the message is failed instead of acked:
-  RabbitMQ dead-letters it, and the record says ``failure`` with :data:`NOT_RETRIED` as the
+  RabbitMQ dead-letters it, and the record says ``failure`` with :data:`FAILED_BECAUSE` as the
   reason, so a refusal that never clears costs a worker thread for a minute, not forever.
 """
 
@@ -32,8 +32,8 @@ logger = logging.getLogger("nagatha.tasks")
 #: Seconds a worker thread keeps trying to enqueue a retry RabbitMQ refuses before it fails
 #: the message.
 HOLD_S = 60.0
-#: Attribute of a message failed here: the ``error`` its status record gets.
-NOT_RETRIED = "nagatha_not_retried"
+#: Attribute of a message a middleware failed on purpose: the ``error`` its status record gets.
+FAILED_BECAUSE = "nagatha_failed_because"
 
 
 def enqueue_held(
@@ -103,5 +103,5 @@ class HeldRetries(dramatiq.middleware.Retries):
                 f"message was dead-lettered after attempt {message.options.get('retries', 0)}"
             )
             logger.error("task %s %s: %s", message.message_id, message.actor_name, reason)
-            setattr(message, NOT_RETRIED, reason)
+            setattr(message, FAILED_BECAUSE, reason)
             message.fail()

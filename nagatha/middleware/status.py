@@ -37,7 +37,7 @@ from dramatiq.middleware import SkipMessage, TimeLimitExceeded
 
 from nagatha.errors import StoreUnavailable
 from nagatha.middleware.holding import hold
-from nagatha.middleware.retries import NOT_RETRIED
+from nagatha.middleware.retries import FAILED_BECAUSE
 from nagatha.stores import StatusStore
 from nagatha.types import TaskStatus, utcnow
 
@@ -151,7 +151,7 @@ class StatusMiddleware(dramatiq.Middleware):
             )
         elif message.failed:
             limit = self._time_limit(broker, message)
-            refused: str | None = getattr(message, NOT_RETRIED, None)  # HeldRetries gave up
+            refused: str | None = getattr(message, FAILED_BECAUSE, None)  # HeldRetries gave up
             self._fail(
                 message, refused or describe_exception(exception, message, time_limit_ms=limit)
             )
@@ -173,7 +173,11 @@ class StatusMiddleware(dramatiq.Middleware):
 
     def after_skip_message(self, broker: dramatiq.Broker, message: MessageProxy) -> None:
         if message.failed:
-            self._fail(message, describe_exception(getattr(message, "_exception", None), message))
+            reason: str | None = getattr(message, FAILED_BECAUSE, None)  # a refused hop
+            self._fail(
+                message,
+                reason or describe_exception(getattr(message, "_exception", None), message),
+            )
 
     def after_nack(self, broker: dramatiq.Broker, message: MessageProxy) -> None:
         # One attempt, no holding: for a message no worker thread saw (unknown task) this runs

@@ -80,6 +80,10 @@ class StatusStore(abc.ABC):
         """Return the record of ``task_id``, or None if there is none (or it expired)."""
 
     @abc.abstractmethod
+    def renew(self, task_id: str) -> None:
+        """Start the expiry of ``task_id``'s record again, unchanged; nothing if there is none."""
+
+    @abc.abstractmethod
     def delete(self, task_id: str) -> None:
         """Remove the record of ``task_id`` (used when an enqueue fails after ``create``)."""
 

@@ -58,6 +58,12 @@ class MemoryStatusStore(StatusStore):
         with self._changed:
             return self._live(task_id)
 
+    def renew(self, task_id: str) -> None:
+        with self._changed:
+            record = self._live(task_id)
+            if record is not None:
+                self._records[task_id] = (time.monotonic() + self.ttl, record)
+
     def delete(self, task_id: str) -> None:
         with self._changed:
             self._records.pop(task_id, None)

@@ -305,6 +305,12 @@ class RedisStatusStore(StatusStore):
             raise _unavailable(exc) from None
         return decode_fields(raw) if raw else None  # type: ignore[arg-type]
 
+    def renew(self, task_id: str) -> None:
+        try:
+            self.client.expire(self._key(task_id), self.ttl)
+        except RedisError as exc:
+            raise _unavailable(exc) from None
+
     def delete(self, task_id: str) -> None:
         try:
             self.client.delete(self._key(task_id))

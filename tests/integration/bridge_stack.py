@@ -13,7 +13,7 @@ import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -34,7 +34,7 @@ from nagatha.testing import (
     amqp_channel,
     wait_until,
 )
-from nagatha.types import TaskRecord
+from nagatha.types import TaskRecord, TaskStatus
 
 ROOT = Path(__file__).resolve().parents[2]
 #: The Redis DB the tests use; Celery result keys there are per task id and deleted after.
@@ -90,10 +90,20 @@ class HubStack:
         bridge.wait_for_log(BRIDGE_READY, timeout=90)
         return bridge
 
-    def publish_due_later(self, task_id: str, eta: datetime) -> None:
+    def publish_due_later(self, task_id: str, eta: datetime, *, record_ttl: int) -> None:
         """Publish what a worker sees when a hop of a long countdown ends: a bridged
         ``echo_bot.echo`` (message ``"later"``) in the ``default`` queue whose Celery ``eta``
-        is still ahead, with no delay left."""
+        is still ahead, with no delay left; its pending record expires in ``record_ttl`` s."""
+        now = datetime.now(UTC)
+        record = TaskRecord(
+            task_id=task_id,
+            task_name="echo_bot.echo",
+            status=TaskStatus.PENDING,
+            kwargs={"message": "later"},
+            created_at=now,
+        )
+        self.store.create(record)
+        self.store.client.expire(self.store._key(task_id), record_ttl)
         task = CeleryTask(task_id=task_id, task_name="echo_bot.echo", eta=eta)
         message = dramatiq.Message(
             queue_name="default",

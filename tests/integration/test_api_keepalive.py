@@ -71,9 +71,8 @@ def one_thread(
 
 
 def test_pipelined_requests_are_all_answered_at_once(one_thread: tuple[HubProcess, str]) -> None:
-    # gthread before gunicorn 27 answers the first and leaves the others in its parser's
-    # buffer: the socket never turns readable for them, and the keep-alive timeout (5 s)
-    # closes the connection.
+    # Read together, they leave the socket not readable for the second and third: they must
+    # be served from the parser's buffer.
     connection = Connection(one_thread[1])
     try:
         connection.sock.sendall(PING * 3)

@@ -144,14 +144,15 @@ def test_a_message_due_later_than_its_hop_goes_on_another_hop(
     client: CeleryClient, stack: HubStack, worker: HubProcess
 ) -> None:
     # What a worker sees when a 25-minute hop of a longer countdown ends: a bridged message in
-    # the task queue whose Celery eta is still ahead (here 3 s, sent without any delay).
-    eta = datetime.now(UTC) + timedelta(seconds=3)
+    # the task queue whose Celery eta is still ahead (here 8 s, sent without any delay).
+    eta = datetime.now(UTC) + timedelta(seconds=8)
     task_id = client.new_id()
-    stack.publish_due_later(task_id, eta)
+    stack.publish_due_later(task_id, eta, record_ttl=100)
     worker.wait_for_log(rf"task {re.escape(task_id)} echo_bot.echo: due at ", 30)
-    # The hop renewed (here: made) the pending record; its write is deferred, so poll for it.
-    waiting = wait_until(lambda: stack.record(task_id), 10, message="the pending record")
-    assert waiting.status is TaskStatus.PENDING, waiting
+    waiting = stack.record(task_id)
+    assert waiting is not None and waiting.status is TaskStatus.PENDING, waiting
+    # The hop started the record's expiry again (results.ttl, a day here).
+    assert stack.store.client.ttl(stack.store._key(task_id)) > 3600
     assert client.result(task_id).get(timeout=GET_TIMEOUT) == "later"
     record = stack.final_record(task_id)
     assert record.status is TaskStatus.SUCCESS

@@ -443,12 +443,13 @@ def test_a_countdown_hop_rabbitmq_refuses_fails_the_task_and_dead_letters_it(
             wait_until(lambda: has_consumer(stack, "default"), GET_TIMEOUT, message="a consumer")
             task_id = client.new_id()
             eta = datetime.now(UTC) + timedelta(minutes=40)
-            stack.publish_due_later(task_id, eta)
+            stack.publish_due_later(task_id, eta, record_ttl=3600)
             record = stack.final_record(task_id)
             assert record.status is TaskStatus.FAILURE
             assert (record.error or "").startswith(
                 "EtaRefused: RabbitMQ refused the next hop of its countdown for 0.5s"
             )
+            assert record.started_at is None  # never run early
             with pytest.raises(RuntimeError, match="refused the next hop"):
                 client.result(task_id).get(timeout=GET_TIMEOUT)
             with amqp_channel(amqp_url(stack.config.broker)) as channel:
