@@ -208,8 +208,8 @@ class Intake:
         delay_ms = None
         if task.eta is not None and task.eta > now:
             # Rounded up: no start before the eta by this host's clock (a worker allows for
-            # clocks that differ, see ETA_SLACK_MS). A longer countdown goes in hops (see
-            # bridge/middleware.py).
+            # clocks that differ: ETA_SLACK_MS in bridge/middleware.py, where a longer countdown
+            # goes on in hops).
             delay_ms = min(math.ceil((task.eta - now).total_seconds() * 1000), MAX_HOLD_MS)
         return _Admitted(record, Enqueue(message, delay_ms))
 

@@ -103,7 +103,6 @@ class CeleryResultsMiddleware(dramatiq.Middleware):
         publisher: ConfirmedPublisher | None = None,
     ) -> None:
         self.publisher = publisher or ConfirmedPublisher(amqp_url(config.broker))
-        self.store = store
         self.answers: Answers = build_answers(config, store, self.publisher)
         self.revocations = build_revocations(config)
         self.track_started = config.bridge.track_started
@@ -235,7 +234,7 @@ class CeleryResultsMiddleware(dramatiq.Middleware):
             self._refuse_hop(message, task, exc)
             raise SkipMessage("the next hop of its countdown failed") from None
         try:  # the pending record must outlive the countdown
-            self.store.renew(task.task_id)
+            self.answers.store.renew(task.task_id)
         except NagathaError as exc:
             logger.warning("task %s: pending record not renewed: %s", task.task_id, exc)
         logger.info(
@@ -255,7 +254,6 @@ class CeleryResultsMiddleware(dramatiq.Middleware):
         else:
             reason = "the next hop of its countdown could not be enqueued"
         reason = f"EtaRefused: {reason} ({type(exc).__name__}: {exc})"
-        logger.error("task %s %s: %s", task.task_id, task.task_name, reason)
         self._mark_answered(message)
         self._hold(
             task,
@@ -263,7 +261,7 @@ class CeleryResultsMiddleware(dramatiq.Middleware):
             lambda: self.answers.hub_failure(task.task_id, task_name=task.task_name, error=reason),
         )
         self._fail(task, error_info("RuntimeError", [reason]), None)
-        setattr(message, retries.FAILED_BECAUSE, reason)
+        setattr(message, retries.FAILED_BECAUSE, reason)  # logged by the status middleware
         message.fail()
 
     def _discard(self, task: CeleryTask, reason: str) -> None:

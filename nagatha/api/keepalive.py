@@ -3,8 +3,10 @@
 gunicorn's :class:`~gunicorn.workers.gthread.ThreadWorker` hands every keep-alive connection
 back to its main thread after each response: the socket goes back into the main thread's
 poller and, when the next request arrives, is submitted to the thread pool again. That round
-trip costs about half of gunicorn's CPU per request (a trivial WSGI app on 2 cores: 210 µs per
-request with gthread, 110 µs here; in the hub, 51 futex calls per task with gthread, 6 here).
+trip costs about half of gunicorn's CPU per request while a process has a few busy clients (a
+trivial WSGI app on 2 cores: about 215 µs per request with gthread, 100-135 µs here with 1-4
+clients; in the hub, 51 futex calls per task with gthread, 6 here). With 8 busy clients per
+process the GIL's handoffs dominate and both cost about 240 µs.
 
 :class:`KeepAliveWorker` keeps serving the connection it just answered while the client sends
 more, which is what a service's HTTP client pool and a client that long-polls after a submit

@@ -59,16 +59,6 @@ def describe_exception(
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
-def record_defaults(message: MessageProxy) -> dict[str, Any]:
-    """The fields a write creates the record of ``message`` with when there is none."""
-    return {
-        "task_name": message.actor_name,
-        "args": list(message.args),
-        "kwargs": dict(message.kwargs),
-        "created_at": message.message_datetime,
-    }
-
-
 class StatusMiddleware(dramatiq.Middleware):
     """Keeps the status store in step with each message (see the module docstring)."""
 
@@ -79,6 +69,15 @@ class StatusMiddleware(dramatiq.Middleware):
         # Retries bumps options["retries"] before our after_* hooks run; keep the attempt's own
         # count, and its start, from before_process_message (same worker thread).
         self._attempt = threading.local()
+
+    @staticmethod
+    def _defaults(message: MessageProxy) -> dict[str, Any]:
+        return {
+            "task_name": message.actor_name,
+            "args": list(message.args),
+            "kwargs": dict(message.kwargs),
+            "created_at": message.message_datetime,
+        }
 
     def _write(
         self, message: MessageProxy, status: TaskStatus, *, soon: bool = False, **fields: Any
@@ -91,7 +90,7 @@ class StatusMiddleware(dramatiq.Middleware):
         else:
             fields.setdefault("retries", message.options.get("retries", 0))
         write = self.store.update_soon if soon else self.store.update
-        defaults = record_defaults(message)
+        defaults = self._defaults(message)
         if not status.final:
             try:
                 write(message.message_id, status, fields, defaults)
@@ -173,7 +172,9 @@ class StatusMiddleware(dramatiq.Middleware):
 
     def after_skip_message(self, broker: dramatiq.Broker, message: MessageProxy) -> None:
         if message.failed:
-            reason: str | None = getattr(message, FAILED_BECAUSE, None)  # a refused hop
+            # A middleware that failed the message on purpose named why (a refused countdown
+            # hop, which made the record final itself: then this logs the reason, no more).
+            reason: str | None = getattr(message, FAILED_BECAUSE, None)
             self._fail(
                 message,
                 reason or describe_exception(getattr(message, "_exception", None), message),
@@ -191,7 +192,7 @@ class StatusMiddleware(dramatiq.Middleware):
         }
         try:
             if self.store.update(
-                message.message_id, TaskStatus.FAILURE, fields, record_defaults(message)
+                message.message_id, TaskStatus.FAILURE, fields, self._defaults(message)
             ):
                 logger.error("task %s %s failed: %s", message.message_id, message.actor_name, error)
         except StoreUnavailable as exc:

@@ -10,7 +10,7 @@ Rules every implementation keeps:
   ``failure``): a duplicate delivery that runs again cannot undo a result.
 * An update for an id without a record creates one from ``defaults`` (a message that reached a
   worker without passing through the hub's producer still gets a record).
-* Records expire ``ttl`` seconds after their last write.
+* Records expire ``ttl`` seconds after their last write or :meth:`StatusStore.renew`.
 """
 
 from __future__ import annotations

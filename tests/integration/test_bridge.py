@@ -137,23 +137,26 @@ def test_a_long_countdown_is_delayed_25_minutes_at_a_time(
     result = client.send("echo_bot.echo", kwargs={"message": "in two hours"}, countdown=7200)
     enqueued = rf"task {re.escape(result.id)} echo_bot.echo enqueued on default"
     bridge.wait_for_log(rf"{enqueued} \(delay {MAX_HOLD_MS} ms\)", 30)
-    result.revoke()  # it is discarded at its first hop; the vhost goes with the stack anyway
+    # Revoked (its worker drops it at its first hop), and answered before the keys go.
+    result.revoke()
+    wait_until(lambda: result.state == "REVOKED", GET_TIMEOUT, message="REVOKED stored")
 
 
 def test_a_message_due_later_than_its_hop_goes_on_another_hop(
     client: CeleryClient, stack: HubStack, worker: HubProcess
 ) -> None:
     # What a worker sees when a 25-minute hop of a longer countdown ends: a bridged message in
-    # the task queue whose Celery eta is still ahead (here 8 s, sent without any delay).
-    eta = datetime.now(UTC) + timedelta(seconds=8)
-    task_id = client.new_id()
+    # the task queue whose Celery eta is still ahead (here 12 s, sent without any delay).
+    eta = datetime.now(UTC) + timedelta(seconds=12)
+    result = client.result(client.new_id())  # its result key is deleted after the test
+    task_id = result.id
     stack.publish_due_later(task_id, eta, record_ttl=100)
     worker.wait_for_log(rf"task {re.escape(task_id)} echo_bot.echo: due at ", 30)
     waiting = stack.record(task_id)
     assert waiting is not None and waiting.status is TaskStatus.PENDING, waiting
     # The hop started the record's expiry again (results.ttl, a day here).
     assert stack.store.client.ttl(stack.store._key(task_id)) > 3600
-    assert client.result(task_id).get(timeout=GET_TIMEOUT) == "later"
+    assert result.get(timeout=GET_TIMEOUT) == "later"
     record = stack.final_record(task_id)
     assert record.status is TaskStatus.SUCCESS
     assert record.started_at is not None and record.started_at >= eta - timedelta(seconds=1)

@@ -441,7 +441,8 @@ def test_a_countdown_hop_rabbitmq_refuses_fails_the_task_and_dead_letters_it(
         try:
             worker.start()
             wait_until(lambda: has_consumer(stack, "default"), GET_TIMEOUT, message="a consumer")
-            task_id = client.new_id()
+            result = client.result(client.new_id())  # its result key is deleted after the test
+            task_id = result.id
             eta = datetime.now(UTC) + timedelta(minutes=40)
             stack.publish_due_later(task_id, eta, record_ttl=3600)
             record = stack.final_record(task_id)
@@ -451,7 +452,7 @@ def test_a_countdown_hop_rabbitmq_refuses_fails_the_task_and_dead_letters_it(
             )
             assert record.started_at is None  # never run early
             with pytest.raises(RuntimeError, match="refused the next hop"):
-                client.result(task_id).get(timeout=GET_TIMEOUT)
+                result.get(timeout=GET_TIMEOUT)
             with amqp_channel(amqp_url(stack.config.broker)) as channel:
                 wait_until(
                     lambda: channel.queue_declare("default.XQ", passive=True).method.message_count,

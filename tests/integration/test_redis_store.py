@@ -65,6 +65,17 @@ def test_create_writes_once_with_a_ttl(store: RedisStatusStore) -> None:
     assert 0 < store.client.ttl(f"{store.prefix}task:a") <= 120
 
 
+def test_renew_starts_the_expiry_again_and_makes_no_record(store: RedisStatusStore) -> None:
+    store.create(pending("r"))
+    store.client.expire(f"{store.prefix}task:r", 5)
+    store.renew("r")
+    assert 5 < store.client.ttl(f"{store.prefix}task:r") <= 120
+    record = store.get("r")
+    assert record is not None and record.status is TaskStatus.PENDING and record.args == [1]
+    store.renew("none")
+    assert store.get("none") is None
+
+
 def test_final_status_is_sticky(store: RedisStatusStore) -> None:
     store.create(pending("b"))
     assert store.update("b", TaskStatus.SUCCESS, {"result": {"v": [1]}, "completed_at": utcnow()})

@@ -1,8 +1,8 @@
 """The decisions of :class:`nagatha.api.keepalive.KeepAliveWorker`, on real sockets.
 
 Whether a thread serves a connection's next request itself or gives the connection back to
-gthread's main thread; the whole worker under gunicorn is ``tests/integration/
-test_api_keepalive.py``.
+gthread's main thread; the whole worker under gunicorn is
+``tests/integration/test_api_keepalive.py``.
 """
 
 from __future__ import annotations

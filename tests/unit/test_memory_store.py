@@ -1,0 +1,39 @@
+"""The in-memory status store's expiry (the embedded mode's ``results.ttl``), on a fake clock."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import pytest
+
+from nagatha.stores import memory
+from nagatha.stores.memory import MemoryStatusStore
+from nagatha.types import TaskRecord, TaskStatus, utcnow
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_renew_starts_the_expiry_again_and_makes_no_record(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    clock = Clock()
+    monkeypatch.setattr(memory, "time", SimpleNamespace(monotonic=clock))  # this module only
+    store = MemoryStatusStore(ttl=10)
+    record = TaskRecord(
+        task_id="t", task_name="m.t", status=TaskStatus.PENDING, created_at=utcnow()
+    )
+    store.create(record)
+    clock.now += 8
+    store.renew("t")
+    clock.now += 7  # 15 s after the write, 7 after the renewal
+    assert store.get("t") == record
+    clock.now += 4
+    assert store.get("t") is None
+    store.renew("t")
+    assert store.get("t") is None
