@@ -80,6 +80,7 @@ from nagatha.config import FrameworkConfig
 from nagatha.errors import NagathaError, PublishRefused, ServiceUnavailable
 from nagatha.middleware import retries
 from nagatha.middleware.holding import hold
+from nagatha.middleware.status import FAILED_BECAUSE
 from nagatha.stores import StatusStore
 from nagatha.types import MAX_HOLD_MS, utcnow
 
@@ -261,7 +262,7 @@ class CeleryResultsMiddleware(dramatiq.Middleware):
             lambda: self.answers.hub_failure(task.task_id, task_name=task.task_name, error=reason),
         )
         self._fail(task, error_info("RuntimeError", [reason]), None)
-        setattr(message, retries.FAILED_BECAUSE, reason)  # logged by the status middleware
+        setattr(message, FAILED_BECAUSE, reason)  # logged by the status middleware
         message.fail()
 
     def _discard(self, task: CeleryTask, reason: str) -> None:

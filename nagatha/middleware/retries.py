@@ -11,8 +11,9 @@ tried again with backoff:
   never lost);
 * while RabbitMQ refuses it (a ``reject-publish`` limit on the delay queue, a delay queue
   declared otherwise), for up to :data:`HOLD_S`. Then the message is failed instead of acked:
-  RabbitMQ dead-letters it, and the record says ``failure`` with :data:`FAILED_BECAUSE` as the
-  reason, so a refusal that never clears costs a worker thread for a minute, not forever.
+  RabbitMQ dead-letters it, and the record says ``failure`` with ``RetryRefused: ...``
+  (:data:`~nagatha.middleware.status.FAILED_BECAUSE`), so a refusal that never clears costs a
+  worker thread for a minute, not forever.
 """
 
 from __future__ import annotations
@@ -26,14 +27,13 @@ from dramatiq.errors import BrokerConnectionError
 
 from nagatha.broker_errors import refused_for_good
 from nagatha.middleware.holding import hold
+from nagatha.middleware.status import FAILED_BECAUSE
 
 logger = logging.getLogger("nagatha.tasks")
 
 #: Seconds a worker thread keeps trying to enqueue a retry RabbitMQ refuses before it fails
 #: the message.
 HOLD_S = 60.0
-#: Attribute of a message a middleware failed on purpose: the ``error`` its status record gets.
-FAILED_BECAUSE = "nagatha_failed_because"
 
 
 def enqueue_held(
@@ -102,6 +102,5 @@ class HeldRetries(dramatiq.middleware.Retries):
                 f"RetryRefused: RabbitMQ refused the retry for {HOLD_S:g}s ({exc}); the "
                 f"message was dead-lettered after attempt {message.options.get('retries', 0)}"
             )
-            logger.error("task %s %s: %s", message.message_id, message.actor_name, reason)
-            setattr(message, FAILED_BECAUSE, reason)
+            setattr(message, FAILED_BECAUSE, reason)  # recorded and logged by StatusMiddleware
             message.fail()

@@ -37,11 +37,14 @@ from dramatiq.middleware import SkipMessage, TimeLimitExceeded
 
 from nagatha.errors import StoreUnavailable
 from nagatha.middleware.holding import hold
-from nagatha.middleware.retries import FAILED_BECAUSE
 from nagatha.stores import StatusStore
 from nagatha.types import TaskStatus, utcnow
 
 logger = logging.getLogger("nagatha.tasks")
+
+#: Attribute a middleware sets on a message it fails on purpose (a retry or a countdown hop
+#: RabbitMQ refused): the ``error`` the record gets and the failure is logged with.
+FAILED_BECAUSE = "nagatha_failed_because"
 
 
 def describe_exception(
