@@ -43,6 +43,7 @@ from bridge.pidbox import Pidbox, Revoker, default_node_name
 from bridge.publisher import ConfirmedPublisher
 from bridge.queues import declare_celery_queue
 from nagatha.broker import amqp_url
+from nagatha.broker_errors import CONNECTION_ERRORS
 from nagatha.config import FrameworkConfig
 from nagatha.errors import ConfigError, ServiceUnavailable
 from nagatha.registry import TaskRegistry
@@ -57,7 +58,7 @@ RECONNECT_FIRST_S, RECONNECT_CAP_S = 0.5, 30.0
 #: Longest time (s) the loop waits for deliveries before checking for a stop request.
 POLL_S: Final = 1.0
 
-_CONNECTION_ERRORS: Final = (pika.exceptions.AMQPError, ServiceUnavailable, OSError)
+_CONNECTION_ERRORS: Final = (*CONNECTION_ERRORS, ServiceUnavailable)
 
 
 class Bridge:

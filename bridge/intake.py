@@ -53,6 +53,7 @@ from bridge.protocol import parse_message
 from bridge.publisher import ConfirmedPublisher
 from bridge.serialization import to_jsonable
 from bridge.task import CeleryTask
+from nagatha.broker_errors import CONNECTION_ERRORS
 from nagatha.enqueue_batch import BatchEnqueuer, Enqueue
 from nagatha.errors import (
     InvalidArguments,
@@ -74,7 +75,7 @@ DEAD_LETTERED: Final = "dead-lettered"
 EXPIRED: Final = "expired"
 REFUSED: Final = "refused"
 #: Errors of Redis or RabbitMQ: the batch stays unacked (anything else is a bug of ours).
-_SERVICE_ERRORS: Final = (ServiceUnavailable, pika.exceptions.AMQPError, OSError)
+_SERVICE_ERRORS: Final = (ServiceUnavailable, *CONNECTION_ERRORS)
 #: Task name in the hub record of a message whose name could not be read.
 UNREADABLE_NAME: Final = "(unreadable)"
 

@@ -20,6 +20,7 @@ from typing import Any, Final
 import pika
 import pika.exceptions
 from pika.adapters.blocking_connection import BlockingChannel
+from pika.adapters.utils.connection_workflow import AMQPConnectorException
 
 from bridge.queues import declare_celery_queue
 from nagatha.broker_errors import refused_for_good
@@ -41,6 +42,7 @@ _RETRYABLE: Final = (
     pika.exceptions.AMQPConnectionError,
     pika.exceptions.AMQPChannelError,
     pika.exceptions.NackError,
+    AMQPConnectorException,  # e.g. no AMQP handshake in time
     OSError,
 )
 

@@ -9,7 +9,22 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
+import dramatiq.errors
 import pika.exceptions
+from pika.adapters.utils.connection_workflow import (
+    AMQPConnectorException,
+    AMQPConnectorStackTimeout,
+)
+
+#: What talking to RabbitMQ can raise when it is unreachable, refuses or stalls. pika's
+#: connector errors (a port that accepts TCP but never completes the AMQP handshake raises
+#: ``AMQPConnectorStackTimeout``) derive from neither ``AMQPError`` nor ``OSError``.
+CONNECTION_ERRORS = (
+    dramatiq.errors.BrokerError,
+    pika.exceptions.AMQPError,
+    AMQPConnectorException,
+    OSError,
+)
 
 #: Channel-close codes that refuse a message for good: 403 ACCESS_REFUSED, 404 NOT_FOUND,
 #: 406 PRECONDITION_FAILED. Retrying the same publish meets them again.
@@ -60,6 +75,11 @@ def broker_error_reason(exc: BaseException) -> str:
             return (
                 "RabbitMQ refused access to the vhost: check the vhost of broker.url and "
                 "the user's permissions there"
+            )
+        if isinstance(error, AMQPConnectorStackTimeout):
+            return (
+                "no AMQP handshake in time: is RabbitMQ (and nothing else) listening at "
+                "broker.url, and is it overloaded?"
             )
         if isinstance(error, OSError) and socket_error is None:
             socket_error = error

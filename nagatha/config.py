@@ -303,7 +303,11 @@ class LoadedConfig:
     sources: Mapping[str, str]
 
 
-def _read_yaml(path: Path, label: str) -> dict[str, Any]:
+def load_yaml_file(path: Path, label: str) -> Any:
+    """The YAML document in ``path`` (safe loader), or a one-line :class:`ConfigError`.
+
+    ``label`` names the file in the message (unreadable, not UTF-8, invalid YAML).
+    """
     try:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
@@ -313,11 +317,15 @@ def _read_yaml(path: Path, label: str) -> dict[str, Any]:
             f"{label} is not UTF-8 text (byte {exc.start}): save it as UTF-8"
         ) from None
     try:
-        data = yaml.safe_load(text)
+        return yaml.safe_load(text)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark is not None else ""
         raise ConfigError(f"invalid YAML in {label}{where}: fix the file's syntax") from None
+
+
+def _read_yaml(path: Path, label: str) -> dict[str, Any]:
+    data = load_yaml_file(path, label)
     if data is None:
         return {}
     if not isinstance(data, dict):

@@ -26,6 +26,7 @@ from dramatiq.brokers.rabbitmq import RabbitmqBroker
 from dramatiq.common import current_millis, dq_name, q_name
 from pika.adapters.blocking_connection import BlockingChannel
 
+from nagatha.broker_errors import CONNECTION_ERRORS
 from nagatha.errors import BrokerUnavailable
 
 __all__ = ["BatchEnqueuer", "Enqueue"]
@@ -72,7 +73,7 @@ class BatchEnqueuer:
         for attempt in range(1, ATTEMPTS + 1):
             try:
                 todo = self._publish(broker, todo)
-            except (pika.exceptions.AMQPError, dramatiq.errors.BrokerError, OSError) as exc:
+            except CONNECTION_ERRORS as exc:
                 del broker.connection  # Dramatiq's deleter closes the thread's connection
                 problem = f"{type(exc).__name__}: {exc}"
             else:

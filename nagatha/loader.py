@@ -18,9 +18,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
-from nagatha.errors import ModuleLoadError
+from nagatha.config import load_yaml_file
+from nagatha.errors import ConfigError, ModuleLoadError
 
 logger = logging.getLogger("nagatha.registry")
 
@@ -67,9 +66,9 @@ def read_module_config(folder: Path) -> dict[str, Any]:
     if not path.is_file():
         return {}
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except (OSError, yaml.YAMLError) as exc:
-        raise ModuleLoadError(f"cannot read {path.name}: {type(exc).__name__}: {exc}") from None
+        data = load_yaml_file(path, path.name)
+    except ConfigError as exc:
+        raise ModuleLoadError(str(exc)) from None
     if data is None:
         return {}
     if not isinstance(data, dict):

@@ -21,13 +21,12 @@ from pathlib import Path
 from typing import Any
 
 import dramatiq
-import pika.exceptions
 from dramatiq.middleware import TimeLimitExceeded
 from pydantic_core import to_jsonable_python
 
 from nagatha import jsontext
 from nagatha.broker import broker_address
-from nagatha.broker_errors import broker_error_reason
+from nagatha.broker_errors import CONNECTION_ERRORS, broker_error_reason
 from nagatha.config import FrameworkConfig
 from nagatha.errors import (
     BrokerUnavailable,
@@ -264,7 +263,12 @@ class TaskRegistry:
             merged = {**own_config, **settings}
             merged["tasks"] = _merge_task_options(own_config.get("tasks"), settings.get("tasks"))
             self._module_configs[name] = merged
-            if name in self.config.modules.disabled or merged.get("enabled", True) is False:
+            enabled = merged.get("enabled", True)
+            if not isinstance(enabled, bool):
+                raise ModuleLoadError(
+                    f"its setting 'enabled' must be true or false, not {enabled!r:.60}"
+                )
+            if name in self.config.modules.disabled or not enabled:
                 meta.status = "disabled"
                 self._modules[name] = meta
                 return meta
@@ -432,7 +436,7 @@ class TaskRegistry:
         self.store.create(record)
         try:
             self.broker.enqueue(message, delay=delay_ms)
-        except (dramatiq.errors.BrokerError, pika.exceptions.AMQPError, OSError) as exc:
+        except CONNECTION_ERRORS as exc:
             try:
                 self.store.delete(record.task_id)
             except StoreUnavailable:

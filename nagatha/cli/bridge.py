@@ -10,6 +10,7 @@ import pika
 import pika.exceptions
 from pika.adapters.blocking_connection import BlockingChannel
 
+from nagatha.broker_errors import CONNECTION_ERRORS, broker_error_reason
 from nagatha.cli.context import CliContext, pass_context
 from nagatha.cli.output import cell, console, emit_json, table
 from nagatha.config import MEMORY_URL, FrameworkConfig
@@ -66,18 +67,23 @@ def dlq_group() -> None:
 @contextmanager
 def _channel(config: FrameworkConfig) -> Iterator[BlockingChannel]:
     from bridge.dead_letters import declare_dead_letter_queue
-    from nagatha.broker import amqp_url
+    from nagatha.broker import amqp_url, broker_address
+
+    def unavailable(exc: BaseException) -> BrokerUnavailable:
+        return BrokerUnavailable(
+            f"RabbitMQ ({broker_address(config.broker)}) unavailable: {broker_error_reason(exc)}"
+        )
 
     try:
         connection = pika.BlockingConnection(pika.URLParameters(amqp_url(config.broker)))
-    except (pika.exceptions.AMQPError, OSError) as exc:
-        raise BrokerUnavailable(f"RabbitMQ unavailable: {type(exc).__name__}") from None
+    except CONNECTION_ERRORS as exc:
+        raise unavailable(exc) from None
     try:
         channel = connection.channel()
         declare_dead_letter_queue(channel, config.bridge.dead_letter_queue)
         yield channel
-    except pika.exceptions.AMQPError as exc:
-        raise BrokerUnavailable(f"RabbitMQ failed: {type(exc).__name__}: {exc}") from None
+    except CONNECTION_ERRORS as exc:
+        raise unavailable(exc) from None
     finally:
         if connection.is_open:
             connection.close()

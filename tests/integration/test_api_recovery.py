@@ -13,8 +13,9 @@ from urllib.parse import urlsplit, urlunsplit
 
 import httpx
 import pytest
+import redis
 
-from nagatha.testing import LOOPBACK, HubProcess, free_port, wait_until
+from nagatha.testing import LOOPBACK, HubProcess, free_port, run_cli, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -64,6 +65,28 @@ class Forwarder:
         with self._lock:
             for sock in self._sockets:
                 sock.close()
+
+
+class SilentListener:
+    """Accept on ``LOOPBACK:port`` and never answer: a port that is not RabbitMQ, or a hung one."""
+
+    def __init__(self) -> None:
+        self._listener = socket.create_server((LOOPBACK, 0))
+        self.port: int = self._listener.getsockname()[1]
+        self._held: list[socket.socket] = []
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self._listener.accept()
+            except OSError:
+                return
+            self._held.append(client)
+
+    def close(self) -> None:
+        for sock in [self._listener, *self._held]:
+            sock.close()
 
 
 def via_port(url: str, port: int) -> str:
@@ -118,3 +141,48 @@ def test_api_starts_with_both_services_down_and_recovers_when_they_return(
         assert response.status_code == 202, response.text
         record = client.get(response.json()["status_url"]).json()
         assert record["status"] == "pending"
+
+
+def test_a_broker_that_never_answers_the_handshake_is_unavailable_and_leaves_no_record(
+    hub_env: dict[str, str], start_process: type[HubProcess]
+) -> None:
+    silent = SilentListener()
+    api_port = free_port()
+    env = {
+        **hub_env,
+        "NAGATHA_BROKER_URL": via_port(hub_env["NAGATHA_BROKER_URL"], silent.port),
+        "NAGATHA_BROKER_CONNECT_TIMEOUT": "0.5",
+    }
+    records = redis.Redis.from_url(hub_env["NAGATHA_RESULTS_URL"])
+    pattern = f"{hub_env['NAGATHA_RESULTS_PREFIX']}task:*"
+    try:
+        process = start_process(
+            ["serve", "--port", str(api_port), "--workers", "1", "--threads", "2"], env
+        )
+        base_url = f"http://{LOOPBACK}:{api_port}"
+
+        def answers() -> bool:
+            if process.process.poll() is not None:
+                raise RuntimeError(process.log())
+            try:
+                return httpx.get(f"{base_url}/ping", timeout=2).status_code == 200
+            except httpx.TransportError:
+                return False
+
+        wait_until(answers, 60, 0.1, "API /ping")
+        response = httpx.post(
+            f"{base_url}/tasks/run", json={"task_name": "diagnostics.noop"}, timeout=30
+        )
+        assert response.status_code == 503, response.text
+        assert response.headers["Retry-After"] == "5"
+        assert "no AMQP handshake in time" in response.json()["description"]
+
+        cli = run_cli(["run", "diagnostics.noop"], env)
+        assert cli.returncode == 3, cli.stderr
+        assert cli.stderr.count("\n") == 1 and "no AMQP handshake in time" in cli.stderr
+
+        assert list(records.scan_iter(pattern)) == []  # neither id was handed out
+        assert "Traceback" not in process.log()
+    finally:
+        silent.close()
+        records.close()

@@ -87,6 +87,11 @@ def tree(tmp_path: Path) -> Path:
         "def register_tasks(registry):\n    raise RuntimeError('disabled')\n",
         config="enabled: false\n",
     )
+    ok = "def register_tasks(registry):\n    pass\n"
+    latin1 = module(root, "latin1_config", ok)
+    (latin1 / "config.yaml").write_bytes(b"api_key: caf\xe9\n")
+    module(root, "bad_yaml", ok, config="a: [1,\nb: 2\n")
+    module(root, "vague_enabled", ok, config="enabled: 'false'\n")
     return root
 
 
@@ -107,7 +112,13 @@ def test_discovery_loads_good_modules_and_reports_each_broken_one(tree: Path) ->
         "duplicate",
         "exits_on_import",
         "exits_in_register",
+        "latin1_config",
+        "bad_yaml",
+        "vague_enabled",
     }
+    assert failures["latin1_config"] == "config.yaml is not UTF-8 text (byte 12): save it as UTF-8"
+    assert failures["bad_yaml"] == "invalid YAML in config.yaml at line 3: fix the file's syntax"
+    assert failures["vague_enabled"] == "its setting 'enabled' must be true or false, not 'false'"
     assert failures["exits_on_import"] == "import failed: SystemExit: needs package foo"
     assert failures["exits_in_register"] == "register_tasks raised SystemExit: 3"
     assert "does_not_exist_anywhere" in failures["broken_import"]
