@@ -131,6 +131,11 @@ class StoreUnavailable(ServiceUnavailable):
     """The status store (Redis) could not be reached."""
 
 
+class StoreRejected(NagathaError):
+    """The status store refused a write for good (a value it cannot hold, an error answer
+    that is no outage): unlike :class:`StoreUnavailable`, writing it again cannot help."""
+
+
 class BridgeError(NagathaError):
     """Base class of errors raised by the Celery bridge."""
 

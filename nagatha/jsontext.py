@@ -47,7 +47,7 @@ def loads(text: str | bytes) -> Any:
 def check(value: Any) -> None:
     """Raise :class:`JsonTextError` if ``value`` (plain JSON data) nests too deep, holds NaN
     or Infinity, or holds a lone surrogate."""
-    if _too_deep(value, MAX_DEPTH):
+    if too_deep(value):
         raise JsonTextError(f"nests deeper than {MAX_DEPTH} levels")
     try:
         text = json.dumps(value, ensure_ascii=False, allow_nan=False)
@@ -59,12 +59,12 @@ def check(value: Any) -> None:
         raise JsonTextError("holds a string that is not valid Unicode (a lone surrogate)") from None
 
 
-def _too_deep(value: Any, limit: int) -> bool:
+def too_deep(value: Any, limit: int = MAX_DEPTH) -> bool:
     """True if ``value`` nests arrays/objects more than ``limit`` levels (no recursion)."""
     stack = [(value, 1)]
     while stack:
         item, depth = stack.pop()
-        if isinstance(item, dict | list):
+        if isinstance(item, dict | list | tuple):
             if depth > limit:
                 return True
             children = item.values() if isinstance(item, dict) else item

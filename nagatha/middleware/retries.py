@@ -80,6 +80,12 @@ class _HoldingEnqueue:
 class HeldRetries(dramatiq.middleware.Retries):
     """``Retries`` whose retry publish is held, then the message failed (module docstring)."""
 
+    def __init__(self, *, max_retries: int, min_backoff: int, max_backoff: int) -> None:
+        super().__init__(max_retries=max_retries)
+        # Set here: Retries reads a backoff of 0 as "unset" and takes its defaults, 15 s and
+        # 7 days, far past what a worker may hold a message (MAX_HOLD_MS).
+        self.min_backoff, self.max_backoff = min_backoff, max_backoff
+
     def after_process_message(
         self,
         broker: dramatiq.Broker,

@@ -13,21 +13,23 @@ after_process_message      ``success``; ``retrying`` while Retries will try agai
                            ``failure`` once the message is failed (retries exhausted, throws,
                            time limit) or when the result is not JSON-serializable
 after_skip_message         ``failure`` when the message was failed (expired, AgeLimit)
-after_nack                 ``failure`` for what no worker thread saw (unknown task name)
+after_nack                 ``failure`` for what no worker thread saw (unknown task name),
+                           deferred: this runs on the consumer thread
 =========================  ==================================================================
 
 Final writes are retried while the store is unreachable: the worker thread holds the message
 (unacked) until its result is recorded, so a result is never dropped on a Redis outage. There is
 no giving up: Dramatiq logs and swallows an exception from an ``after_*`` hook and then *acks*
 the message, which would lose the result. A worker stopped while it holds a write exits at the
-end of its grace period without the ack, and RabbitMQ redelivers the message.
+end of its grace period without the ack, and RabbitMQ redelivers the message. Only a write the
+store refuses for good (``StoreRejected``: a result too large for Redis, or one its encoder
+cannot take) is not held: a success is then recorded as the failure ``ResultNotStored``.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import threading
 from typing import Any
 
 import dramatiq
@@ -35,7 +37,8 @@ from dramatiq.broker import MessageProxy
 from dramatiq.errors import ActorNotFound
 from dramatiq.middleware import SkipMessage, TimeLimitExceeded
 
-from nagatha.errors import StoreUnavailable
+from nagatha import jsontext
+from nagatha.errors import StoreRejected, StoreUnavailable
 from nagatha.middleware.holding import hold
 from nagatha.stores import StatusStore
 from nagatha.types import TaskStatus, utcnow
@@ -45,6 +48,29 @@ logger = logging.getLogger("nagatha.tasks")
 #: Attribute a middleware sets on a message it fails on purpose (a retry or a countdown hop
 #: RabbitMQ refused): the ``error`` the record gets and the failure is logged with.
 FAILED_BECAUSE = "nagatha_failed_because"
+#: Attribute holding ``(retries, started_at)`` of the attempt that runs the message. Each
+#: delivery is a new message object, so an attempt never sees another one's.
+_ATTEMPT = "nagatha_attempt"
+#: Attribute set on a message whose failure a worker thread recorded (after_nack skips it).
+_RECORDED = "nagatha_failure_recorded"
+
+
+def result_problem(result: Any) -> str | None:
+    """Why the status store cannot keep ``result`` as the task's JSON result, or None."""
+    if jsontext.too_deep(result):
+        return f"it nests deeper than {jsontext.MAX_DEPTH} levels"
+    try:
+        json.dumps(result, allow_nan=False)
+    except (TypeError, ValueError, RecursionError) as exc:
+        return str(exc) or type(exc).__name__
+    return None
+
+
+def _text_of(exc: BaseException) -> str:
+    try:
+        return str(exc)
+    except Exception:  # a broken __str__ must not keep the failure from being recorded
+        return f"(its message could not be read: {type(exc).__name__}.__str__ raised)"
 
 
 def describe_exception(
@@ -58,7 +84,7 @@ def describe_exception(
         return f"TimeLimitExceeded: time limit exceeded{suffix}"
     if exc is None or isinstance(exc, SkipMessage):
         return "Expired: the message expired before a worker could run it"
-    text = str(exc)
+    text = _text_of(exc)
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
@@ -69,9 +95,6 @@ class StatusMiddleware(dramatiq.Middleware):
         """``time_limit``: the worker's default (ms), named in a timed-out task's error."""
         self.store = store
         self.time_limit = time_limit
-        # Retries bumps options["retries"] before our after_* hooks run; keep the attempt's own
-        # count, and its start, from before_process_message (same worker thread).
-        self._attempt = threading.local()
 
     @staticmethod
     def _defaults(message: MessageProxy) -> dict[str, Any]:
@@ -85,11 +108,12 @@ class StatusMiddleware(dramatiq.Middleware):
     def _write(
         self, message: MessageProxy, status: TaskStatus, *, soon: bool = False, **fields: Any
     ) -> None:
-        if getattr(self._attempt, "message_id", None) == message.message_id:
+        attempt: tuple[int, Any] | None = getattr(message, _ATTEMPT, None)
+        if attempt is not None:
             # Every write of the attempt carries its start: the outcome is complete even when
             # the deferred started write was lost.
-            fields.setdefault("retries", self._attempt.retries)
-            fields.setdefault("started_at", self._attempt.started_at)
+            fields.setdefault("retries", attempt[0])
+            fields.setdefault("started_at", attempt[1])
         else:
             fields.setdefault("retries", message.options.get("retries", 0))
         write = self.store.update_soon if soon else self.store.update
@@ -97,7 +121,7 @@ class StatusMiddleware(dramatiq.Middleware):
         if not status.final:
             try:
                 write(message.message_id, status, fields, defaults)
-            except StoreUnavailable as exc:
+            except (StoreUnavailable, StoreRejected) as exc:
                 logger.error(
                     "task %s %s: %s could not be recorded: %s",
                     message.message_id,
@@ -118,12 +142,28 @@ class StatusMiddleware(dramatiq.Middleware):
 
         # Held for as long as this process lives (see the module docstring): raising here
         # would get the message acked and its result lost.
-        hold(lambda: write(message.message_id, status, fields, defaults), StoreUnavailable, report)
+        try:
+            hold(
+                lambda: write(message.message_id, status, fields, defaults),
+                StoreUnavailable,
+                report,
+            )
+        except StoreRejected as exc:
+            if status is TaskStatus.SUCCESS:
+                self._fail(message, f"ResultNotStored: {exc}")
+            else:
+                logger.error(
+                    "task %s %s: %s could not be recorded: %s",
+                    message.message_id,
+                    message.actor_name,
+                    status.value,
+                    exc,
+                )
 
     def before_process_message(self, broker: dramatiq.Broker, message: MessageProxy) -> None:
-        self._attempt.message_id = message.message_id
-        self._attempt.retries = message.options.get("retries", 0)
-        self._attempt.started_at = utcnow()
+        # Retries bumps options["retries"] before our after_* hooks run: keep the attempt's
+        # own count, and its start.
+        setattr(message, _ATTEMPT, (message.options.get("retries", 0), utcnow()))
         logger.info("task %s %s started", message.message_id, message.actor_name)
         # Deferred: a task that ends before this write went out records started_at with its
         # outcome, in one write (see nagatha/stores/batching.py).
@@ -138,12 +178,11 @@ class StatusMiddleware(dramatiq.Middleware):
         exception: BaseException | None = None,
     ) -> None:
         if exception is None:
-            try:
-                json.dumps(result, allow_nan=False)
-            except (TypeError, ValueError) as exc:
+            problem = result_problem(result)
+            if problem is not None:
                 error = (
                     f"TypeError: the result ({type(result).__name__}) is not "
-                    f"JSON-serializable: {exc}"
+                    f"JSON-serializable: {problem}"
                 )
                 self._fail(message, error)
                 return
@@ -184,21 +223,22 @@ class StatusMiddleware(dramatiq.Middleware):
             )
 
     def after_nack(self, broker: dramatiq.Broker, message: MessageProxy) -> None:
-        # One attempt, no holding: for a message no worker thread saw (unknown task) this runs
-        # on the consumer thread, which must not block. For a failure the worker thread
-        # recorded already, the store ignores this write (final records are sticky).
+        if getattr(message, _RECORDED, False):
+            return
+        # A message no worker thread saw (an unknown task): this runs on the consumer thread,
+        # which must not wait for Redis, so the write is deferred (a failed one is logged).
         error = describe_exception(getattr(message, "_exception", None), message)
         fields = {
             "error": error,
             "completed_at": utcnow(),
             "retries": message.options.get("retries", 0),
         }
+        logger.error("task %s %s failed: %s", message.message_id, message.actor_name, error)
         try:
-            if self.store.update(
+            self.store.update_soon(
                 message.message_id, TaskStatus.FAILURE, fields, self._defaults(message)
-            ):
-                logger.error("task %s %s failed: %s", message.message_id, message.actor_name, error)
-        except StoreUnavailable as exc:
+            )
+        except (StoreUnavailable, StoreRejected) as exc:
             logger.error(
                 "task %s %s: failure could not be recorded: %s",
                 message.message_id,
@@ -209,3 +249,4 @@ class StatusMiddleware(dramatiq.Middleware):
     def _fail(self, message: MessageProxy, error: str) -> None:
         logger.error("task %s %s failed: %s", message.message_id, message.actor_name, error)
         self._write(message, TaskStatus.FAILURE, error=error, completed_at=utcnow())
+        setattr(message, _RECORDED, True)

@@ -9,8 +9,9 @@ batch holds one write and costs what a direct write did; under load N writes sha
 Two kinds of write:
 
 * **waited** (:meth:`WriteBatcher.write`): the caller blocks until its batch was sent and gets
-  the store's answer for it, or the ``StoreUnavailable`` error. Final outcomes are written this
-  way: the message is acked only after its result is stored.
+  the store's answer for it, or its error: ``StoreUnavailable``, or ``StoreRejected`` for a
+  write the store refused (``send`` sets that on the write alone, its batch goes out). Final
+  outcomes are written this way: the message is acked only after its result is stored.
 * **deferred** (:meth:`WriteBatcher.defer`): the caller goes on at once. A later write for the
   same task id that finds it still queued *absorbs* it (the deferred write's fields first, the
   later write's over them) and it is never sent on its own: a task that finishes before its
@@ -33,7 +34,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from nagatha.errors import StoreUnavailable
+from nagatha.errors import StoreRejected, StoreUnavailable
 from nagatha.types import TaskStatus
 
 logger = logging.getLogger("nagatha.stores")
@@ -57,7 +58,7 @@ class Write:
     absorbed: bool = False
     #: The store's answer (for Redis: 1 written, 0 the record was already final).
     answer: int = 0
-    error: StoreUnavailable | None = None
+    error: StoreUnavailable | StoreRejected | None = None
 
 
 class _Batch:
@@ -91,7 +92,8 @@ class WriteBatcher:
     def write(self, write: Write) -> int:
         """Queue ``write``, wait until it was sent and return its answer.
 
-        Raises ``StoreUnavailable`` if the store could not take it (or the batcher is closed).
+        Raises ``StoreUnavailable`` if the store could not take it (or the batcher is closed),
+        ``StoreRejected`` if it refused this write for good.
         """
         batch = self._enqueue(write)
         batch.done.wait()

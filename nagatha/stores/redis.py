@@ -25,9 +25,16 @@ from typing import Any, TypeVar
 
 import redis
 from redis.commands.core import Script
-from redis.exceptions import NoScriptError, RedisError
+from redis.exceptions import (
+    NoPermissionError,
+    NoScriptError,
+    OutOfMemoryError,
+    ReadOnlyError,
+    RedisError,
+    ResponseError,
+)
 
-from nagatha.errors import StoreUnavailable
+from nagatha.errors import StoreRejected, StoreUnavailable
 from nagatha.stores.base import StatusStore, decode_fields, encode_fields
 from nagatha.stores.batching import Write, WriteBatcher
 from nagatha.stores.redis_waiter import DoneListener
@@ -82,6 +89,14 @@ redis.call('EXPIRE', KEYS[1], tonumber(ARGV[1]))
 return 1
 """
 
+
+#: Longest script argument sent (a record's fields as JSON): Redis refuses a bulk string over
+#: ``proto-max-bulk-len`` (512 MiB by default) and drops the connection, which would fail
+#: every write of the pipeline, again and again.
+MAX_ARGUMENT_CHARS = 500 * 1024 * 1024
+#: Error answers that pass (a replica promoted, a script ended, memory freed, an ACL fixed).
+_TRANSIENT_ERRORS = (ReadOnlyError, OutOfMemoryError, NoPermissionError)
+_TRANSIENT_CODES = ("BUSY ", "MASTERDOWN ", "TRYAGAIN ", "CLUSTERDOWN ")
 
 #: Seconds between re-reads of a waited record while the listener is subscribed (covers a
 #: record that expired meanwhile), and while it is not (a publish may be missed then).
@@ -254,10 +269,18 @@ class RedisStatusStore(StatusStore):
                 write.error = error
 
     def _pipeline(self, writes: list[Write], *, with_defaults: Callable[[Write], bool]) -> None:
-        calls = [self._update_args(write, with_defaults(write)) for write in writes]
-        for write, answer in zip(writes, self._run(self._update, calls, keys=2), strict=True):
+        """Send ``writes``; one the store cannot take fails alone (``StoreRejected``)."""
+        sendable, calls = [], []
+        for write in writes:
+            try:
+                calls.append(self._update_args(write, with_defaults(write)))
+            except StoreRejected as exc:
+                write.error = exc
+            else:
+                sendable.append(write)
+        for write, answer in zip(sendable, self._run(self._update, calls, keys=2), strict=True):
             if isinstance(answer, Exception):
-                write.error = _unavailable(answer)
+                write.error = _error_of(answer)
             else:
                 write.answer, write.error = int(answer), None
 
@@ -282,17 +305,25 @@ class RedisStatusStore(StatusStore):
         return answers
 
     def _update_args(self, write: Write, with_defaults: bool) -> list[str | int]:
-        args: list[str | int] = [
+        """The script's arguments; ``StoreRejected`` for fields JSON or Redis cannot hold."""
+        try:
+            encoded = [json.dumps(encode_fields(write.fields))]
+            if with_defaults:
+                encoded.append(self._defaults(write.task_id, write.defaults))
+        except (TypeError, ValueError, RecursionError) as exc:
+            raise StoreRejected(f"the record cannot be stored as JSON: {exc}") from None
+        if max(map(len, encoded)) > MAX_ARGUMENT_CHARS:
+            raise StoreRejected(
+                f"the record is too large for Redis (over {MAX_ARGUMENT_CHARS >> 20} MiB as JSON)"
+            )
+        return [
             self._key(write.task_id),
             self._channel(write.task_id),
             self.ttl,
             f'"{write.status.value}"',
             "1" if write.status.final else "0",
-            json.dumps(encode_fields(write.fields)),
+            *encoded,
         ]
-        if with_defaults:
-            args.append(self._defaults(write.task_id, write.defaults))
-        return args
 
     @staticmethod
     def _defaults(task_id: str, defaults: dict[str, Any] | None) -> str:
@@ -358,6 +389,14 @@ class RedisStatusStore(StatusStore):
             if helper is not None:
                 helper.close()
         self.client.close()
+
+
+def _error_of(answer: Exception) -> StoreUnavailable | StoreRejected:
+    """The error of one command's error answer: refused for good, or unavailable."""
+    transient = isinstance(answer, _TRANSIENT_ERRORS) or str(answer).startswith(_TRANSIENT_CODES)
+    if isinstance(answer, ResponseError) and not transient:
+        return StoreRejected(f"status store (Redis) refused the write: {answer}")
+    return _unavailable(answer)
 
 
 def _unavailable(exc: Exception) -> StoreUnavailable:

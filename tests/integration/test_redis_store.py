@@ -8,9 +8,12 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import OutOfMemoryError, ReadOnlyError, ResponseError
 
-from nagatha.errors import StoreUnavailable
+from nagatha.errors import StoreRejected, StoreUnavailable
 from nagatha.stores import RedisStatusStore
+from nagatha.stores import redis as redis_store
 from nagatha.stores.batching import Write
 from nagatha.testing import RedisPrefix, free_port, wait_until
 from nagatha.types import TaskRecord, TaskStatus, utcnow
@@ -260,6 +263,40 @@ def test_a_write_that_absorbed_started_creates_a_missing_record_in_one_pipeline(
     assert write.error is None and write.answer == 1 and pipelines == [1]
     record = store.get("m1")
     assert record is not None and record.status is TaskStatus.SUCCESS and record.args == [3]
+
+
+def test_a_write_the_store_cannot_take_fails_alone_and_its_batch_goes_out(
+    store: RedisStatusStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    defaults = {"task_name": "m.t", "created_at": utcnow(), "args": [], "kwargs": {}}
+    deep: Any = ()
+    for _ in range(300):  # past the encoder's depth limit
+        deep = (deep,)
+    bad = Write("bad", TaskStatus.SUCCESS, {"result": deep}, defaults)
+    innocent = Write("fine", TaskStatus.SUCCESS, {"result": 1}, defaults)
+    monkeypatch.setattr(redis_store, "MAX_ARGUMENT_CHARS", 1000)
+    large = Write("large", TaskStatus.SUCCESS, {"result": "x" * 1000}, defaults)
+    store._send([bad, innocent, large])
+    assert isinstance(bad.error, StoreRejected) and "cannot be stored as JSON" in str(bad.error)
+    assert isinstance(large.error, StoreRejected) and "too large for Redis" in str(large.error)
+    assert innocent.error is None and innocent.answer == 1
+    assert store.get("bad") is None and store.get("large") is None
+    record = store.get("fine")
+    assert record is not None and record.result == 1
+    with pytest.raises(StoreRejected):
+        store.update("bad", TaskStatus.SUCCESS, {"result": deep}, defaults)
+
+
+def test_an_error_answer_is_a_refusal_unless_it_passes() -> None:
+    refused = redis_store._error_of(ResponseError("ERR Protocol error: invalid bulk length"))
+    assert isinstance(refused, StoreRejected)
+    for passing in (
+        ResponseError("BUSY Redis is busy running a script"),
+        ReadOnlyError("You can't write against a read only replica."),
+        OutOfMemoryError("command not allowed when used memory > 'maxmemory'"),
+        RedisConnectionError("Connection reset by peer"),
+    ):
+        assert isinstance(redis_store._error_of(passing), StoreUnavailable)
 
 
 def test_updates_survive_a_flushed_script_cache(store: RedisStatusStore) -> None:

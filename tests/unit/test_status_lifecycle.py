@@ -13,7 +13,7 @@ from dramatiq.errors import ConnectionClosed
 from dramatiq.middleware import TimeLimit
 
 from nagatha.config import FrameworkConfig
-from nagatha.errors import StoreUnavailable
+from nagatha.errors import StoreRejected, StoreUnavailable
 from nagatha.hub import create_hub
 from nagatha.middleware import retries
 from nagatha.middleware.retries import HeldRetries
@@ -42,6 +42,19 @@ BODY = """
     def unserializable():
         return object()
 
+    def deep(levels):
+        value = []
+        for _ in range(levels):
+            value = [value]
+        return value
+
+    class Unprintable(Exception):
+        def __str__(self):
+            return self.never_set
+
+    def unprintable():
+        raise Unprintable()
+
     def slow():
         import time
         deadline = time.monotonic() + 10
@@ -55,6 +68,8 @@ BODY = """
         registry.register_task("life", "always", always, max_retries=2, min_backoff=10,
                                max_backoff=20)
         registry.register_task("life", "unserializable", unserializable)
+        registry.register_task("life", "deep", deep)
+        registry.register_task("life", "unprintable", unprintable, max_retries=0)
         registry.register_task("life", "slow", slow, time_limit=300, max_retries=3)
         registry.register_task("life", "quick", ok, time_limit=300)
 """
@@ -96,6 +111,20 @@ def test_middleware_order_status_then_retries_then_the_time_limit_last() -> None
     # after_* hooks run in reverse: TimeLimit disarms, Retries decides, then status is written.
     assert kinds.index(StatusMiddleware) < kinds.index(HeldRetries) < kinds.index(TimeLimit)
     assert kinds[-1] is TimeLimit
+
+
+@pytest.mark.parametrize(("low", "high"), [(0, 0), (0, 50), (20, 40)])
+def test_worker_backoffs_are_taken_as_set_zero_included(low: int, high: int) -> None:
+    config = FrameworkConfig.model_validate(
+        {
+            "broker": {"url": "memory://"},
+            "results": {"url": "memory://"},
+            "worker": {"min_backoff": low, "max_backoff": high},
+        }
+    )
+    broker = create_hub(config, load_modules=False).broker
+    (held,) = [m for m in broker.middleware if isinstance(m, HeldRetries)]
+    assert (held.min_backoff, held.max_backoff) == (low, high)
 
 
 def test_success_records_result_and_all_timestamps(hub: TaskRegistry) -> None:
@@ -150,6 +179,63 @@ def test_a_result_that_is_not_json_fails_the_task_clearly(hub: TaskRegistry) -> 
     record = finish(hub, "life.unserializable")
     assert record.status is TaskStatus.FAILURE
     assert "not JSON-serializable" in (record.error or "")
+
+
+@pytest.mark.parametrize("levels", [300, 5000])
+def test_a_result_nested_too_deep_for_the_store_fails_the_task_clearly(
+    hub: TaskRegistry, levels: int
+) -> None:
+    # 300 levels pass json.dumps but not the store's encoder; 5000 overflow json.dumps.
+    record = finish(hub, "life.deep", levels=levels)
+    assert record.status is TaskStatus.FAILURE
+    assert record.error == (
+        "TypeError: the result (list) is not JSON-serializable: it nests deeper than 200 levels"
+    )
+    assert finish(hub, "life.deep", levels=199).result is not None
+
+
+def test_an_exception_whose_message_cannot_be_read_is_still_recorded(hub: TaskRegistry) -> None:
+    record = finish(hub, "life.unprintable")
+    assert record.status is TaskStatus.FAILURE
+    assert record.error == (
+        "Unprintable: (its message could not be read: Unprintable.__str__ raised)"
+    )
+
+
+def test_a_result_the_store_refuses_for_good_is_recorded_as_not_stored(
+    hub: TaskRegistry, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    original = hub.store.update
+
+    def refuse_results(task_id, status, fields, defaults=None):  # type: ignore[no-untyped-def]
+        if status is TaskStatus.SUCCESS:
+            raise StoreRejected("status store (Redis) refused the write: too large")
+        return original(task_id, status, fields, defaults)
+
+    monkeypatch.setattr(hub.store, "update", refuse_results)
+    record = finish(hub, "life.ok", x=3)
+    assert record.status is TaskStatus.FAILURE
+    assert record.error == "ResultNotStored: status store (Redis) refused the write: too large"
+
+
+def test_a_failure_is_written_once_not_again_when_the_message_is_nacked(
+    hub: TaskRegistry, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    failures: list[str] = []
+    for name in ("update", "update_soon"):
+        original = getattr(hub.store, name)
+
+        def spy(task_id, status, fields, defaults=None, _write=original):  # type: ignore[no-untyped-def]
+            if status is TaskStatus.FAILURE:
+                failures.append(task_id)
+            return _write(task_id, status, fields, defaults)
+
+        monkeypatch.setattr(hub.store, name, spy)
+    record = finish(hub, "life.always")
+    assert record.status is TaskStatus.FAILURE
+    # The nack reaches the consumer thread after the record is final: poll for its hook.
+    wait_until(lambda: hub.broker.queues and all(q.empty() for q in hub.broker.queues.values()), 5)
+    assert failures == [record.task_id]
 
 
 def test_time_limit_fails_without_retrying(hub: TaskRegistry) -> None:
