@@ -61,11 +61,13 @@ class UnknownTask(TaskError):
         super().__init__(f"unknown task {task_name!r}: {hint}")
 
 
-#: Names an :class:`InvalidArguments` lists at most (and characters of each).
+#: Names an error lists at most (and characters of each): an answer stays short whatever
+#: the client sent.
 MAX_NAMES, MAX_NAME_CHARS = 20, 100
 
 
-def _short(name: str) -> str:
+def short_name(name: str) -> str:
+    """``name`` cut to :data:`MAX_NAME_CHARS` characters (with ``...``)."""
     return name if len(name) <= MAX_NAME_CHARS else name[:MAX_NAME_CHARS] + "..."
 
 
@@ -88,8 +90,8 @@ class InvalidArguments(TaskError):
         self.task_name = task_name
         # A body may name thousands of unknown keys: the error names the first few.
         unknown_all, missing_all = sorted(unknown), sorted(missing)
-        self.unknown = [_short(name) for name in unknown_all[:MAX_NAMES]]
-        self.missing = [_short(name) for name in missing_all[:MAX_NAMES]]
+        self.unknown = [short_name(name) for name in unknown_all[:MAX_NAMES]]
+        self.missing = [short_name(name) for name in missing_all[:MAX_NAMES]]
         parts = []
         if self.unknown:
             parts.append("unknown " + _listed(self.unknown, len(unknown_all)))

@@ -5,16 +5,33 @@ from __future__ import annotations
 from typing import Any, TypeVar
 
 import falcon
+from gunicorn.http.errors import ParseException
 from pydantic import BaseModel, ValidationError
 
 from nagatha import jsontext
 from nagatha.api.errors import ApiError, bad_request, too_large
+from nagatha.errors import MAX_NAMES, short_name
 
 M = TypeVar("M", bound=BaseModel)
 
 
 def read_body(req: falcon.Request, max_bytes: int) -> bytes:
-    """Return the raw body; 413 past ``max_bytes`` (declared or, for chunked, as read)."""
+    """Return the raw body; 413 past ``max_bytes`` (declared or, for chunked, as read); 400
+    (closing the connection) for a body that breaks off or is malformed chunked encoding."""
+    try:
+        return _read(req, max_bytes)
+    except (ParseException, OSError) as exc:
+        # Raised by the server while it decodes the body: the connection cannot be reused.
+        reason = str(exc) or type(exc).__name__
+        raise ApiError(
+            400,
+            "Malformed body",
+            f"The request body could not be read: {reason[:200]}.",
+            headers={"Connection": "close"},
+        ) from None
+
+
+def _read(req: falcon.Request, max_bytes: int) -> bytes:
     length = req.content_length
     if length is not None:
         if length > max_bytes:
@@ -61,16 +78,18 @@ def parse_model(model: type[M], value: dict[str, Any]) -> M:
     try:
         return model.model_validate(value)
     except ValidationError as exc:
+        found = exc.errors(include_url=False, include_input=False)
         errors = [
             {
-                "field": ".".join(str(part) for part in error["loc"]) or "(body)",
+                "field": short_name(".".join(str(part) for part in error["loc"]) or "(body)"),
                 "message": error["msg"],
             }
-            for error in exc.errors(include_url=False, include_input=False)
+            for error in found[:MAX_NAMES]
         ]
         summary = "; ".join(f"{e['field']}: {e['message']}" for e in errors[:5])
+        more = f" (and {len(found) - 5} more)" if len(found) > 5 else ""
         raise bad_request(
-            "Invalid body", f"The request body is invalid: {summary}.", errors=errors
+            "Invalid body", f"The request body is invalid: {summary}{more}.", errors=errors
         ) from None
 
 

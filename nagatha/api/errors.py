@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from typing import Any
 
 import falcon
@@ -107,6 +108,15 @@ def internal_error(request_id: str | None = None) -> ApiError:
     )
 
 
+_UNSAFE = re.compile(r'[\x00-\x20"\x7f]')
+
+
+def log_safe(text: str) -> str:
+    """``text`` with spaces, quotes and control characters percent-encoded: a path or query
+    from the client cannot break a log line or forge one."""
+    return _UNSAFE.sub(lambda match: f"%{ord(match.group()):02X}", text)
+
+
 def request_id_of(req: falcon.Request) -> str | None:
     """The request id set by :class:`nagatha.api.middleware.RequestId`, if it ran."""
     return getattr(req.context, "request_id", None)
@@ -122,13 +132,15 @@ def handle_hub_error(
             "request %s: %s %s failed: %s: %s",
             request_id_of(req),
             req.method,
-            req.path,
+            log_safe(req.path),
             type(error).__name__,
             error,
         )
         http_error = internal_error(request_id_of(req))
     elif http_error.status_code == 503:
-        logger.warning("request %s: %s %s: %s", request_id_of(req), req.method, req.path, error)
+        logger.warning(
+            "request %s: %s %s: %s", request_id_of(req), req.method, log_safe(req.path), error
+        )
     raise http_error
 
 
@@ -138,7 +150,11 @@ def handle_unexpected(
     """Falcon error handler for everything else: log with the traceback, answer 500."""
     request_id = request_id_of(req)
     logger.error(
-        "request %s: %s %s failed unexpectedly", request_id, req.method, req.path, exc_info=error
+        "request %s: %s %s failed unexpectedly",
+        request_id,
+        req.method,
+        log_safe(req.path),
+        exc_info=error,
     )
     raise internal_error(request_id)
 

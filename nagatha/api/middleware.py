@@ -15,19 +15,13 @@ import uuid
 
 import falcon
 
-from nagatha.api.errors import request_id_of, too_large
+from nagatha.api.errors import log_safe, request_id_of, too_large
 
 access_logger = logging.getLogger("nagatha.api.access")
 
 #: An incoming X-Request-ID is kept only if it looks like an id (no log injection).
 _REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 REQUEST_ID_HEADER = "X-Request-ID"
-_UNSAFE = re.compile(r'[\x00-\x20"\x7f]')
-
-
-def _escape(text: str) -> str:
-    """Percent-encode spaces, quotes and control characters (one log line per request)."""
-    return _UNSAFE.sub(lambda match: f"%{ord(match.group()):02X}", text)
 
 
 class RequestId:
@@ -96,8 +90,8 @@ class AccessLog:
             'request_id=%s method=%s path="%s%s" status=%d duration_ms=%.1f remote=%s',
             request_id_of(req),
             req.method,
-            _escape(req.path),
-            _escape(query),
+            log_safe(req.path),
+            log_safe(query),
             resp.status_code,
             duration_ms,
             req.remote_addr,

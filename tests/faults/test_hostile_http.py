@@ -248,3 +248,23 @@ def test_huge_headers_and_bad_wait_values_are_4xx(api: HubProcess) -> None:
         status = _raw(api, request)
         assert 400 <= status < 500, (extra[:30], status)
     _still_up(api)
+
+
+def test_malformed_or_broken_off_chunked_bodies_are_400_and_close(api: HubProcess) -> None:
+    head = b"POST /tasks/run HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
+    for body in (
+        b"zz\r\n",  # not a chunk size
+        b"-1\r\n",
+        b'5\r\n{"a":XX0\r\n\r\n',  # no terminator after the chunk
+        b'2;a"b\r\n{}\r\n0\r\n\r\n',  # a malformed chunk extension
+    ):
+        assert _raw(api, head + body) == 400, body
+    # A client that stops sending mid-body (the server reads EOF): 400 too, nothing logged
+    # as a crash.
+    parts = urlsplit(api.base_url)  # type: ignore[attr-defined]
+    with socket.create_connection((parts.hostname, parts.port), timeout=TIMEOUT) as sock:
+        sock.sendall(head + b"10\r\n{")
+        sock.shutdown(socket.SHUT_WR)
+        while sock.recv(65536):
+            pass
+    _still_up(api)

@@ -186,6 +186,33 @@ def test_a_422_names_at_most_20_unknown_arguments(client: TestClient, app: HubAp
     assert len(result.content) < 2000
 
 
+def test_a_400_lists_at_most_20_fields_each_cut_short(client: TestClient, app: HubApp) -> None:
+    client = TestClient(create_app(memory_config(), app.registry))  # the default body limit
+    body = {"task_name": "diagnostics.noop", **{f"k{i:05}": 0 for i in range(5000)}}
+    body["x" * 5000] = 0
+    result = run(client, body)
+    error = assert_error(result, 400, "and 4996 more")
+    assert len(error["errors"]) == 20
+    assert max(len(e["field"]) for e in error["errors"]) <= 103
+    assert len(result.content) < 4000
+
+
+def test_a_path_cannot_forge_a_log_line(
+    client: TestClient,
+    hub: TaskRegistry,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    def down(*args: Any, **kwargs: Any) -> None:
+        raise StoreUnavailable("status store (Redis) unavailable: ConnectionError")
+
+    monkeypatch.setattr(hub.store, "get", down)
+    with caplog.at_level(logging.WARNING, logger="nagatha.api"):
+        assert_error(client.simulate_get("/tasks/abc\nFORGED: all good"), 503)
+    lines = [r.getMessage() for r in caplog.records if "abc" in r.getMessage()]
+    assert lines and all("\n" not in line and "abc%0AFORGED" in line for line in lines)
+
+
 def test_unknown_task_is_404(client: TestClient) -> None:
     error = assert_error(run(client, {"task_name": "nope.missing"}), 404, "nope.missing")
     assert error["title"] == "Unknown task"
