@@ -36,6 +36,7 @@ import pika.exceptions
 from pika.adapters.blocking_connection import BlockingChannel
 from pika.spec import Basic
 
+from bridge import amqp_tables
 from bridge.answers import build_answers, build_revocations
 from bridge.dead_letters import DeadLetters, declare_dead_letter_queue
 from bridge.intake import Delivery, Intake
@@ -72,6 +73,7 @@ class Bridge:
         queues: Sequence[str] | None = None,
         node_name: str | None = None,
     ) -> None:
+        amqp_tables.install()  # no header can stall a lane (see bridge/amqp_tables.py)
         self.config = config
         self.queues = list(queues or config.bridge.queues)
         self.url = amqp_url(config.broker)

@@ -9,6 +9,8 @@ these headers added, on a plain durable queue (``bridge.dead_letter_queue``):
 ``x-nagatha-queue``            the Celery queue it came from (replay sends it back there)
 ``x-nagatha-dead-at``          when, ISO 8601 UTC
 ``x-nagatha-task-id``/``-name``  the task id and name, when they could be read
+``x-nagatha-headers-dropped``  set when the original headers could not be kept (too large
+                               for RabbitMQ's frame size, or not encodable): why
 =============================  =====================================================
 
 :func:`list_dead_letters` browses without removing anything; :func:`replay_dead_letters`
@@ -49,6 +51,10 @@ _ID, _REASON, _QUEUE, _AT = (
     "x-nagatha-dead-at",
 )
 _TASK_ID, _TASK_NAME = "x-nagatha-task-id", "x-nagatha-task-name"
+_DROPPED: Final = "x-nagatha-headers-dropped"
+#: Largest encoded properties (headers included) a dead letter keeps: RabbitMQ's default
+#: frame_max (128 KiB) less room for the header frame's own fields.
+_MAX_PROPERTIES_BYTES: Final = 131_072 - 1_024
 #: Longest reason kept in a header (AMQP long strings could hold more; people read these).
 _MAX_REASON: Final = 1000
 # Properties copied to the dead letter and back. Not ``user_id`` (RabbitMQ checks it against
@@ -137,13 +143,30 @@ class DeadLetters:
             headers[_TASK_ID] = task_id
         if task_name:
             headers[_TASK_NAME] = task_name
-        copied = pika.BasicProperties(
-            headers=headers, delivery_mode=2, **_kept_properties(properties)
-        )
+        kept = _kept_properties(properties)
+        copied = pika.BasicProperties(headers=headers, delivery_mode=2, **kept)
+        problem = _unsendable(copied)
+        if problem is not None:
+            ours = {k: v for k, v in headers.items() if k.startswith(HEADER_PREFIX)}
+            ours[_DROPPED] = problem
+            copied = pika.BasicProperties(headers=ours, delivery_mode=2, **kept)
         # mandatory: if the queue was deleted, raise (the message stays unacked, and the
         # bridge's reconnect declares the queue again) rather than have RabbitMQ drop it.
         self.publisher.basic_publish("", self.queue, body, copied, mandatory=True)
         return letter_id
+
+
+def _unsendable(properties: pika.BasicProperties) -> str | None:
+    """Why ``properties`` cannot be published as they are, or None."""
+    try:
+        size = sum(map(len, properties.encode()))
+    except Exception as exc:  # a header value pika cannot encode
+        return f"the original headers could not be encoded ({type(exc).__name__})"
+    if size > _MAX_PROPERTIES_BYTES:
+        # RabbitMQ closes the connection on a header frame over its frame_max: the original
+        # fit, the added headers may not.
+        return f"{size} bytes of properties, too large to keep"
+    return None
 
 
 def list_dead_letters(channel: BlockingChannel, queue: str) -> list[DeadLetter]:

@@ -61,7 +61,7 @@ import dramatiq
 from dramatiq.errors import ActorNotFound, BrokerConnectionError
 from dramatiq.middleware import SkipMessage
 
-from bridge import workflows
+from bridge import amqp_tables, workflows
 from bridge.answers import Answers, build_answers, build_revocations, client_error_info
 from bridge.answers import format_traceback as traceback_of
 from bridge.celery_results import (
@@ -103,6 +103,7 @@ class CeleryResultsMiddleware(dramatiq.Middleware):
         *,
         publisher: ConfirmedPublisher | None = None,
     ) -> None:
+        amqp_tables.install()  # fractional time limits in the Celery messages it sends
         self.publisher = publisher or ConfirmedPublisher(amqp_url(config.broker))
         self.answers: Answers = build_answers(config, store, self.publisher)
         self.revocations = build_revocations(config)

@@ -66,6 +66,7 @@ def dlq_group() -> None:
 
 @contextmanager
 def _channel(config: FrameworkConfig) -> Iterator[BlockingChannel]:
+    from bridge import amqp_tables
     from bridge.dead_letters import declare_dead_letter_queue
     from nagatha.broker import amqp_url, broker_address
 
@@ -74,6 +75,7 @@ def _channel(config: FrameworkConfig) -> Iterator[BlockingChannel]:
             f"RabbitMQ ({broker_address(config.broker)}) unavailable: {broker_error_reason(exc)}"
         )
 
+    amqp_tables.install()  # dead letters may hold any header a client sent
     try:
         connection = pika.BlockingConnection(pika.URLParameters(amqp_url(config.broker)))
     except CONNECTION_ERRORS as exc:

@@ -217,9 +217,14 @@ def test_arguments_that_do_not_fit_raise_type_error(client: CeleryClient) -> Non
         result.get(timeout=GET_TIMEOUT)
 
 
-def test_a_task_over_its_time_limit_raises_time_limit_exceeded(client: CeleryClient) -> None:
-    result = client.send("diagnostics.sleep", kwargs={"seconds": 30}, time_limit=1)
-    with pytest.raises(TimeLimitExceeded):
+@pytest.mark.parametrize("limit", [1, 0.5])
+def test_a_task_over_its_time_limit_raises_time_limit_exceeded(
+    client: CeleryClient, limit: float
+) -> None:
+    # The client sends the limit as an AMQP header: 0.5 is a double (which pika alone would
+    # decode as 0, no limit).
+    result = client.send("diagnostics.sleep", kwargs={"seconds": 30}, time_limit=limit)
+    with pytest.raises(TimeLimitExceeded, match=f"{limit:.1f}"):
         result.get(timeout=GET_TIMEOUT)
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import re
 import signal
+import struct
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -16,6 +17,7 @@ from typing import Any
 
 import dramatiq
 import pika
+import pika.data
 import pytest
 from bridge_stack import BRIDGE_READY, CeleryClient, HubStack, hub_stack
 from celery.exceptions import InvalidTaskError, NotRegistered
@@ -57,6 +59,27 @@ def publish_raw(stack: HubStack, body: bytes, **properties: Any) -> None:
     with amqp_channel(amqp_url(stack.config.broker)) as channel:
         channel.confirm_delivery()
         channel.basic_publish("", "celery", body, pika.BasicProperties(**properties))
+
+
+class RawField:
+    """A header value the test's pika sends as exactly these field bytes (type tag first)."""
+
+    def __init__(self, raw: bytes) -> None:
+        self.raw = raw
+
+
+@pytest.fixture
+def raw_fields(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Let ``publish_raw`` send :class:`RawField` header values."""
+    encode_value = pika.data.encode_value
+
+    def encode(pieces: list[bytes], value: Any) -> int:
+        if isinstance(value, RawField):
+            pieces.append(value.raw)
+            return len(value.raw)
+        return encode_value(pieces, value)
+
+    monkeypatch.setattr(pika.data, "encode_value", encode)
 
 
 def has_consumer(stack: HubStack, queue: str) -> bool:
@@ -206,6 +229,51 @@ def test_dead_letters_keep_the_message_and_say_why(stack: HubStack, client: Cele
     assert table.returncode == 0, table.stderr
     assert letter_id in table.stdout and "nope.missing" in table.stdout
     assert "unknown task 'nope.missing'" in " ".join(table.stdout.split())
+
+
+@pytest.mark.usefixtures("raw_fields")
+def test_headers_pika_could_not_decode_or_send_again_stall_no_lane(
+    stack: HubStack, client: CeleryClient
+) -> None:
+    bridge = stack.start_bridge(NAGATHA_BRIDGE_CONCURRENCY="1")
+    nested = b"A" + struct.pack(">I", 0)
+    for _ in range(300):
+        nested = b"A" + struct.pack(">I", len(nested)) + nested
+    hostile = {
+        "x-when": RawField(b"T" + struct.pack(">Q", 2**64 - 1)),  # past datetime's range
+        "x-deep": RawField(nested),  # past Python's recursion in pika's decoder
+    }
+    sent = []
+    for name, value in hostile.items():
+        task_id = client.new_id()
+        client.ids.append(task_id)
+        publish_raw(
+            stack,
+            json.dumps([[], {"message": name}, {}]).encode(),
+            content_type="application/json",
+            content_encoding="utf-8",
+            headers={"task": "echo_bot.echo", "id": task_id, "lang": "py", name: value},
+        )
+        sent.append((task_id, name))
+    # Refused, with headers that fill RabbitMQ's frame: the dead letter cannot keep them.
+    padded = client.send("nope.missing", headers={"pad": "x" * 130_500})
+    after = client.send("echo_bot.echo", kwargs={"message": "after"})
+
+    assert after.get(timeout=GET_TIMEOUT) == "after"
+    for task_id, name in sent:
+        assert client.result(task_id).get(timeout=GET_TIMEOUT) == name
+    with pytest.raises(NotRegistered):
+        padded.get(timeout=GET_TIMEOUT)
+    wait_until(lambda: dlq(stack, "list")["dead_letters"], GET_TIMEOUT, message="a dead letter")
+    with amqp_channel(amqp_url(stack.config.broker)) as channel:
+        method, properties, _body = channel.basic_get(stack.config.bridge.dead_letter_queue)
+        assert method is not None
+        channel.basic_nack(method.delivery_tag, requeue=True)
+    headers = properties.headers
+    assert "pad" not in headers and headers[f"{HEADER_PREFIX}task-id"] == padded.id
+    assert "too large to keep" in headers[f"{HEADER_PREFIX}headers-dropped"]
+    assert bridge.process.poll() is None
+    assert "connection lost" not in bridge.log()
 
 
 def test_a_replayed_dead_letter_runs_and_stores_its_new_outcome(
