@@ -80,6 +80,7 @@ from nagatha.config import FrameworkConfig
 from nagatha.errors import NagathaError, PublishRefused, ServiceUnavailable
 from nagatha.middleware import retries
 from nagatha.middleware.holding import hold
+from nagatha.middleware.redelivery import WorkerLost
 from nagatha.middleware.status import FAILED_BECAUSE
 from nagatha.stores import StatusStore
 from nagatha.types import MAX_HOLD_MS, utcnow
@@ -193,10 +194,12 @@ class CeleryResultsMiddleware(dramatiq.Middleware):
         self._single_attempt.active = True
         try:
             exception = getattr(message, "_exception", None)
-            if isinstance(exception, SkipMessage):  # the task's max_age passed (AgeLimit)
-                self._discard(task, "expired")
+            if isinstance(exception, SkipMessage) and not isinstance(exception, WorkerLost):
+                self._discard(task, "expired")  # the task's max_age passed (AgeLimit)
                 return
-            if isinstance(exception, ActorNotFound):
+            if isinstance(exception, WorkerLost):
+                info = error_info("WorkerLostError", [str(exception)], "billiard.exceptions")
+            elif isinstance(exception, ActorNotFound):
                 info = error_info("NotRegistered", [task.task_name], "celery.exceptions")
             elif exception is not None:
                 info = client_error_info(exception)

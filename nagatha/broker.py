@@ -17,6 +17,7 @@ from dramatiq.middleware import (
 )
 
 from nagatha.config import MEMORY_URL, BrokerConfig, FrameworkConfig
+from nagatha.middleware.redelivery import RedeliveryLimit
 from nagatha.middleware.retries import HeldRetries
 from nagatha.middleware.status import StatusMiddleware
 from nagatha.stores import StatusStore
@@ -84,6 +85,7 @@ def build_middleware(config: FrameworkConfig, store: StatusStore) -> list[dramat
         Callbacks(),
         Pipelines(),
         CurrentMessage(),
+        RedeliveryLimit(store, worker.max_redeliveries),
         *celery,
         StatusMiddleware(store, time_limit=worker.time_limit),
         HeldRetries(

@@ -208,6 +208,11 @@ class WorkerConfig(_Section):
     queues: list[str] = Field(default_factory=list)
     shutdown_grace: float = Field(default=30.0, ge=0, description="seconds to finish work")
     max_retries: int = Field(default=3, ge=0)
+    max_redeliveries: int = Field(
+        default=3,
+        ge=0,
+        description="starts of a task after its worker died running it, before it fails",
+    )
     min_backoff: int = Field(default=1_000, ge=0, description="milliseconds")
     max_backoff: int = Field(default=300_000, ge=0, le=MAX_HOLD_MS, description="milliseconds")
     time_limit: int = Field(default=600_000, gt=0, description="milliseconds")

@@ -95,6 +95,17 @@ class StatusStore(abc.ABC):
         """
 
     @abc.abstractmethod
+    def redeliveries(self, task_id: str) -> int:
+        """How many times :meth:`count_redelivery` counted ``task_id`` (0 if never)."""
+
+    @abc.abstractmethod
+    def count_redelivery(self, task_id: str) -> int:
+        """Count one more start of ``task_id`` after RabbitMQ redelivered it; return the count.
+
+        The count is kept as long as a record (``ttl``), across retries.
+        """
+
+    @abc.abstractmethod
     def ping(self) -> None:
         """Return if the store answers, else raise ``StoreUnavailable``."""
 

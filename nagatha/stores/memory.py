@@ -16,6 +16,7 @@ class MemoryStatusStore(StatusStore):
     def __init__(self, ttl: float = 86_400) -> None:
         self.ttl = ttl
         self._records: dict[str, tuple[float, TaskRecord]] = {}
+        self._redeliveries: dict[str, int] = {}
         self._changed = threading.Condition()
 
     def _live(self, task_id: str) -> TaskRecord | None:
@@ -77,6 +78,15 @@ class MemoryStatusStore(StatusStore):
                 if record is None or record.status.final or remaining <= 0:
                     return record
                 self._changed.wait(remaining)
+
+    def redeliveries(self, task_id: str) -> int:
+        with self._changed:
+            return self._redeliveries.get(task_id, 0)
+
+    def count_redelivery(self, task_id: str) -> int:
+        with self._changed:
+            self._redeliveries[task_id] = self._redeliveries.get(task_id, 0) + 1
+            return self._redeliveries[task_id]
 
     def ping(self) -> None:
         return None

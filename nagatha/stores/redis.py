@@ -4,6 +4,8 @@ Key layout (``prefix`` from ``results.prefix``, default ``nagatha:``):
 
 * ``<prefix>task:<id>`` - hash of the record's fields, each a JSON value; expires ``ttl``
   seconds after its last write.
+* ``<prefix>redelivered:<id>`` - how many times RabbitMQ redelivered the task to a worker
+  (:meth:`RedisStatusStore.count_redelivery`); same expiry as records.
 * ``<prefix>done:<id>`` - pub/sub channel; the final write publishes the status there so that
   waiters wake at once instead of polling. Each process listens with one ``PSUBSCRIBE
   <prefix>done:*`` connection (see :mod:`nagatha.stores.redis_waiter`).
@@ -199,6 +201,9 @@ class RedisStatusStore(StatusStore):
     def _key(self, task_id: str) -> str:
         return f"{self.prefix}task:{task_id}"
 
+    def _redelivered_key(self, task_id: str) -> str:
+        return f"{self.prefix}redelivered:{task_id}"
+
     def _channel(self, task_id: str) -> str:
         return f"{self.prefix}done:{task_id}"
 
@@ -376,6 +381,24 @@ class RedisStatusStore(StatusStore):
                 event.clear()
         finally:
             listener.unregister(task_id, event)
+
+    def redeliveries(self, task_id: str) -> int:
+        try:
+            return int(self.client.get(self._redelivered_key(task_id)) or 0)
+        except RedisError as exc:
+            raise _unavailable(exc) from None
+
+    def count_redelivery(self, task_id: str) -> int:
+        """See :meth:`StatusStore.count_redelivery` (key ``<prefix>redelivered:<id>``)."""
+        key = self._redelivered_key(task_id)
+        try:
+            with self.client.pipeline(transaction=True) as pipe:
+                pipe.incr(key)
+                pipe.expire(key, self.ttl)
+                count, _ = pipe.execute()
+        except RedisError as exc:
+            raise _unavailable(exc) from None
+        return int(count)
 
     def ping(self) -> None:
         try:

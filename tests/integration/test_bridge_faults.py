@@ -19,7 +19,8 @@ import dramatiq
 import pika
 import pika.data
 import pytest
-from bridge_stack import BRIDGE_READY, CeleryClient, HubStack, hub_stack
+from billiard.exceptions import WorkerLostError
+from bridge_stack import BRIDGE_READY, ROOT, CeleryClient, HubStack, hub_stack
 from celery.exceptions import InvalidTaskError, NotRegistered
 
 from bridge.consumer import Bridge
@@ -274,6 +275,49 @@ def test_headers_pika_could_not_decode_or_send_again_stall_no_lane(
     assert "too large to keep" in headers[f"{HEADER_PREFIX}headers-dropped"]
     assert bridge.process.poll() is None
     assert "connection lost" not in bridge.log()
+
+
+POISON = """
+import os
+
+def crash():
+    os._exit(9)  # as a segfault or the OOM killer would end the worker process
+
+def register_tasks(registry):
+    registry.register_task("poison", "crash", crash, max_retries=0)
+"""
+
+
+def test_a_task_that_kills_its_worker_fails_as_worker_lost_and_the_rest_runs(
+    rabbitmq: None, redis_server: None, tmp_path: Path
+) -> None:
+    (tmp_path / "mods" / "poison").mkdir(parents=True)
+    (tmp_path / "mods" / "poison" / "__init__.py").write_text(POISON)
+    settings = {
+        "NAGATHA_MODULES_PATHS": f"{ROOT / 'modules'}:{tmp_path / 'mods'}",
+        "NAGATHA_WORKER_MAX_REDELIVERIES": "2",
+    }
+    with hub_stack(tmp_path, **settings) as stack:
+        worker = stack.start_worker()
+        stack.start_bridge()
+        client = CeleryClient(stack)
+        try:
+            poison = client.send("poison.crash")
+            innocent = client.send("echo_bot.echo", kwargs={"message": "still runs"})
+            # The first run and two redeliveries kill the worker process (and the innocent
+            # task beside it at first); the third redelivery is past the limit.
+            with pytest.raises(WorkerLostError, match="a worker stopped while running it, 3"):
+                poison.get(timeout=GET_TIMEOUT)
+            assert innocent.get(timeout=GET_TIMEOUT) == "still runs"
+        finally:
+            client.close()
+        record = stack.final_record(poison.id)
+        assert record.status is TaskStatus.FAILURE
+        assert (record.error or "").startswith("WorkerLost: a worker stopped while running it")
+        with amqp_channel(amqp_url(stack.config.broker)) as channel:
+            assert channel.queue_declare("default.XQ", passive=True).method.message_count == 1
+        worker.wait_for_log(r"died with exit code 9", count=3)
+        assert "not run again" in worker.log()
 
 
 def test_a_replayed_dead_letter_runs_and_stores_its_new_outcome(

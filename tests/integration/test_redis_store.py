@@ -299,6 +299,15 @@ def test_an_error_answer_is_a_refusal_unless_it_passes() -> None:
         assert isinstance(redis_store._error_of(passing), StoreUnavailable)
 
 
+def test_redeliveries_are_counted_per_task_with_the_records_expiry(
+    store: RedisStatusStore,
+) -> None:
+    assert store.redeliveries("r1") == 0
+    assert [store.count_redelivery("r1") for _ in range(3)] == [1, 2, 3]
+    assert store.redeliveries("r1") == 3 and store.redeliveries("r2") == 0
+    assert 0 < store.client.ttl(f"{store.prefix}redelivered:r1") <= store.ttl
+
+
 def test_updates_survive_a_flushed_script_cache(store: RedisStatusStore) -> None:
     defaults = {"task_name": "m.t", "created_at": utcnow(), "args": [], "kwargs": {}}
     assert store.update("f1", TaskStatus.RETRYING, {"error": "E: x"}, defaults)

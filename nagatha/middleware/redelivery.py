@@ -1,0 +1,117 @@
+"""Stop a task that keeps taking its worker down with it (a poison message).
+
+A task that kills the process running it (a segfault in an extension, the kernel's OOM
+killer, ``os._exit``) is never acked: RabbitMQ delivers it again, the next worker process
+dies the same way, and every task running beside it dies with it, for ever. RabbitMQ marks
+such a message *redelivered*. :class:`RedeliveryLimit` counts the starts of redelivered
+messages in the status store (Redis round trips only for those) and, past
+``worker.max_redeliveries``, fails the message instead of running it: the record says
+``failure`` with ``WorkerLost: ...``, RabbitMQ dead-letters the message (``<queue>.XQ``) and a
+Celery client gets ``WorkerLostError``.
+
+A redelivered message whose record is already final ran to its end and only its ack was lost:
+it is not counted (and runs again, as at-least-once delivery has it).
+
+Blame goes to the task that was running, not to its neighbours:
+
+* a message is also redelivered when its worker stopped, or lost its connection, before it
+  ran it (prefetched): it is counted once when it starts, finishes, and is done;
+* the tasks that ran beside the poison one come back with it, all together. A message
+  redelivered a second time runs *alone* among such repeat messages of its process (a lock,
+  taken before it is counted): a poison message then dies with no repeat neighbour running,
+  and the neighbours waiting for the lock are not counted for that death. After an ordinary
+  restart, messages are redelivered once and run as usual, concurrently.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from typing import Any
+
+import dramatiq
+from dramatiq.broker import MessageProxy
+from dramatiq.middleware import SkipMessage
+
+from nagatha.errors import StoreRejected, StoreUnavailable
+from nagatha.middleware.status import FAILED_BECAUSE
+from nagatha.stores import StatusStore
+
+logger = logging.getLogger("nagatha.tasks")
+
+
+class WorkerLost(SkipMessage):
+    """The task was not run again: its workers kept stopping while they ran it."""
+
+
+class RedeliveryLimit(dramatiq.Middleware):
+    """Fails a message started more than ``max_redeliveries`` times after a redelivery.
+
+    Must come before the middleware that act when a task starts (the status record's
+    ``started``, the Celery ``STARTED``), so that a message it stops never looks started.
+    """
+
+    def __init__(self, store: StatusStore, max_redeliveries: int) -> None:
+        self.store = store
+        self.max_redeliveries = max_redeliveries
+        self._alone = threading.Lock()  # held while a repeat message runs
+        self._holding = threading.local()
+
+    def before_process_message(self, broker: dramatiq.Broker, message: MessageProxy) -> None:
+        if not getattr(message, "redelivered", False):  # RabbitMQ's flag
+            return
+        try:
+            record = self.store.get(message.message_id)
+            if record is not None and record.status.final:
+                # It ran to its end and its worker stopped before the ack: not to blame. It
+                # runs again (at least once), so that whatever came after its outcome (the
+                # Celery result, a workflow's next step) is done too.
+                logger.warning(
+                    "task %s %s: redelivered after it finished (%s): running it again",
+                    message.message_id,
+                    message.actor_name,
+                    record.status.value,
+                )
+                return
+            if self.store.redeliveries(message.message_id) > 0:
+                self._alone.acquire()
+                self._holding.lock = True
+            count = self.store.count_redelivery(message.message_id)
+        except (StoreUnavailable, StoreRejected) as exc:
+            logger.warning(
+                "task %s %s: redelivered, not counted (%s): running it",
+                message.message_id,
+                message.actor_name,
+                exc,
+            )
+            return
+        if count <= self.max_redeliveries:
+            logger.warning(
+                "task %s %s: redelivered (%d of at most %d): a worker stopped before it finished",
+                message.message_id,
+                message.actor_name,
+                count,
+                self.max_redeliveries,
+            )
+            return
+        reason = (
+            f"WorkerLost: a worker stopped while running it, {count} times (killed, out of "
+            "memory or crashed); it is not run again (worker.max_redeliveries is "
+            f"{self.max_redeliveries})"
+        )
+        setattr(message, FAILED_BECAUSE, reason)  # recorded and logged by StatusMiddleware
+        message.fail()
+        raise WorkerLost(reason)
+
+    def after_process_message(
+        self, broker: dramatiq.Broker, message: MessageProxy, **outcome: Any
+    ) -> None:
+        self._release()
+
+    def after_skip_message(self, broker: dramatiq.Broker, message: MessageProxy) -> None:
+        self._release()
+
+    def _release(self) -> None:
+        if getattr(self._holding, "lock", False):
+            self._holding.lock = False
+            self._alone.release()
