@@ -71,7 +71,9 @@ def create_app(
         "modules": ModulesResource(registry),
         "tasks": TasksResource(registry),
         "run": RunTaskResource(registry, api.max_body_bytes),
-        "status": TaskStatusResource(registry, api.max_wait),
+        # One thread of each process stays free of long polls: /ping, /health and submits
+        # are answered however many clients wait.
+        "status": TaskStatusResource(registry, api.max_wait, max_waiters=max(1, api.threads - 1)),
         "openapi": OpenApiResource(document),
     }
     app = HubApp(

@@ -10,6 +10,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -448,3 +449,42 @@ def test_gunicorn_serves_the_wsgi_module_with_the_shipped_config(
             os.kill(proc.pid, signal.SIGKILL)
             proc.wait(10)
         log.close()
+
+
+def test_long_polls_leave_a_thread_for_probes_and_submits(
+    hub_env: dict[str, str], start_process: type[HubProcess]
+) -> None:
+    # 1 process x 3 threads: at most 2 requests wait at once, the third thread stays free.
+    _, base_url = start_api(start_process, hub_env, "--workers", "1", "--threads", "3")
+    with httpx.Client(base_url=base_url, timeout=30) as client:
+        task_id = client.post("/tasks/run", json={"task_name": "diagnostics.noop"}).json()[
+            "task_id"
+        ]  # no worker runs: it stays pending
+        held: list[httpx.Response] = []
+
+        def hold() -> None:  # until it holds a slot (a probe below may take one for 0.2 s)
+            def waited() -> httpx.Response | None:
+                answer = client.get(f"/tasks/{task_id}?wait=8")
+                return None if "retry-after" in answer.headers else answer
+
+            held.append(wait_until(waited, 30, message="a waiting slot"))
+
+        waiters = [threading.Thread(target=hold) for _ in range(2)]
+        for waiter in waiters:
+            waiter.start()
+
+        def slots_taken() -> httpx.Response | None:
+            probe = client.get(f"/tasks/{task_id}?wait=0.2")
+            return probe if "retry-after" in probe.headers else None
+
+        # Then a further wait is answered at once, with the record as it is ...
+        early = wait_until(slots_taken, 20, message="both waiting slots taken")
+        assert early.status_code == 200 and early.json()["status"] == "pending"
+        assert early.headers["retry-after"] == "1"
+        # ... and the free thread serves probes and submits meanwhile.
+        assert httpx.get(f"{base_url}/ping", timeout=2).status_code == 200
+        assert client.post("/tasks/run", json={"task_name": "diagnostics.noop"}).status_code == 202
+        for waiter in waiters:
+            waiter.join(30)
+    assert [r.status_code for r in held] == [200, 200]
+    assert all("retry-after" not in r.headers for r in held)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import threading
 
 import falcon
 
@@ -57,11 +58,17 @@ class RunTaskResource:
 
 
 class TaskStatusResource:
-    """The status record of a task; ``?wait=S`` holds until it is final or S seconds pass."""
+    """The status record of a task; ``?wait=S`` holds until it is final or S seconds pass.
 
-    def __init__(self, registry: TaskRegistry, max_wait: float) -> None:
+    At most ``max_waiters`` requests of the process wait at once; past that, a ``?wait=`` is
+    answered at once, with the record as it is and ``Retry-After: 1``: a thread held by a
+    long poll serves nothing else, and gthread has a fixed number of them.
+    """
+
+    def __init__(self, registry: TaskRegistry, max_wait: float, *, max_waiters: int) -> None:
         self.registry = registry
         self.max_wait = max_wait
+        self._waiters = threading.BoundedSemaphore(max_waiters)
 
     def wait_seconds(self, req: falcon.Request) -> float:
         """The ``wait`` query parameter: seconds in ``[0, max_wait]`` (0 when absent); else 400."""
@@ -85,9 +92,14 @@ class TaskStatusResource:
         wait = self.wait_seconds(req)
         if len(task_id.encode("utf-8", "surrogatepass")) > MAX_TASK_ID_BYTES:
             raise TaskNotFound(task_id[:MAX_TASK_ID_BYTES] + "...")
-        if wait > 0:
-            record = self.registry.wait_for(task_id, wait)
+        if wait > 0 and self._waiters.acquire(blocking=False):
+            try:
+                record = self.registry.wait_for(task_id, wait)
+            finally:
+                self._waiters.release()
         else:
             record = self.registry.get_task_status(task_id)
+            if wait > 0 and not record.status.final:
+                resp.append_header("Retry-After", "1")  # every waiting slot is taken
         send(resp, record)
         resp.cache_control = ["no-store"]
