@@ -502,6 +502,8 @@ SECRET_WORDS = frozenset(
         "secrets",
         "credential",
         "credentials",
+        "passphrase",
+        "auth",
     }
 )
 #: Shortest secret value redacted from logs (shorter ones would blank ordinary words).
@@ -511,8 +513,9 @@ MIN_REDACTED = 8
 def is_secret_name(key: str) -> bool:
     """True if a module setting named ``key`` holds a secret (see :data:`SECRET_WORDS`).
 
-    camelCase, ``-`` and ``.`` separate words like ``_``; "tokens" counts after ``api``,
-    ``access``, ``auth``, ``bearer`` or ``refresh`` only (``max_tokens`` is an LLM setting).
+    camelCase, ``-`` and ``.`` separate words like ``_``; "tokens" counts alone or after
+    ``api``, ``access``, ``auth``, ``bearer`` or ``refresh`` (``max_tokens`` is an LLM
+    setting).
     """
     spaced = re.sub(r"(?<=[a-z0-9])(?=[A-Z])", "_", key).lower()
     words = [word for word in re.split(r"[^a-z0-9]+", spaced) if word]
@@ -521,26 +524,45 @@ def is_secret_name(key: str) -> bool:
     if words[-1] in SECRET_WORDS:
         return True
     qualified = {"api", "access", "auth", "bearer", "refresh"}
-    return words[-1] == "tokens" and len(words) > 1 and words[-2] in qualified
+    return words[-1] == "tokens" and (len(words) == 1 or words[-2] in qualified)
 
 
 MASK = "****"
 
 
+# A query parameter: its separator, name and value.
+_SECRET_PARAM = re.compile(r"([?&;])([^=&;#]+)=([^&;#]*)")
+
+
 def mask_url(url: str) -> str:
-    """Replace the password of a URL with ``****`` (``amqp://user:****@host//``).
+    """Replace the password of a URL with ``****`` (``amqp://user:****@host//``), and the
+    value of each secret-named query parameter (``redis://host/0?password=****``).
 
     A URL whose password could hide elsewhere (see :func:`_misplaced_at`) shows its scheme
     only.
     """
     if _misplaced_at(url):
         return url.partition("://")[0] + "://" + MASK
+    url = _SECRET_PARAM.sub(
+        lambda m: m[0] if not is_secret_name(unquote(m[2])) else f"{m[1]}{m[2]}={MASK}", url
+    )
     user_info = _user_info(url)
     if user_info is None or ":" not in user_info:
         return url
     scheme, _, rest = url.partition("://")
     user = user_info.split(":", 1)[0]
     return f"{scheme}://{user}:{MASK}@{rest[len(user_info) + 1 :]}"
+
+
+def _url_secrets(url: str) -> list[str]:
+    """The password of ``url`` and the values of its secret-named query parameters, raw and
+    percent-decoded."""
+    found: list[str] = []
+    user_info = _user_info(url)
+    if user_info is not None and ":" in user_info:
+        found.append(user_info.split(":", 1)[1])
+    found += [m[3] for m in _SECRET_PARAM.finditer(url) if is_secret_name(unquote(m[2]))]
+    return [text for raw in found for text in (raw, unquote(raw))]
 
 
 def mask_value(key: str, value: Any) -> Any:
@@ -553,17 +575,17 @@ def mask_value(key: str, value: Any) -> Any:
         return mask_url(value)
     if isinstance(value, dict):
         return {k: mask_value(f"{key}.{k}", v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [mask_value(key, item) for item in value]
     return value
 
 
 def secrets_of(config: FrameworkConfig) -> list[str]:
-    """Every secret string in the config (tokens, URL passwords), for log redaction."""
+    """Every secret string in the config (tokens, URL passwords and secret query parameters,
+    secret module settings), for log redaction."""
     found = list(config.api.tokens)
     for url in (config.broker.url, config.results.url, config.bridge.result_backend_url):
-        user_info = _user_info(url) if url else None
-        if user_info is not None and ":" in user_info:
-            password = user_info.split(":", 1)[1]
-            found += [password, unquote(password)]
+        found += _url_secrets(url) if url else []
     found += _secret_settings(config.modules.settings)
     return [s for s in found if s]
 
@@ -573,9 +595,13 @@ def _secret_settings(settings: Mapping[str, Any]) -> list[str]:
     long enough to redact (:data:`MIN_REDACTED`)."""
     found: list[str] = []
     for key, value in settings.items():
-        if isinstance(value, Mapping):
-            found += _secret_settings(value)
-        elif is_secret_name(str(key)):
-            values = value if isinstance(value, list) else [value]
-            found += [str(v) for v in values if v is not None and len(str(v)) >= MIN_REDACTED]
+        items = value if isinstance(value, list) else [value]
+        if is_secret_name(str(key)):
+            found += [str(v) for v in items if v is not None and len(str(v)) >= MIN_REDACTED]
+            continue
+        for item in items:
+            if isinstance(item, Mapping):
+                found += _secret_settings(item)
+            elif isinstance(item, str) and "://" in item:
+                found += [s for s in _url_secrets(item) if len(s) >= MIN_REDACTED]
     return found

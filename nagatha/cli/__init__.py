@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import sys
+import traceback
 from typing import Any
 
 import click
@@ -25,24 +26,30 @@ class HubGroup(click.Group):
         try:
             return super().invoke(ctx)
         except NagathaError as exc:
-            obj = ctx.find_object(CliContext)
-            if obj is not None and obj.debug:
-                raise
+            self._traceback_if_debug(ctx)
             click.echo(f"error: {exc}", err=True)
             ctx.exit(exit_code_for(exc))
         except (click.exceptions.Exit, click.ClickException, click.Abort, SystemExit):
             raise
         except Exception as exc:
-            obj = ctx.find_object(CliContext)
-            if obj is not None and obj.debug:
-                raise
-            logging.getLogger("nagatha.cli").debug("unexpected error", exc_info=True)
+            if not self._traceback_if_debug(ctx):
+                logging.getLogger("nagatha.cli").debug("unexpected error", exc_info=True)
             click.echo(
                 f"error: unexpected {type(exc).__name__}: {exc} "
                 "(run with --debug for the traceback)",
                 err=True,
             )
             ctx.exit(EXIT_TASK_FAILED)
+
+    @staticmethod
+    def _traceback_if_debug(ctx: click.Context) -> bool:
+        """With ``--debug``, print the traceback of the error being handled (the exit code
+        stays the one the error maps to)."""
+        obj = ctx.find_object(CliContext)
+        debug = obj is not None and obj.debug
+        if debug:
+            traceback.print_exc()
+        return debug
 
 
 @click.group(cls=HubGroup, context_settings={"help_option_names": ["-h", "--help"]})

@@ -244,6 +244,18 @@ def test_bad_config_exits_2_with_one_line(hub_env: dict[str, str]) -> None:
     assert done.stderr.count("\n") == 1 and "results.ttl" in done.stderr
 
 
+def test_debug_adds_the_traceback_and_keeps_the_exit_code(hub_env: dict[str, str]) -> None:
+    bad_config = run_cli(["--debug", "list"], {**hub_env, "NAGATHA_RESULTS_TTL": "soon"})
+    closed = run_cli(
+        ["--debug", "run", "diagnostics.noop"],
+        {**hub_env, "NAGATHA_RESULTS_URL": "redis://127.0.0.1:1/0"},
+    )
+    for done, code in ((bad_config, 2), (closed, 3)):
+        assert done.returncode == code, done.stderr
+        assert "Traceback (most recent call last)" in done.stderr
+        assert done.stderr.strip().splitlines()[-1].startswith("error: ")
+
+
 def test_a_queue_no_task_uses_is_reported(
     hub_env: dict[str, str], start_process: type[HubProcess]
 ) -> None:

@@ -147,6 +147,26 @@ def test_secrets_are_collected_and_masked(dirs: tuple[Path, Path]) -> None:
     assert mask_url(config.broker.url) == "amqp://u:****@h:5672/v"
 
 
+def test_secret_query_parameters_and_secrets_in_lists_are_masked_and_redacted(
+    dirs: tuple[Path, Path],
+) -> None:
+    home, cwd = dirs
+    (cwd / "nagatha.yaml").write_text(
+        "results:\n  url: 'redis://h:6379/0?password=q-s3cr3t-q&db=1'\n"
+        "modules:\n  settings:\n    hook: {accounts: [{user: u, password: pw-cccccccc}],"
+        " passphrase: pp-dddddddd, auth: au-eeeeeeee, dsn: 'postgres://u:dsn-pw-ffff@h/db',"
+        " max_tokens: 5}\n"
+    )
+    config = load_config(env={}, home=home, cwd=cwd).config
+    assert mask_url(config.results.url) == "redis://h:6379/0?password=****&db=1"
+    shown = mask_value("modules.settings", config.modules.settings)["hook"]
+    assert shown["accounts"] == [{"user": "u", "password": "****"}]
+    assert shown["passphrase"] == shown["auth"] == "****"
+    assert shown["dsn"] == "postgres://u:****@h/db" and shown["max_tokens"] == 5
+    secrets = set(secrets_of(config))
+    assert {"q-s3cr3t-q", "pw-cccccccc", "pp-dddddddd", "au-eeeeeeee", "dsn-pw-ffff"} <= secrets
+
+
 def test_a_url_password_with_reserved_characters_is_masked_whole() -> None:
     assert mask_url("amqp://guest:4711#xY@127.0.0.1//") == "amqp://****"
     assert mask_url("redis://:p/w?x@h:6379/0") == "redis://****"
@@ -183,9 +203,10 @@ def test_module_settings_secrets_are_masked_and_redacted(dirs: tuple[Path, Path]
         "signing_key",
         "api_keys",
         "cache_key",  # any *key: hiding a harmless value costs nothing
+        "tokens",  # as api.tokens
     }
     assert shown["db"] == {"password": "****"}
-    assert (shown["model"], shown["max_tokens"], shown["tokens"]) == ("m", 512, 3)
+    assert (shown["model"], shown["max_tokens"]) == ("m", 512)
     secrets = set(secrets_of(config))
     expected = {"sk-live-1", "cs-secret-3", "pw-pw-22", "sk-hyphen-4", "hunter2hunter2"}
     assert expected | {"s3cr3t-signing", "sk-list-aaaa"} <= secrets
