@@ -114,10 +114,12 @@ class Answers:
         """Store ``meta`` and reply to an rpc client; return False if it was a duplicate.
 
         The rpc reply is skipped when Redis already held a ready state for the task: that
-        answer was sent before (a redelivered message), and rpc clients take only one.
+        answer was sent before (a redelivered message), and rpc clients take only one. A
+        REVOKED answer is sent regardless: the bridge that took a revoke broadcast stored
+        REVOKED without the client's ``reply_to``, so no rpc client was told.
         """
         fresh = self.store_meta(meta)
-        if fresh:
+        if fresh or meta.get("status") == "REVOKED":
             self.reply(meta, reply_to=reply_to, correlation_id=correlation_id)
         return fresh
 

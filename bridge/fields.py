@@ -79,11 +79,11 @@ def flag(value: Any, field: str) -> bool | None:
     raise ProtocolError(f"field {field!r} must be a boolean, got {type(value).__name__}")
 
 
-def moment(value: Any, field: str, *, naive_is_utc: bool = True) -> datetime | None:
+def moment(value: Any, field: str) -> datetime | None:
     """Return an aware UTC datetime from an ISO 8601 string or a datetime; None for None.
 
-    A naive value is taken as UTC (Celery's rule), or as local time when ``naive_is_utc``
-    is false (protocol 1 messages with ``"utc": false``).
+    A naive value is taken as UTC: a Celery 5 worker reads it so whatever the message's
+    ``utc`` flag says (``maybe_make_aware(value, naive_as_utc=True)``).
     """
     if value is None:
         return None
@@ -100,7 +100,7 @@ def moment(value: Any, field: str, *, naive_is_utc: bool = True) -> datetime | N
     moment: datetime = value
     try:
         if moment.tzinfo is None or moment.utcoffset() is None:
-            moment = moment.replace(tzinfo=UTC) if naive_is_utc else moment.astimezone()
+            moment = moment.replace(tzinfo=UTC)
         return moment.astimezone(UTC)
     except (OverflowError, ValueError, OSError):
         raise ProtocolError(f"field {field!r} is out of range") from None

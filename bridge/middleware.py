@@ -283,9 +283,10 @@ class CeleryResultsMiddleware(dramatiq.Middleware):
             meta = revoked_meta(
                 task.task_id, reason, group_id=task.group_id, parent_id=task.parent_id
             )
-            # The bridge that took the revoke stored REVOKED already, but could not answer an
-            # rpc client: it never saw the task's reply_to. This is the client's answer.
-            self._send(task, meta, final=True, reply_anyway=reason == "revoked")
+            # The bridge that took a revoke stored REVOKED already, but could not answer an
+            # rpc client: it never saw the task's reply_to. This is the client's answer, also
+            # when the revoked task expired meanwhile.
+            self._send(task, meta, final=True, reply_anyway=True)
         self._workflow(
             task, lambda: workflows.dispatch_revoked(task, reason, **self._workflow_kwargs())
         )

@@ -151,7 +151,7 @@ def _parse(
         merged = {key: value[key] for key in _HYBRID_BODY_FIELDS if key in value}
         merged.update(header_map)
         _peek_identity(merged, correlation_id, identity)
-        utc = fields.flag(value.get("utc", True), "utc")
+        fields.flag(value.get("utc", True), "utc")  # checked; naive times are UTC regardless
         embed = {key: value.get(key) for key in ("callbacks", "errbacks", "chord")}
         return _build(
             merged,
@@ -159,7 +159,6 @@ def _parse(
             value.get("kwargs", {}),
             embed,
             protocol=2,
-            utc=utc is not False,
             properties=properties,
         )
     if is_v2:
@@ -168,13 +167,14 @@ def _parse(
         args, kwargs, embed = value
         if not isinstance(embed, Mapping):
             raise ProtocolError("protocol 2 embed (3rd body element) must be a mapping")
-        return _build(header_map, args, kwargs, embed, protocol=2, utc=True, properties=properties)
+        return _build(header_map, args, kwargs, embed, protocol=2, properties=properties)
     if isinstance(value, Mapping) and "task" in value:
         _peek_identity(value, correlation_id, identity)
         v1 = dict(value)
         if v1.get("taskset") is not None:
             v1["group"] = v1["taskset"]
-        utc = fields.flag(v1.get("utc", True), "utc")
+        # Checked; naive times are UTC whatever it says, as a Celery 5 worker reads them.
+        fields.flag(v1.get("utc", True), "utc")
         embed = {key: v1.get(key) for key in ("callbacks", "errbacks", "chord")}
         return _build(
             v1,
@@ -182,7 +182,6 @@ def _parse(
             v1.get("kwargs", {}),
             embed,
             protocol=1,
-            utc=utc is not False,
             properties=properties,
         )
     raise ProtocolError(
@@ -197,7 +196,6 @@ def _build(
     embed: Mapping[str, Any],
     *,
     protocol: int,
-    utc: bool,
     properties: _Properties,
 ) -> CeleryTask:
     """Validate every field of the normalised message and build the task."""
@@ -211,8 +209,8 @@ def _build(
         args=fields.args_list(args),
         kwargs=fields.kwargs_dict(kwargs),
         protocol=protocol,
-        eta=fields.moment(source.get("eta"), "eta", naive_is_utc=utc),
-        expires=fields.moment(source.get("expires"), "expires", naive_is_utc=utc),
+        eta=fields.moment(source.get("eta"), "eta"),
+        expires=fields.moment(source.get("expires"), "expires"),
         retries=fields.integer(source.get("retries", 0), "retries") or 0,
         time_limit=hard,
         soft_time_limit=soft,

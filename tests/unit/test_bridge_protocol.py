@@ -278,18 +278,20 @@ def test_protocol_1_defaults_missing_args_and_kwargs_and_uses_taskset() -> None:
     assert (task.args, task.kwargs, task.group_id, task.retries) == ([], {}, "ts", 0)
 
 
-def test_protocol_1_naive_times_follow_the_utc_flag(monkeypatch: pytest.MonkeyPatch) -> None:
-    assert v1_wire(eta="2030-01-02T03:04:05").parse().eta == datetime(
-        2030, 1, 2, 3, 4, 5, tzinfo=UTC
-    )
+def test_protocol_1_naive_times_are_utc_whatever_the_flag_and_timezone(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    utc = datetime(2030, 1, 2, 3, 4, 5, tzinfo=UTC)
+    assert v1_wire(eta="2030-01-02T03:04:05").parse().eta == utc
     monkeypatch.setenv("TZ", "Asia/Kolkata")  # UTC+05:30, no daylight saving
     time.tzset()
     try:
-        local = v1_wire(eta="2030-01-02T03:04:05", utc=False).parse()
+        flagged = v1_wire(eta="2030-01-02T03:04:05", expires="2030-01-02T03:04:05", utc=False)
+        task = flagged.parse()
     finally:
         monkeypatch.undo()
         time.tzset()
-    assert local.eta == datetime(2030, 1, 1, 21, 34, 5, tzinfo=UTC)
+    assert task.eta == task.expires == utc  # as a real Celery 5.7 worker reads them
 
 
 def test_protocol_1_uses_correlation_id_when_the_body_has_no_id() -> None:
