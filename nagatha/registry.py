@@ -12,6 +12,8 @@ import inspect
 import logging
 import math
 import re
+import threading
+import time
 import types
 import uuid
 from collections.abc import Callable
@@ -52,6 +54,9 @@ from nagatha.types import (
 logger = logging.getLogger("nagatha.registry")
 
 TASK_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,63}")
+#: Seconds each module's ``heartbeat()`` gets in ``nagatha modules``.
+HEARTBEAT_TIMEOUT = 5.0
+
 #: Queue names: Dramatiq's pattern, never a ``.DQ``/``.XQ`` suffix, never a Celery queue.
 QUEUE_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9._-]{0,127}")
 TASK_OPTIONS = frozenset(
@@ -302,34 +307,57 @@ class TaskRegistry:
         return dict(self._module_configs.get(module, {}))
 
     def list_modules(self, *, heartbeats: bool = False) -> list[ModuleMetadata]:
-        """Every discovered module, loaded or not, by name (with ``heartbeat()`` results)."""
-        beats = self.heartbeats() if heartbeats else {}
+        """Every discovered module, loaded or not, by name (with ``heartbeat()`` results, each
+        given :data:`HEARTBEAT_TIMEOUT` seconds)."""
+        beats = self.heartbeats(HEARTBEAT_TIMEOUT) if heartbeats else {}
         return [
             self._modules[name].model_copy(update={"heartbeat": beats.get(name)})
             for name in sorted(self._modules)
         ]
 
-    def heartbeats(self) -> dict[str, dict[str, Any]]:
-        """Call each loaded module's ``heartbeat()``; an exception becomes an ``error`` entry.
+    def heartbeat_modules(self) -> list[str]:
+        """The loaded modules that have a ``heartbeat()``, by name."""
+        return [
+            name
+            for name, module in sorted(self._module_objects.items())
+            if callable(getattr(module, "heartbeat", None))
+        ]
+
+    def heartbeat(self, name: str) -> dict[str, Any]:
+        """Call module ``name``'s ``heartbeat()``; an exception becomes an ``error`` entry.
 
         So does an answer the API could not encode (an arbitrary object, NaN); what pydantic
         encodes (datetimes, UUIDs, Decimals) is kept, as text.
         """
-        beats: dict[str, dict[str, Any]] = {}
-        for name, module in sorted(self._module_objects.items()):
-            beat = getattr(module, "heartbeat", None)
-            if not callable(beat):
-                continue
-            try:
-                result = beat()
-                answer = result if isinstance(result, dict) else {"status": "ok", "detail": result}
-                # As the API would answer it: datetimes and UUIDs as text, NaN refused.
-                answer = to_jsonable_python(answer)
-                jsontext.check(answer)
-                beats[name] = answer
-            except (Exception, SystemExit) as exc:
-                beats[name] = {"status": "error", "error": f"{type(exc).__name__}: {exc}"}
-        return beats
+        try:
+            result = self._module_objects[name].heartbeat()
+            answer = result if isinstance(result, dict) else {"status": "ok", "detail": result}
+            # As the API would answer it: datetimes and UUIDs as text, NaN refused.
+            answer = to_jsonable_python(answer)
+            jsontext.check(answer)
+            return answer  # type: ignore[no-any-return]
+        except (Exception, SystemExit) as exc:
+            return {"status": "error", "error": f"{type(exc).__name__}: {exc}"}
+
+    def heartbeats(self, timeout: float) -> dict[str, dict[str, Any]]:
+        """Every :meth:`heartbeat`, run side by side; one not back within ``timeout`` seconds
+        is ``{"status": "timeout"}`` (its thread is left to finish on its own)."""
+        answers: dict[str, dict[str, Any]] = {}
+        threads = [  # daemon threads: a heartbeat that hangs never holds the process open
+            threading.Thread(
+                target=lambda name=name: answers.__setitem__(name, self.heartbeat(name)),
+                name=f"nagatha-heartbeat-{name}",
+                daemon=True,
+            )
+            for name in self.heartbeat_modules()
+        ]
+        deadline = time.monotonic() + timeout
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(max(0.0, deadline - time.monotonic()))
+        late = {"status": "timeout", "detail": f"no answer within {timeout:g}s"}
+        return {name: answers.get(name, late) for name in self.heartbeat_modules()}
 
     # -- tasks ---------------------------------------------------------------------------
 

@@ -7,8 +7,9 @@ Design:
   RabbitMQ has already reaped still reports ``is_open``. The embedded (``memory://``) broker
   lives in this process and is always ready.
 * **Store**: :meth:`StatusStore.ping`.
-* **Heartbeats**: :meth:`TaskRegistry.heartbeats`; they are reported but never make the hub
-  unready (a module's own service being down does not stop the hub running other tasks).
+* **Heartbeats**: :meth:`TaskRegistry.heartbeat` of each module; they are reported but never
+  make the hub unready (a module's own service being down does not stop the hub running
+  other tasks), and one that hangs is reported ``timeout`` alone.
 
 The probes run in parallel on a small thread pool with one deadline (``timeout``), so
 ``/health`` answers within about that time even when a dependency hangs; a probe that missed
@@ -24,6 +25,7 @@ import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor, wait
+from functools import partial
 from typing import Any
 
 import pika
@@ -38,6 +40,8 @@ Probe = Callable[[], Any]
 
 #: Seconds every probe together may take.
 DEFAULT_TIMEOUT = 2.0
+#: Threads probing at most (broker, store, one per module heartbeat).
+MAX_PROBE_THREADS = 16
 #: Seconds a report is reused.
 DEFAULT_CACHE = 1.5
 
@@ -103,7 +107,10 @@ class HealthChecker:
         if running is not None and not running.done():
             return running
         if self._pool is None:
-            self._pool = ThreadPoolExecutor(max_workers=3, thread_name_prefix="nagatha-health")
+            probes = 2 + len(self.registry.heartbeat_modules())
+            self._pool = ThreadPoolExecutor(
+                max_workers=min(probes, MAX_PROBE_THREADS), thread_name_prefix="nagatha-health"
+            )
         started = time.perf_counter()
 
         def timed() -> tuple[float, Any]:
@@ -118,11 +125,14 @@ class HealthChecker:
         futures = {
             "broker": self._submit("broker", self._broker_probe),
             "store": self._submit("store", self.registry.store.ping),
-            "modules": self._submit("modules", self.registry.heartbeats),
         }
-        wait(futures.values(), timeout=self.timeout)
-        checks = {name: self._result(futures[name]) for name in ("broker", "store")}
-        modules = self._heartbeats(futures["modules"])
+        beats = {
+            name: self._submit(f"module {name}", partial(self.registry.heartbeat, name))
+            for name in self.registry.heartbeat_modules()
+        }
+        wait([*futures.values(), *beats.values()], timeout=self.timeout)
+        checks = {name: self._result(future) for name, future in futures.items()}
+        modules = {name: self._heartbeat(future) for name, future in beats.items()}
         ready = all(check.status == "ok" for check in checks.values())
         return HealthReport(
             status="ok" if ready else "unavailable",
@@ -141,12 +151,10 @@ class HealthChecker:
         detail = value if isinstance(value, str) else None
         return CheckResult(status="ok", detail=detail, latency_ms=round(latency_ms, 1))
 
-    def _heartbeats(self, future: Future[Any]) -> dict[str, dict[str, Any]]:
-        if future.done() and future.exception() is None:
-            return dict(future.result()[1])
-        status = "timeout" if not future.done() else "error"
-        loaded = (m.name for m in self.registry.list_modules() if m.status == "loaded")
-        return {name: {"status": status} for name in loaded}
+    def _heartbeat(self, future: Future[Any]) -> dict[str, Any]:
+        if not future.done():
+            return {"status": "timeout", "detail": f"no answer within {self.timeout:g}s"}
+        return dict(future.result()[1])  # heartbeat() never raises
 
     def _describe(self, error: BaseException) -> str:
         text = f"{type(error).__name__}: {error}".strip().rstrip(":")

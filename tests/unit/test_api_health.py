@@ -103,6 +103,33 @@ def test_a_heartbeat_that_is_not_json_is_an_error_entry_not_a_500(
     app.health.close()
 
 
+def test_a_heartbeat_that_hangs_times_out_alone_and_is_not_started_twice(
+    hub: TaskRegistry, monkeypatch: pytest.MonkeyPatch, release: threading.Event
+) -> None:
+    import types
+
+    calls: list[str] = []
+
+    def hangs() -> dict[str, str]:
+        calls.append("slow")
+        release.wait(30)
+        return {"status": "late"}
+
+    monkeypatch.setitem(hub._module_objects, "slow", types.SimpleNamespace(heartbeat=hangs))
+    clock = Clock()
+    health = checker(hub, lambda: None, timeout=0.3, clock=clock)
+    try:
+        first = health.check()
+        assert first.modules["slow"] == {"status": "timeout", "detail": "no answer within 0.3s"}
+        assert first.modules["diagnostics"] == {"status": "ok"} and first.status == "ok"
+        clock.now += 60  # past the cache: probed again, the hung heartbeat awaited, not restarted
+        assert health.check().modules["slow"]["status"] == "timeout"
+        assert calls == ["slow"]
+    finally:
+        release.set()
+        health.close()
+
+
 def test_a_failing_broker_is_503_with_the_reason(hub: TaskRegistry) -> None:
     def refused() -> None:
         raise ConnectionRefusedError("connection refused")

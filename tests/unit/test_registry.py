@@ -347,4 +347,20 @@ def test_shipped_modules_load_and_heartbeat() -> None:
         "diagnostics.sleep",
         "diagnostics.noop",
     } <= names
-    assert hub.heartbeats()["echo_bot"] == {"status": "ok"}
+    assert hub.heartbeats(5)["echo_bot"] == {"status": "ok"}
+
+
+def test_a_heartbeat_that_hangs_is_a_timeout_alone(monkeypatch: pytest.MonkeyPatch) -> None:
+    import threading
+    import types
+
+    hub: TaskRegistry = create_hub(make_config(SHIPPED))
+    release = threading.Event()
+    slow = types.SimpleNamespace(heartbeat=lambda: release.wait(30) and {"status": "late"})
+    monkeypatch.setitem(hub._module_objects, "slow", slow)
+    try:
+        beats = hub.heartbeats(0.3)
+        assert beats["slow"] == {"status": "timeout", "detail": "no answer within 0.3s"}
+        assert beats["echo_bot"] == {"status": "ok"}
+    finally:
+        release.set()
