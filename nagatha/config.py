@@ -236,10 +236,14 @@ class LoggingConfig(_Section):
         return value.upper() if isinstance(value, str) else value
 
 
+#: The user's own modules folder: on the default path, and no concern when it does not exist.
+USER_MODULES = "~/.nagatha/modules"
+
+
 def default_module_paths() -> list[str]:
     """The shipped ``modules/`` folder (found from the package) and ``~/.nagatha/modules``."""
     shipped = Path(__file__).resolve().parent.parent / "modules"
-    return [str(shipped), str(Path("~/.nagatha/modules").expanduser())]
+    return [str(shipped), str(Path(USER_MODULES).expanduser())]
 
 
 class ModulesConfig(_Section):

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from nagatha.config import load_yaml_file
+from nagatha.config import USER_MODULES, load_yaml_file
 from nagatha.errors import ConfigError, ModuleLoadError
 
 logger = logging.getLogger("nagatha.registry")
@@ -42,6 +42,8 @@ def iter_module_dirs(paths: list[str]) -> Iterator[tuple[str, Path]]:
     for base in paths:
         root = Path(base).expanduser()
         if not root.is_dir():
+            if root != Path(USER_MODULES).expanduser():  # a typo, or modules not installed
+                logger.warning("modules path %s is not a folder: nothing loaded from it", root)
             continue
         for folder in sorted(root.iterdir()):
             name = folder.name

@@ -350,6 +350,16 @@ def test_shipped_modules_load_and_heartbeat() -> None:
     assert hub.heartbeats(5)["echo_bot"] == {"status": "ok"}
 
 
+def test_a_modules_path_that_is_no_folder_is_reported(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    missing = tmp_path / "modlues"  # a typo
+    with caplog.at_level("WARNING", logger="nagatha"):
+        hub = create_hub(make_config(str(missing), SHIPPED))
+    assert f"modules path {missing} is not a folder" in caplog.text
+    assert "echo_bot.echo" in {t.name for t in hub.list_tasks()}
+
+
 def test_a_heartbeat_that_hangs_is_a_timeout_alone(monkeypatch: pytest.MonkeyPatch) -> None:
     import threading
     import types
