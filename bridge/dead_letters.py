@@ -52,11 +52,14 @@ _ID, _REASON, _QUEUE, _AT = (
 )
 _TASK_ID, _TASK_NAME = "x-nagatha-task-id", "x-nagatha-task-name"
 _DROPPED: Final = "x-nagatha-headers-dropped"
+_OWN_HEADERS: Final = (_ID, _REASON, _QUEUE, _AT, _TASK_ID, _TASK_NAME)
 #: Largest encoded properties (headers included) a dead letter keeps: RabbitMQ's default
 #: frame_max (128 KiB) less room for the header frame's own fields.
 _MAX_PROPERTIES_BYTES: Final = 131_072 - 1_024
 #: Longest reason kept in a header (AMQP long strings could hold more; people read these).
 _MAX_REASON: Final = 1000
+#: Longest task id or name kept (a protocol 1 body may name anything).
+_MAX_NAME: Final = 255
 # Properties copied to the dead letter and back. Not ``user_id`` (RabbitMQ checks it against
 # the publishing user) nor ``expiration`` (a dead letter must not expire; Celery's own
 # ``expires`` header still travels).
@@ -140,14 +143,15 @@ class DeadLetters:
             }
         )
         if task_id:
-            headers[_TASK_ID] = task_id
+            headers[_TASK_ID] = task_id[:_MAX_NAME]
         if task_name:
-            headers[_TASK_NAME] = task_name
+            headers[_TASK_NAME] = task_name[:_MAX_NAME]
         kept = _kept_properties(properties)
         copied = pika.BasicProperties(headers=headers, delivery_mode=2, **kept)
         problem = _unsendable(copied)
         if problem is not None:
-            ours = {k: v for k, v in headers.items() if k.startswith(HEADER_PREFIX)}
+            # Only the headers set here (a client may send x-nagatha-* too), each short.
+            ours = {k: headers[k] for k in _OWN_HEADERS if k in headers}
             ours[_DROPPED] = problem
             copied = pika.BasicProperties(headers=ours, delivery_mode=2, **kept)
         # mandatory: if the queue was deleted, raise (the message stays unacked, and the

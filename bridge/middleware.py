@@ -14,7 +14,11 @@ before_process_message     revoked or expired → REVOKED answered, hub record `
                            ``bridge.track_started``
 after_process_message      success → :func:`bridge.workflows.dispatch_success` (its ids are
                            the ``children``), then SUCCESS; a retry to come → RETRY; the final
-                           failure → FAILURE, then :func:`bridge.workflows.dispatch_failure`
+                           failure → FAILURE, then :func:`bridge.workflows.dispatch_failure`;
+                           a result the status middleware refused (not JSON, not stored) →
+                           FAILURE ``TypeError``, as ``/tasks/{id}`` says ``failure``
+after_skip_message         a task failed as lost (:class:`~nagatha.middleware.redelivery.
+                           WorkerLost`) → FAILURE ``WorkerLostError``
 after_nack                 FAILURE for a message no worker thread answered (no such actor on
                            this worker); REVOKED ``expired`` when the task's ``max_age``
                            passed
@@ -46,7 +50,6 @@ a result holding such an envelope reaches the client as the original type.
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import os
@@ -81,7 +84,7 @@ from nagatha.errors import NagathaError, PublishRefused, ServiceUnavailable
 from nagatha.middleware import retries
 from nagatha.middleware.holding import hold
 from nagatha.middleware.redelivery import WorkerLost
-from nagatha.middleware.status import FAILED_BECAUSE
+from nagatha.middleware.status import FAILED_BECAUSE, RESULT_REFUSED
 from nagatha.stores import StatusStore
 from nagatha.types import MAX_HOLD_MS, utcnow
 
@@ -162,12 +165,12 @@ class CeleryResultsMiddleware(dramatiq.Middleware):
         if task is None:
             return
         if exception is None:
-            problem = _unstorable(result)
-            if problem is None:
+            refused: str | None = getattr(message, RESULT_REFUSED, None)  # status middleware
+            if refused is None:
                 self._mark_answered(message)
                 self._succeed(task, result)
                 return
-            exception = problem
+            exception = _ResultError(refused)
         if not message.failed and not isinstance(exception, _ResultError):
             if not task.ignore_result:
                 meta = retry_meta(
@@ -183,6 +186,16 @@ class CeleryResultsMiddleware(dramatiq.Middleware):
         info = client_error_info(exception, time_limit_ms=message.options.get("time_limit"))
         self._fail(task, info, traceback_of(exception))
 
+    def after_skip_message(self, broker: dramatiq.Broker, message: dramatiq.MessageProxy) -> None:
+        exception = getattr(message, "_exception", None)
+        task = _task_of(message) if isinstance(exception, WorkerLost) else None
+        if task is None:
+            return
+        # On the worker thread (unlike an unknown task's nack): held until answered.
+        self._mark_answered(message)
+        info = error_info("WorkerLostError", [str(exception)], "billiard.exceptions")
+        self._fail(task, info, None)
+
     def after_nack(self, broker: dramatiq.Broker, message: dramatiq.MessageProxy) -> None:
         task = _task_of(message)
         if task is None:
@@ -194,12 +207,10 @@ class CeleryResultsMiddleware(dramatiq.Middleware):
         self._single_attempt.active = True
         try:
             exception = getattr(message, "_exception", None)
-            if isinstance(exception, SkipMessage) and not isinstance(exception, WorkerLost):
-                self._discard(task, "expired")  # the task's max_age passed (AgeLimit)
+            if isinstance(exception, SkipMessage):  # the task's max_age passed (AgeLimit)
+                self._discard(task, "expired")
                 return
-            if isinstance(exception, WorkerLost):
-                info = error_info("WorkerLostError", [str(exception)], "billiard.exceptions")
-            elif isinstance(exception, ActorNotFound):
+            if isinstance(exception, ActorNotFound):
                 info = error_info("NotRegistered", [task.task_name], "celery.exceptions")
             elif exception is not None:
                 info = client_error_info(exception)
@@ -415,15 +426,6 @@ class CeleryResultsMiddleware(dramatiq.Middleware):
 
 class _ResultError(TypeError):
     """The task returned a value that cannot be stored (not JSON): a final failure."""
-
-
-def _unstorable(result: Any) -> _ResultError | None:
-    """Return the error of a result the hub cannot store (plain JSON, no NaN), or None."""
-    try:
-        json.dumps(result, allow_nan=False)
-    except (TypeError, ValueError) as exc:
-        return _ResultError(f"the result ({type(result).__name__}) is not JSON-serializable: {exc}")
-    return None
 
 
 def _task_of(message: dramatiq.MessageProxy) -> CeleryTask | None:

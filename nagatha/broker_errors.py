@@ -20,7 +20,7 @@ from pika.adapters.utils.connection_workflow import (
 #: connector errors (a port that accepts TCP but never completes the AMQP handshake raises
 #: ``AMQPConnectorStackTimeout``) derive from neither ``AMQPError`` nor ``OSError``.
 CONNECTION_ERRORS = (
-    dramatiq.errors.BrokerError,
+    dramatiq.errors.BrokerConnectionError,
     pika.exceptions.AMQPError,
     AMQPConnectorException,
     OSError,

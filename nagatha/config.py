@@ -327,6 +327,8 @@ def load_yaml_file(path: Path, label: str) -> Any:
         ) from None
     try:
         return yaml.safe_load(text)
+    except RecursionError:
+        raise ConfigError(f"{label} nests too deep to read: flatten it") from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark is not None else ""
@@ -599,13 +601,21 @@ def _secret_settings(settings: Mapping[str, Any]) -> list[str]:
     long enough to redact (:data:`MIN_REDACTED`)."""
     found: list[str] = []
     for key, value in settings.items():
-        items = value if isinstance(value, list) else [value]
         if is_secret_name(str(key)):
-            found += [str(v) for v in items if v is not None and len(str(v)) >= MIN_REDACTED]
+            found += [text for text in _leaves(value) if len(text) >= MIN_REDACTED]
             continue
-        for item in items:
+        for item in value if isinstance(value, list) else [value]:
             if isinstance(item, Mapping):
                 found += _secret_settings(item)
             elif isinstance(item, str) and "://" in item:
                 found += [s for s in _url_secrets(item) if len(s) >= MIN_REDACTED]
     return found
+
+
+def _leaves(value: Any) -> list[str]:
+    """Every scalar inside ``value`` (mappings and lists at any depth), as text."""
+    if isinstance(value, Mapping):
+        return [text for item in value.values() for text in _leaves(item)]
+    if isinstance(value, list):
+        return [text for item in value for text in _leaves(item)]
+    return [] if value is None else [str(value)]

@@ -9,6 +9,7 @@ import click
 import pika
 import pika.exceptions
 from pika.adapters.blocking_connection import BlockingChannel
+from pika.adapters.utils.connection_workflow import AMQPConnectorException
 
 from nagatha.broker_errors import CONNECTION_ERRORS, broker_error_reason
 from nagatha.cli.context import CliContext, pass_context
@@ -84,7 +85,7 @@ def _channel(config: FrameworkConfig) -> Iterator[BlockingChannel]:
         channel = connection.channel()
         declare_dead_letter_queue(channel, config.bridge.dead_letter_queue)
         yield channel
-    except CONNECTION_ERRORS as exc:
+    except (pika.exceptions.AMQPError, AMQPConnectorException) as exc:  # not OSError: `| head`
         raise unavailable(exc) from None
     finally:
         if connection.is_open:

@@ -18,9 +18,14 @@ Blame goes to the task that was running, not to its neighbours:
   ran it (prefetched): it is counted once when it starts, finishes, and is done;
 * the tasks that ran beside the poison one come back with it, all together. A message
   redelivered a second time runs *alone* among such repeat messages of its process (a lock,
-  taken before it is counted): a poison message then dies with no repeat neighbour running,
-  and the neighbours waiting for the lock are not counted for that death. After an ordinary
-  restart, messages are redelivered once and run as usual, concurrently.
+  taken before it is counted, waited for at most :data:`ALONE_WAIT_S`): a poison message then
+  dies with no repeat neighbour running, and the neighbours waiting for the lock are not
+  counted for that death. After an ordinary restart, messages are redelivered once and run as
+  usual, concurrently.
+
+A connection to RabbitMQ that drops also makes it redeliver what the worker held, while the
+worker may still run its copy: each drop counts once for the tasks running then, so a task
+running through more than ``max_redeliveries`` drops is failed as lost.
 """
 
 from __future__ import annotations
@@ -38,6 +43,10 @@ from nagatha.middleware.status import FAILED_BECAUSE
 from nagatha.stores import StatusStore
 
 logger = logging.getLogger("nagatha.tasks")
+
+#: Seconds a repeat message waits to run alone before it runs beside the other one (bounds
+#: the wait behind a long or stuck task, well within RabbitMQ's 30 min consumer timeout).
+ALONE_WAIT_S = 60.0
 
 
 class WorkerLost(SkipMessage):
@@ -60,23 +69,16 @@ class RedeliveryLimit(dramatiq.Middleware):
     def before_process_message(self, broker: dramatiq.Broker, message: MessageProxy) -> None:
         if not getattr(message, "redelivered", False):  # RabbitMQ's flag
             return
+        task_id = message.message_id
         try:
-            record = self.store.get(message.message_id)
-            if record is not None and record.status.final:
-                # It ran to its end and its worker stopped before the ack: not to blame. It
-                # runs again (at least once), so that whatever came after its outcome (the
-                # Celery result, a workflow's next step) is done too.
-                logger.warning(
-                    "task %s %s: redelivered after it finished (%s): running it again",
-                    message.message_id,
-                    message.actor_name,
-                    record.status.value,
-                )
+            counted = self.store.redeliveries(task_id)
+            if self._finished(message, counted):
                 return
-            if self.store.redeliveries(message.message_id) > 0:
-                self._alone.acquire()
-                self._holding.lock = True
-            count = self.store.count_redelivery(message.message_id)
+            if counted > 0:
+                self._wait_alone(message)
+                if self._finished(message, counted):  # while it waited, its twin finished
+                    return
+            count = self.store.count_redelivery(task_id)
         except (StoreUnavailable, StoreRejected) as exc:
             logger.warning(
                 "task %s %s: redelivered, not counted (%s): running it",
@@ -94,6 +96,40 @@ class RedeliveryLimit(dramatiq.Middleware):
                 self.max_redeliveries,
             )
             return
+        self._lose(message, count)
+
+    def _finished(self, message: MessageProxy, counted: int) -> bool:
+        """True if the task ran to its end before (only its ack was lost): it runs again,
+        uncounted, so that what came after its outcome (a Celery result, a workflow's next
+        step) is done too. Unless it was already failed as lost: that failure went out but
+        not the nack, and it is failed again."""
+        record = self.store.get(message.message_id)
+        if record is None or not record.status.final:
+            return False
+        if counted > self.max_redeliveries:
+            self._lose(message, counted)
+        logger.warning(
+            "task %s %s: redelivered after it finished (%s): running it again",
+            message.message_id,
+            message.actor_name,
+            record.status.value,
+        )
+        self._release()
+        return True
+
+    def _wait_alone(self, message: MessageProxy) -> None:
+        """Take the process's lock for repeat messages, for at most :data:`ALONE_WAIT_S`."""
+        if self._alone.acquire(timeout=ALONE_WAIT_S):
+            self._holding.lock = True
+            return
+        logger.warning(
+            "task %s %s: redelivered again; another such task ran for %gs, running beside it",
+            message.message_id,
+            message.actor_name,
+            ALONE_WAIT_S,
+        )
+
+    def _lose(self, message: MessageProxy, count: int) -> None:
         reason = (
             f"WorkerLost: a worker stopped while running it, {count} times (killed, out of "
             "memory or crashed); it is not run again (worker.max_redeliveries is "

@@ -48,6 +48,9 @@ logger = logging.getLogger("nagatha.tasks")
 #: Attribute a middleware sets on a message it fails on purpose (a retry or a countdown hop
 #: RabbitMQ refused): the ``error`` the record gets and the failure is logged with.
 FAILED_BECAUSE = "nagatha_failed_because"
+#: Attribute set on a message whose task returned a result the store could not keep: why
+#: (the Celery results middleware, whose hooks run after these, answers the same failure).
+RESULT_REFUSED = "nagatha_result_refused"
 #: Attribute holding ``(retries, started_at)`` of the attempt that runs the message. Each
 #: delivery is a new message object, so an attempt never sees another one's.
 _ATTEMPT = "nagatha_attempt"
@@ -150,6 +153,7 @@ class StatusMiddleware(dramatiq.Middleware):
             )
         except StoreRejected as exc:
             if status is TaskStatus.SUCCESS:
+                setattr(message, RESULT_REFUSED, f"the result could not be stored: {exc}")
                 self._fail(message, f"ResultNotStored: {exc}")
             else:
                 logger.error(
@@ -180,11 +184,9 @@ class StatusMiddleware(dramatiq.Middleware):
         if exception is None:
             problem = result_problem(result)
             if problem is not None:
-                error = (
-                    f"TypeError: the result ({type(result).__name__}) is not "
-                    f"JSON-serializable: {problem}"
-                )
-                self._fail(message, error)
+                reason = f"the result ({type(result).__name__}) is not JSON-serializable: {problem}"
+                setattr(message, RESULT_REFUSED, reason)
+                self._fail(message, f"TypeError: {reason}")
                 return
             logger.info("task %s %s succeeded", message.message_id, message.actor_name)
             self._write(

@@ -320,6 +320,42 @@ def test_a_task_that_kills_its_worker_fails_as_worker_lost_and_the_rest_runs(
         assert "not run again" in worker.log()
 
 
+SHAPES = """
+def deep(levels):
+    value = []
+    for _ in range(levels):
+        value = [value]
+    return value
+
+def register_tasks(registry):
+    registry.register_task("shapes", "deep", deep, max_retries=0)
+"""
+
+
+def test_a_result_the_hub_cannot_store_fails_for_the_celery_client_too(
+    rabbitmq: None, redis_server: None, tmp_path: Path
+) -> None:
+    (tmp_path / "mods" / "shapes").mkdir(parents=True)
+    (tmp_path / "mods" / "shapes" / "__init__.py").write_text(SHAPES)
+    paths = f"{ROOT / 'modules'}:{tmp_path / 'mods'}"
+    with hub_stack(tmp_path, NAGATHA_MODULES_PATHS=paths) as stack:
+        stack.start_worker()
+        stack.start_bridge()
+        client = CeleryClient(stack)
+        try:
+            # 250 levels pass json.dumps but not the store; 5,000 overflow json.dumps itself.
+            for levels in (250, 5000):
+                result = client.send("shapes.deep", kwargs={"levels": levels})
+                with pytest.raises(TypeError, match="nests deeper than 200 levels"):
+                    result.get(timeout=GET_TIMEOUT)
+                record = stack.final_record(result.id)
+                assert record.status is TaskStatus.FAILURE
+                assert "nests deeper than 200 levels" in (record.error or "")
+            assert client.send("shapes.deep", kwargs={"levels": 3}).get(GET_TIMEOUT) == [[[[]]]]
+        finally:
+            client.close()
+
+
 def test_a_replayed_dead_letter_runs_and_stores_its_new_outcome(
     stack: HubStack, client: CeleryClient
 ) -> None:

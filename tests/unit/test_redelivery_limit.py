@@ -1,0 +1,112 @@
+"""RedeliveryLimit: counting redelivered starts, failing poison tasks, repeat messages alone."""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+import pytest
+
+from nagatha.middleware import redelivery
+from nagatha.middleware.redelivery import RedeliveryLimit, WorkerLost
+from nagatha.middleware.status import FAILED_BECAUSE
+from nagatha.stores import MemoryStatusStore
+from nagatha.types import TaskRecord, TaskStatus, utcnow
+
+
+class Message:
+    """What the middleware reads of a Dramatiq message proxy."""
+
+    def __init__(self, task_id: str, *, redelivered: bool = True) -> None:
+        self.message_id, self.actor_name, self.redelivered = task_id, "m.t", redelivered
+        self.failed = False
+
+    def fail(self) -> None:
+        self.failed = True
+
+
+@pytest.fixture
+def store() -> MemoryStatusStore:
+    return MemoryStatusStore()
+
+
+def start(limit: RedeliveryLimit, message: Message) -> None:
+    limit.before_process_message(None, message)  # type: ignore[arg-type]
+
+
+def finish(limit: RedeliveryLimit, message: Message) -> None:
+    limit.after_process_message(None, message)  # type: ignore[arg-type]
+
+
+def test_first_deliveries_cost_nothing_and_are_not_counted(store: MemoryStatusStore) -> None:
+    limit = RedeliveryLimit(store, 1)
+    for _ in range(3):
+        start(limit, Message("a", redelivered=False))
+    assert store.redeliveries("a") == 0
+
+
+def test_past_the_limit_a_redelivered_task_is_failed_as_lost(store: MemoryStatusStore) -> None:
+    limit = RedeliveryLimit(store, 2)
+    for count in (1, 2):
+        message = Message("p")
+        start(limit, message)
+        finish(limit, message)
+        assert store.redeliveries("p") == count and not message.failed
+    message = Message("p")
+    with pytest.raises(WorkerLost, match="a worker stopped while running it, 3 times"):
+        start(limit, message)
+    assert message.failed and getattr(message, FAILED_BECAUSE).startswith("WorkerLost: ")
+    limit.after_skip_message(None, message)  # type: ignore[arg-type]
+    assert not limit._alone.locked()
+
+
+def test_a_finished_task_is_not_counted_unless_it_was_already_lost(
+    store: MemoryStatusStore,
+) -> None:
+    store.create(
+        TaskRecord(task_id="f", task_name="m.t", status=TaskStatus.PENDING, created_at=utcnow())
+    )
+    store.update("f", TaskStatus.SUCCESS, {"result": 1})
+    limit = RedeliveryLimit(store, 1)
+    start(limit, Message("f"))  # ran to its end, its ack was lost: runs again, uncounted
+    assert store.redeliveries("f") == 0
+    store.count_redelivery("f")
+    store.count_redelivery("f")  # failed as lost before, but the nack never went out
+    with pytest.raises(WorkerLost):
+        start(limit, Message("f"))
+
+
+def test_a_repeat_message_runs_alone_among_repeat_messages(store: MemoryStatusStore) -> None:
+    limit = RedeliveryLimit(store, 5)
+    for task_id in ("x", "y"):
+        store.count_redelivery(task_id)  # both redelivered before
+    first, second = Message("x"), Message("y")
+    start(limit, first)
+    started = threading.Event()
+
+    def run_second() -> None:
+        start(limit, second)
+        started.set()
+        finish(limit, second)
+
+    runner = threading.Thread(target=run_second)
+    runner.start()
+    assert not started.wait(0.3)  # waits for the lock, not counted meanwhile
+    assert store.redeliveries("y") == 1
+    finish(limit, first)
+    assert started.wait(5)
+    runner.join(5)
+    assert store.redeliveries("y") == 2 and not limit._alone.locked()
+
+
+def test_a_repeat_message_runs_beside_a_stuck_one_after_the_wait(
+    store: MemoryStatusStore, monkeypatch: pytest.MonkeyPatch, caplog: Any
+) -> None:
+    monkeypatch.setattr(redelivery, "ALONE_WAIT_S", 0.1)
+    limit = RedeliveryLimit(store, 5)
+    for task_id in ("x", "y"):
+        store.count_redelivery(task_id)
+    start(limit, Message("x"))  # never finishes
+    with caplog.at_level("WARNING", logger="nagatha.tasks"):
+        start(limit, Message("y"))
+    assert "running beside it" in caplog.text and store.redeliveries("y") == 2
