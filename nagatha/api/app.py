@@ -71,9 +71,14 @@ def create_app(
         "modules": ModulesResource(registry),
         "tasks": TasksResource(registry),
         "run": RunTaskResource(registry, api.max_body_bytes),
-        # One thread of each process stays free of long polls: /ping, /health and submits
-        # are answered however many clients wait.
-        "status": TaskStatusResource(registry, api.max_wait, max_waiters=max(1, api.threads - 1)),
+        # One gthread thread of each process stays free of long polls: /ping, /health and
+        # submits are answered however many clients wait. The embedded server starts a
+        # thread per request.
+        "status": TaskStatusResource(
+            registry,
+            api.max_wait,
+            max_waiters=None if config.embedded else max(1, api.threads - 1),
+        ),
         "openapi": OpenApiResource(document),
     }
     app = HubApp(

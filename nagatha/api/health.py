@@ -40,8 +40,6 @@ Probe = Callable[[], Any]
 
 #: Seconds every probe together may take.
 DEFAULT_TIMEOUT = 2.0
-#: Threads probing at most (broker, store, one per module heartbeat).
-MAX_PROBE_THREADS = 16
 #: Seconds a report is reused.
 DEFAULT_CACHE = 1.5
 
@@ -107,10 +105,10 @@ class HealthChecker:
         if running is not None and not running.done():
             return running
         if self._pool is None:
+            # A thread per probe (each runs once at a time): hung heartbeats never delay the
+            # broker and store probes.
             probes = 2 + len(self.registry.heartbeat_modules())
-            self._pool = ThreadPoolExecutor(
-                max_workers=min(probes, MAX_PROBE_THREADS), thread_name_prefix="nagatha-health"
-            )
+            self._pool = ThreadPoolExecutor(max_workers=probes, thread_name_prefix="nagatha-health")
         started = time.perf_counter()
 
         def timed() -> tuple[float, Any]:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import logging
+import threading
 from collections.abc import Iterator
 from typing import Any
 
@@ -211,6 +212,25 @@ def test_a_path_cannot_forge_a_log_line(
         assert_error(client.simulate_get("/tasks/abc\nFORGED: all good"), 503)
     lines = [r.getMessage() for r in caplog.records if "abc" in r.getMessage()]
     assert lines and all("\n" not in line and "abc%0AFORGED" in line for line in lines)
+
+
+def test_the_embedded_server_does_not_limit_waits(app: HubApp) -> None:
+    # A thread per request there: no waiting slots to keep free (gunicorn: test_api.py).
+    client = TestClient(create_app(memory_config(threads=1, max_wait=5), app.registry))
+    task_id = run(client, {"task_name": "diagnostics.noop", "delay_ms": 60_000}).json["task_id"]
+    answers: list[Result] = []
+    waiters = [
+        threading.Thread(
+            target=lambda: answers.append(client.simulate_get(f"/tasks/{task_id}?wait=0.5"))
+        )
+        for _ in range(2)
+    ]
+    for waiter in waiters:
+        waiter.start()
+    for waiter in waiters:
+        waiter.join(10)
+    assert [a.json["status"] for a in answers] == ["pending", "pending"]
+    assert all("retry-after" not in a.headers for a in answers)
 
 
 def test_unknown_task_is_404(client: TestClient) -> None:
