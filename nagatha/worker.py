@@ -129,22 +129,27 @@ class Supervisor:
         started = [time.monotonic()] * self.processes
         logger.info("supervisor %d started %d worker processes", os.getpid(), self.processes)
         delays: list[float | None] = [None] * self.processes
+        # When each dead process is due to start again: every one waits its own delay, none
+        # waits behind another's.
+        due: list[float | None] = [None] * self.processes
         while not self._stopping.wait(0.5):
+            now = time.monotonic()
             for index, child in enumerate(self._children):
                 if child.is_alive() or self._stopping.is_set():
                     continue
-                delay = restart_delay(delays[index], time.monotonic() - started[index])
-                delays[index] = delay
-                logger.error(
-                    "worker process %s died with exit code %s; starting a new one in %gs",
-                    child.pid,
-                    child.exitcode,
-                    delay,
-                )
-                if self._stopping.wait(delay):
-                    break
-                self._children[index] = self._spawn()
-                started[index] = time.monotonic()
+                when = due[index]
+                if when is None:
+                    delay = restart_delay(delays[index], now - started[index])
+                    delays[index], due[index] = delay, now + delay
+                    logger.error(
+                        "worker process %s died with exit code %s; starting a new one in %gs",
+                        child.pid,
+                        child.exitcode,
+                        delay,
+                    )
+                elif now >= when:
+                    self._children[index] = self._spawn()
+                    started[index], due[index] = time.monotonic(), None
         return self._shutdown()
 
     def _shutdown(self) -> int:

@@ -2,7 +2,14 @@
 
 from __future__ import annotations
 
-from nagatha.worker import RESTART_CAP, RESTART_FIRST, STABLE_S, restart_delay
+import threading
+
+import pytest
+
+from nagatha import worker
+from nagatha.config import FrameworkConfig
+from nagatha.testing import wait_until
+from nagatha.worker import RESTART_CAP, RESTART_FIRST, STABLE_S, Supervisor, restart_delay
 
 
 def test_a_process_that_keeps_dying_waits_twice_as_long_each_time_up_to_the_cap() -> None:
@@ -16,3 +23,57 @@ def test_a_process_that_keeps_dying_waits_twice_as_long_each_time_up_to_the_cap(
 def test_a_process_that_ran_long_enough_is_restarted_after_the_first_delay_again() -> None:
     assert restart_delay(RESTART_CAP, STABLE_S) == RESTART_FIRST
     assert restart_delay(RESTART_CAP, STABLE_S - 1) == RESTART_CAP
+
+
+class FakeChild:
+    """A worker process as the supervisor sees it (no pid: nothing is ever signalled)."""
+
+    pid = None
+    exitcode = -9
+
+    def __init__(self) -> None:
+        self.alive = True
+
+    def is_alive(self) -> bool:
+        return self.alive
+
+    def join(self, timeout: float | None = None) -> None:
+        return None
+
+
+def test_each_dead_process_waits_its_own_delay_not_another_ones(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    config = FrameworkConfig.model_validate(
+        {"broker": {"url": "memory://"}, "results": {"url": "memory://"}}
+    )
+    supervisor = Supervisor(config, processes=2, threads=1, queues=[])
+    spawned: list[FakeChild] = []
+
+    def spawn() -> FakeChild:
+        spawned.append(FakeChild())
+        return spawned[-1]
+
+    decided: list[float] = []
+
+    def restart_delay(previous: float | None, ran: float) -> float:
+        decided.append([30.0, 0.2][len(decided)])  # the first to die waits long, then briefly
+        return decided[-1]
+
+    monkeypatch.setattr(supervisor, "_spawn", spawn)
+    monkeypatch.setattr(worker, "restart_delay", restart_delay)
+    monkeypatch.setattr(worker.signal, "signal", lambda *args: None)  # not the main thread
+    runner = threading.Thread(target=supervisor.run)
+    runner.start()
+    try:
+        wait_until(lambda: len(spawned) == 2, 5)
+        spawned[0].alive = False
+        wait_until(lambda: decided == [30.0], 5, message="the first death seen")
+        spawned[1].alive = False
+        # The second is back after its 0.2 s while the first still waits its 30 s.
+        wait_until(lambda: len(spawned) == 3, 10, message="the second process restarted")
+        assert supervisor._children[1] is spawned[2] and supervisor._children[0] is spawned[0]
+    finally:
+        supervisor.stop()
+        runner.join(10)
+    assert not runner.is_alive()
