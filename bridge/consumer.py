@@ -39,7 +39,7 @@ from pika.spec import Basic
 from bridge import amqp_tables
 from bridge.answers import build_answers, build_revocations
 from bridge.dead_letters import DeadLetters, declare_dead_letter_queue
-from bridge.intake import Delivery, Intake
+from bridge.intake import Delivery, Intake, PartlyHandled
 from bridge.pidbox import Pidbox, Revoker, default_node_name
 from bridge.publisher import ConfirmedPublisher
 from bridge.queues import declare_celery_queue
@@ -183,7 +183,15 @@ class Bridge:
             _close_quietly(connection)
 
     def _handle(self, channel: BlockingChannel, batch: list[tuple[int, Delivery]]) -> None:
-        outcomes = self.intake.handle([delivery for _, delivery in batch])
+        try:
+            outcomes = self.intake.handle([delivery for _, delivery in batch])
+        except PartlyHandled as partly:
+            try:  # what was handled must not be handled twice when the rest comes back
+                for index in partly.done:
+                    channel.basic_ack(batch[index][0])
+            except _CONNECTION_ERRORS:
+                logger.warning("bridge: %d handled messages could not be acked", len(partly.done))
+            raise partly.error from None
         channel.basic_ack(batch[-1][0], multiple=True)
         with self._count_lock:
             self._handled += len(batch)

@@ -65,7 +65,7 @@ from nagatha.errors import (
 from nagatha.registry import TaskRegistry, TaskSpec
 from nagatha.types import MAX_HOLD_MS, TaskRecord, utcnow
 
-__all__ = ["ENQUEUED", "Delivery", "Intake"]
+__all__ = ["ENQUEUED", "Delivery", "Intake", "PartlyHandled"]
 
 logger = logging.getLogger("nagatha.bridge")
 
@@ -78,6 +78,16 @@ REFUSED: Final = "refused"
 _SERVICE_ERRORS: Final = (ServiceUnavailable, *CONNECTION_ERRORS)
 #: Task name in the hub record of a message whose name could not be read.
 UNREADABLE_NAME: Final = "(unreadable)"
+
+
+class PartlyHandled(Exception):
+    """Redis or RabbitMQ failed during a batch: ``error``; the deliveries at indexes ``done``
+    were handled before it (answered, dead-lettered) and are to be acked, the others not."""
+
+    def __init__(self, error: Exception, done: list[int]) -> None:
+        super().__init__(str(error))
+        self.error = error
+        self.done = done
 
 
 class Delivery(NamedTuple):
@@ -120,9 +130,18 @@ class Intake:
         """Handle a batch of messages; return what was done with each.
 
         Raises:
-            ServiceUnavailable: Redis or RabbitMQ failed; ack none of the batch.
+            PartlyHandled: Redis or RabbitMQ failed; ack only the deliveries it names (a
+                message dead-lettered before the failure must not be dead-lettered again
+                when RabbitMQ delivers the batch again).
         """
         outcomes: list[str] = []
+        try:
+            return self._handle(deliveries, outcomes)
+        except _SERVICE_ERRORS as exc:
+            done = [index for index, outcome in enumerate(outcomes) if outcome != ENQUEUED]
+            raise PartlyHandled(exc, done) from exc
+
+    def _handle(self, deliveries: Sequence[Delivery], outcomes: list[str]) -> list[str]:
         admitted: list[tuple[Delivery, _Admitted]] = []
         for delivery in deliveries:
             try:

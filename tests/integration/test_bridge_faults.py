@@ -27,6 +27,7 @@ from bridge.consumer import Bridge
 from bridge.dead_letters import HEADER_PREFIX, declare_dead_letter_queue
 from bridge.intake import Delivery
 from nagatha.broker import amqp_url
+from nagatha.errors import BrokerUnavailable
 from nagatha.hub import create_hub
 from nagatha.middleware import retries
 from nagatha.testing import amqp_channel, rabbitmqctl, run_cli, wait_until
@@ -207,6 +208,55 @@ def test_a_bridge_bug_while_enqueueing_a_batch_dead_letters_the_batch(stack: Hub
     assert (
         sorted(letter["reason"] for letter in letters) == ["bridge error: RuntimeError: boom"] * 2
     )
+
+
+def test_a_batch_cut_short_by_an_outage_acks_what_it_dead_lettered_before(
+    stack: HubStack,
+) -> None:
+    class Down:
+        def enqueue(self, batch: Any) -> None:
+            raise BrokerUnavailable("RabbitMQ did not take the batch")
+
+    class Channel:  # records the acks the lane sends
+        def __init__(self) -> None:
+            self.acks: list[tuple[int, bool]] = []
+
+        def basic_ack(self, tag: int, multiple: bool = False) -> None:
+            self.acks.append((tag, multiple))
+
+    registry = create_hub(stack.config)
+    bridge = Bridge(stack.config, registry)
+    with amqp_channel(bridge.url) as channel:
+        declare_dead_letter_queue(channel, stack.config.bridge.dead_letter_queue)
+    try:
+        bridge.intake.enqueuer = Down()  # type: ignore[assignment]
+        batch = [
+            (
+                tag,
+                Delivery(
+                    "celery",
+                    json.dumps([[], {"message": "m"}, {}]).encode(),
+                    pika.BasicProperties(
+                        content_type="application/json",
+                        content_encoding="utf-8",
+                        headers={"task": name, "id": CeleryClient.new_id(), "lang": "py"},
+                    ),
+                ),
+            )
+            for tag, name in ((7, "echo_bot.echo"), (8, "nope.missing"), (9, "echo_bot.echo"))
+        ]
+        lane = Channel()
+        with pytest.raises(BrokerUnavailable):
+            bridge._handle(lane, batch)  # type: ignore[arg-type]
+    finally:
+        bridge.publisher.close_all()
+        registry.broker.close()
+        registry.store.close()
+    # The refused message was dead-lettered and is acked alone; the others come back.
+    assert lane.acks == [(8, False)]
+    assert [letter["task_name"] for letter in dlq(stack, "list")["dead_letters"]] == [
+        "nope.missing"
+    ]
 
 
 def test_dead_letters_keep_the_message_and_say_why(stack: HubStack, client: CeleryClient) -> None:
