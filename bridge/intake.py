@@ -163,9 +163,11 @@ class Intake:
                 raise
             except Exception as exc:
                 logger.exception("a batch of %d tasks could not be enqueued", len(admitted))
-                for delivery, _ in admitted:
-                    self._bridge_error(delivery, exc)
-                return [DEAD_LETTERED if o == ENQUEUED else o for o in outcomes]
+                for index, outcome in enumerate(list(outcomes)):
+                    if outcome == ENQUEUED:  # admitted, in order
+                        self._bridge_error(deliveries[index], exc)
+                        outcomes[index] = DEAD_LETTERED  # done, should an outage come next
+                return outcomes
         return outcomes
 
     def _admit(self, delivery: Delivery) -> _Admitted | str:

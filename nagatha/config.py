@@ -603,13 +603,20 @@ def _secret_settings(settings: Mapping[str, Any]) -> list[str]:
     for key, value in settings.items():
         if is_secret_name(str(key)):
             found += [text for text in _leaves(value) if len(text) >= MIN_REDACTED]
-            continue
-        for item in value if isinstance(value, list) else [value]:
-            if isinstance(item, Mapping):
-                found += _secret_settings(item)
-            elif isinstance(item, str) and "://" in item:
-                found += [s for s in _url_secrets(item) if len(s) >= MIN_REDACTED]
+        else:
+            found += _secrets_within(value)
     return found
+
+
+def _secrets_within(value: Any) -> list[str]:
+    """The secrets of a setting whose own name is not secret: deeper keys, URL passwords."""
+    if isinstance(value, Mapping):
+        return _secret_settings(value)
+    if isinstance(value, list):
+        return [text for item in value for text in _secrets_within(item)]
+    if isinstance(value, str) and "://" in value:
+        return [text for text in _url_secrets(value) if len(text) >= MIN_REDACTED]
+    return []
 
 
 def _leaves(value: Any) -> list[str]:

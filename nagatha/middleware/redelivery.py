@@ -76,7 +76,9 @@ class RedeliveryLimit(dramatiq.Middleware):
                 return
             if counted > 0:
                 self._wait_alone(message)
-                if self._finished(message, counted):  # while it waited, its twin finished
+                # While it waited, a twin (after a dropped connection) may have finished or
+                # been failed as lost.
+                if self._finished(message, self.store.redeliveries(task_id)):
                     return
             count = self.store.count_redelivery(task_id)
         except (StoreUnavailable, StoreRejected) as exc:

@@ -155,7 +155,8 @@ def test_secret_query_parameters_and_secrets_in_lists_are_masked_and_redacted(
         "results:\n  url: 'redis://h:6379/0?password=q-s3cr3t-q&db=1'\n"
         "modules:\n  settings:\n    hook: {accounts: [{user: u, password: pw-cccccccc}],"
         " passphrase: pp-dddddddd, auth: au-eeeeeeee, dsn: 'postgres://u:dsn-pw-ffff@h/db',"
-        " max_tokens: 5, credentials: {api_key: sk-nested-gggg, extra: [xs-in-list-hhhh]}}\n"
+        " max_tokens: 5, credentials: {api_key: sk-nested-gggg, extra: [xs-in-list-hhhh]},"
+        " matrix: [[{password: deep-list-iiii}]], urls: [['redis://u:url-list-jjjj@h/0']]}\n"
     )
     config = load_config(env={}, home=home, cwd=cwd).config
     assert mask_url(config.results.url) == "redis://h:6379/0?password=****&db=1"
@@ -166,6 +167,8 @@ def test_secret_query_parameters_and_secrets_in_lists_are_masked_and_redacted(
     secrets = set(secrets_of(config))
     assert {"q-s3cr3t-q", "pw-cccccccc", "pp-dddddddd", "au-eeeeeeee", "dsn-pw-ffff"} <= secrets
     assert {"sk-nested-gggg", "xs-in-list-hhhh"} <= secrets  # inside a secret-named mapping
+    assert {"deep-list-iiii", "url-list-jjjj"} <= secrets  # in lists of lists
+    assert shown["matrix"] == [[{"password": "****"}]]
     assert shown["credentials"] == "****"
 
 

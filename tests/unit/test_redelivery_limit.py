@@ -99,6 +99,37 @@ def test_a_repeat_message_runs_alone_among_repeat_messages(store: MemoryStatusSt
     assert store.redeliveries("y") == 2 and not limit._alone.locked()
 
 
+def test_a_twin_failed_as_lost_while_it_waited_is_failed_again_not_run(
+    store: MemoryStatusStore,
+) -> None:
+    store.create(
+        TaskRecord(task_id="t", task_name="m.t", status=TaskStatus.PENDING, created_at=utcnow())
+    )
+    store.count_redelivery("t")
+    limit = RedeliveryLimit(store, 2)
+    holder = Message("h")
+    store.count_redelivery("h")
+    start(limit, holder)  # holds the lock for repeat messages
+    outcome: list[BaseException | None] = []
+
+    def twin() -> None:
+        try:
+            start(limit, Message("t"))
+            outcome.append(None)
+        except WorkerLost as exc:
+            outcome.append(exc)
+
+    waiter = threading.Thread(target=twin)
+    waiter.start()
+    # Meanwhile another copy of "t" is counted past the limit and failed as lost.
+    store.count_redelivery("t")
+    store.count_redelivery("t")
+    store.update("t", TaskStatus.FAILURE, {"error": "WorkerLost: ..."})
+    finish(limit, holder)
+    waiter.join(5)
+    assert len(outcome) == 1 and isinstance(outcome[0], WorkerLost)
+
+
 def test_a_repeat_message_runs_beside_a_stuck_one_after_the_wait(
     store: MemoryStatusStore, monkeypatch: pytest.MonkeyPatch, caplog: Any
 ) -> None:
