@@ -106,6 +106,7 @@ class Supervisor:
         self._context = multiprocessing.get_context("fork")
         self._children: list[BaseProcess] = []
         self._stopping = threading.Event()
+        self._pid = os.getpid()
 
     def _spawn(self) -> BaseProcess:
         child = self._context.Process(
@@ -119,6 +120,10 @@ class Supervisor:
 
     def stop(self, signum: int | None = None, frame: FrameType | None = None) -> None:
         """Ask every worker process to finish (idempotent; safe from a signal handler)."""
+        if os.getpid() != self._pid:
+            # A worker process signalled before it installed its own handlers: it has
+            # nothing to finish yet.
+            raise SystemExit(0)
         self._stopping.set()
 
     def run(self) -> int:
@@ -148,7 +153,17 @@ class Supervisor:
                         delay,
                     )
                 elif now >= when:
-                    self._children[index] = self._spawn()
+                    try:
+                        self._children[index] = self._spawn()
+                    except OSError as exc:  # fork failed (memory, process limit)
+                        delay = restart_delay(delays[index], 0.0)
+                        delays[index], due[index] = delay, now + delay
+                        logger.error(
+                            "could not start a worker process (%s); trying again in %gs",
+                            exc,
+                            delay,
+                        )
+                        continue
                     started[index], due[index] = time.monotonic(), None
         return self._shutdown()
 

@@ -77,3 +77,51 @@ def test_each_dead_process_waits_its_own_delay_not_another_ones(
         supervisor.stop()
         runner.join(10)
     assert not runner.is_alive()
+
+
+def test_a_failed_fork_is_tried_again_later_and_the_supervisor_keeps_running(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    config = FrameworkConfig.model_validate(
+        {"broker": {"url": "memory://"}, "results": {"url": "memory://"}}
+    )
+    supervisor = Supervisor(config, processes=1, threads=1, queues=[])
+    spawned: list[FakeChild] = []
+    attempts: list[int] = []
+
+    def spawn() -> FakeChild:
+        attempts.append(1)
+        if len(attempts) == 2:  # the first restart
+            raise OSError(11, "Resource temporarily unavailable")
+        spawned.append(FakeChild())
+        return spawned[-1]
+
+    monkeypatch.setattr(supervisor, "_spawn", spawn)
+    monkeypatch.setattr(worker, "restart_delay", lambda previous, ran: 0.1)
+    monkeypatch.setattr(worker.signal, "signal", lambda *args: None)
+    runner = threading.Thread(target=supervisor.run)
+    with caplog.at_level("ERROR", logger="nagatha.worker"):
+        runner.start()
+        try:
+            wait_until(lambda: len(spawned) == 1, 5)
+            spawned[0].alive = False
+            wait_until(lambda: len(spawned) == 2, 10, message="restarted after the failed fork")
+            assert runner.is_alive() and supervisor._children == [spawned[1]]
+        finally:
+            supervisor.stop()
+            runner.join(10)
+    assert "could not start a worker process" in caplog.text
+
+
+def test_sigterm_in_a_worker_process_before_its_own_handlers_ends_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    config = FrameworkConfig.model_validate(
+        {"broker": {"url": "memory://"}, "results": {"url": "memory://"}}
+    )
+    supervisor = Supervisor(config, processes=1, threads=1, queues=[])
+    real_pid = worker.os.getpid()
+    monkeypatch.setattr(worker.os, "getpid", lambda: real_pid + 1)  # as in a forked child
+    with pytest.raises(SystemExit) as info:
+        supervisor.stop()
+    assert info.value.code == 0 and not supervisor._stopping.is_set()
