@@ -69,6 +69,16 @@ def format_traceback(exc: BaseException) -> str:
     return "".join(tb.format_exception(type(exc), exc, exc.__traceback__, limit=30))
 
 
+def reply_due(meta: Mapping[str, Any], *, fresh: bool) -> bool:
+    """Whether an rpc client is sent ``meta``, stored now (``fresh``) or found stored.
+
+    A ready state found stored was answered before (a redelivered message), and rpc clients
+    take only one answer. REVOKED is sent regardless: the bridge that took a revoke broadcast
+    stored it without the client's ``reply_to``, so no rpc client was told.
+    """
+    return fresh or meta.get("status") == "REVOKED"
+
+
 class Answers:
     """Where the answers for Celery clients go.
 
@@ -113,13 +123,10 @@ class Answers:
     ) -> bool:
         """Store ``meta`` and reply to an rpc client; return False if it was a duplicate.
 
-        The rpc reply is skipped when Redis already held a ready state for the task: that
-        answer was sent before (a redelivered message), and rpc clients take only one. A
-        REVOKED answer is sent regardless: the bridge that took a revoke broadcast stored
-        REVOKED without the client's ``reply_to``, so no rpc client was told.
+        The rpc reply is sent as :func:`reply_due` says.
         """
         fresh = self.store_meta(meta)
-        if fresh or meta.get("status") == "REVOKED":
+        if reply_due(meta, fresh=fresh):
             self.reply(meta, reply_to=reply_to, correlation_id=correlation_id)
         return fresh
 

@@ -65,7 +65,13 @@ from dramatiq.errors import ActorNotFound, BrokerConnectionError
 from dramatiq.middleware import SkipMessage
 
 from bridge import amqp_tables, workflows
-from bridge.answers import Answers, build_answers, build_revocations, client_error_info
+from bridge.answers import (
+    Answers,
+    build_answers,
+    build_revocations,
+    client_error_info,
+    reply_due,
+)
 from bridge.answers import format_traceback as traceback_of
 from bridge.celery_results import (
     REVOKED_HUB_ERRORS,
@@ -294,10 +300,7 @@ class CeleryResultsMiddleware(dramatiq.Middleware):
             meta = revoked_meta(
                 task.task_id, reason, group_id=task.group_id, parent_id=task.parent_id
             )
-            # The bridge that took a revoke stored REVOKED already, but could not answer an
-            # rpc client: it never saw the task's reply_to. This is the client's answer, also
-            # when the revoked task expired meanwhile.
-            self._send(task, meta, final=True, reply_anyway=True)
+            self._send(task, meta, final=True)
         self._workflow(
             task, lambda: workflows.dispatch_revoked(task, reason, **self._workflow_kwargs())
         )
@@ -360,14 +363,9 @@ class CeleryResultsMiddleware(dramatiq.Middleware):
             logger.exception("task %s %s: workflow dispatch failed", task.task_id, task.task_name)
             return None, exc
 
-    def _send(
-        self, task: CeleryTask, meta: dict[str, Any], *, final: bool, reply_anyway: bool = False
-    ) -> None:
-        """Store ``meta`` and reply to an rpc client; final answers are held until written.
-
-        A final state found stored already means a duplicate delivery, answered before: no
-        second reply, unless ``reply_anyway``.
-        """
+    def _send(self, task: CeleryTask, meta: dict[str, Any], *, final: bool) -> None:
+        """Store ``meta`` and reply to an rpc client as :func:`bridge.answers.reply_due` says;
+        final answers are held until written."""
         state = meta["status"]
         if not final:
             try:
@@ -378,7 +376,7 @@ class CeleryResultsMiddleware(dramatiq.Middleware):
                 logger.warning("task %s: %s not written: %s", task.task_id, state, exc)
             return
         fresh = self._hold(task, state, lambda: self.answers.store_meta(meta))
-        if fresh is False and not reply_anyway:
+        if not reply_due(meta, fresh=fresh is not False):
             return  # a duplicate delivery: the client was answered already
         self._hold(
             task,

@@ -596,33 +596,24 @@ def secrets_of(config: FrameworkConfig) -> list[str]:
     return [s for s in found if s]
 
 
-def _secret_settings(settings: Mapping[str, Any]) -> list[str]:
-    """Values of secret-named keys (:func:`is_secret_name`) at any depth, as text, the ones
-    long enough to redact (:data:`MIN_REDACTED`)."""
-    found: list[str] = []
-    for key, value in settings.items():
-        if is_secret_name(str(key)):
-            found += [text for text in _leaves(value) if len(text) >= MIN_REDACTED]
-        else:
-            found += _secrets_within(value)
-    return found
-
-
-def _secrets_within(value: Any) -> list[str]:
-    """The secrets of a setting whose own name is not secret: deeper keys, URL passwords."""
+def _secret_settings(value: Any, *, secret: bool = False) -> list[str]:
+    """The secrets in module settings, as text, the ones long enough to redact
+    (:data:`MIN_REDACTED`): every value at any depth under a secret-named key
+    (:func:`is_secret_name`), and the passwords of URLs anywhere else."""
     if isinstance(value, Mapping):
-        return _secret_settings(value)
+        return [
+            text
+            for key, item in value.items()
+            for text in _secret_settings(item, secret=secret or is_secret_name(str(key)))
+        ]
     if isinstance(value, list):
-        return [text for item in value for text in _secrets_within(item)]
-    if isinstance(value, str) and "://" in value:
-        return [text for text in _url_secrets(value) if len(text) >= MIN_REDACTED]
-    return []
-
-
-def _leaves(value: Any) -> list[str]:
-    """Every scalar inside ``value`` (mappings and lists at any depth), as text."""
-    if isinstance(value, Mapping):
-        return [text for item in value.values() for text in _leaves(item)]
-    if isinstance(value, list):
-        return [text for item in value for text in _leaves(item)]
-    return [] if value is None else [str(value)]
+        return [text for item in value for text in _secret_settings(item, secret=secret)]
+    if value is None:
+        return []
+    if secret:
+        texts = [str(value)]
+    elif isinstance(value, str) and "://" in value:
+        texts = _url_secrets(value)
+    else:
+        return []
+    return [text for text in texts if len(text) >= MIN_REDACTED]

@@ -57,6 +57,12 @@ TASK_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,63}")
 #: Seconds each module's ``heartbeat()`` gets in ``nagatha modules``.
 HEARTBEAT_TIMEOUT = 5.0
 
+
+def late_heartbeat(timeout: float) -> dict[str, Any]:
+    """The entry of a ``heartbeat()`` that did not answer within ``timeout`` seconds."""
+    return {"status": "timeout", "detail": f"no answer within {timeout:g}s"}
+
+
 #: Queue names: Dramatiq's pattern, never a ``.DQ``/``.XQ`` suffix, never a Celery queue.
 QUEUE_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9._-]{0,127}")
 TASK_OPTIONS = frozenset(
@@ -342,6 +348,7 @@ class TaskRegistry:
     def heartbeats(self, timeout: float) -> dict[str, dict[str, Any]]:
         """Every :meth:`heartbeat`, run side by side; one not back within ``timeout`` seconds
         is ``{"status": "timeout"}`` (its thread is left to finish on its own)."""
+        names = self.heartbeat_modules()
         answers: dict[str, dict[str, Any]] = {}
         threads = [  # daemon threads: a heartbeat that hangs never holds the process open
             threading.Thread(
@@ -349,15 +356,14 @@ class TaskRegistry:
                 name=f"nagatha-heartbeat-{name}",
                 daemon=True,
             )
-            for name in self.heartbeat_modules()
+            for name in names
         ]
         deadline = time.monotonic() + timeout
         for thread in threads:
             thread.start()
         for thread in threads:
             thread.join(max(0.0, deadline - time.monotonic()))
-        late = {"status": "timeout", "detail": f"no answer within {timeout:g}s"}
-        return {name: answers.get(name, late) for name in self.heartbeat_modules()}
+        return {name: answers.get(name, late_heartbeat(timeout)) for name in names}
 
     # -- tasks ---------------------------------------------------------------------------
 

@@ -28,6 +28,7 @@ from types import FrameType
 from typing import TypeVar
 from urllib.parse import quote
 
+import httpx
 import pika
 import redis
 from pika.adapters.blocking_connection import BlockingChannel
@@ -236,6 +237,20 @@ class HubProcess:
             return wait_until(found, timeout, interval=0.1, message=f"log line /{pattern}/")
         except TimeoutError as exc:
             raise TimeoutError(f"{exc}; log so far:\n{self.log()[-3000:]}") from None
+
+    def wait_for_ping(self, base_url: str, timeout: float = 60) -> None:
+        """Wait until ``GET base_url/ping`` answers 200 (a ``nagatha serve``); fail at once,
+        with the log, if the process exits meanwhile."""
+
+        def answers() -> bool:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"nagatha {' '.join(self.args)} exited:\n{self.log()[-3000:]}")
+            try:
+                return httpx.get(f"{base_url}/ping", timeout=2).status_code == 200
+            except httpx.TransportError:
+                return False
+
+        wait_until(answers, timeout, 0.1, f"{base_url}/ping")
 
     def signal(self, signum: int) -> None:
         """Send ``signum`` to the process (if it still runs)."""

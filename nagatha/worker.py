@@ -137,6 +137,12 @@ class Supervisor:
         # When each dead process is due to start again: every one waits its own delay, none
         # waits behind another's.
         due: list[float | None] = [None] * self.processes
+
+        def schedule(index: int, ran: float) -> float:
+            delay = restart_delay(delays[index], ran)
+            delays[index], due[index] = delay, time.monotonic() + delay
+            return delay
+
         while not self._stopping.wait(0.5):
             now = time.monotonic()
             for index, child in enumerate(self._children):
@@ -144,8 +150,7 @@ class Supervisor:
                     continue
                 when = due[index]
                 if when is None:
-                    delay = restart_delay(delays[index], now - started[index])
-                    delays[index], due[index] = delay, now + delay
+                    delay = schedule(index, now - started[index])
                     logger.error(
                         "worker process %s died with exit code %s; starting a new one in %gs",
                         child.pid,
@@ -156,8 +161,7 @@ class Supervisor:
                     try:
                         self._children[index] = self._spawn()
                     except OSError as exc:  # fork failed (memory, process limit)
-                        delay = restart_delay(delays[index], 0.0)
-                        delays[index], due[index] = delay, now + delay
+                        delay = schedule(index, 0.0)
                         logger.error(
                             "could not start a worker process (%s); trying again in %gs",
                             exc,

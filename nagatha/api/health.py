@@ -33,7 +33,7 @@ import pika
 from nagatha.api.schemas import CheckResult, HealthReport
 from nagatha.broker import amqp_url
 from nagatha.config import BrokerConfig, FrameworkConfig, secrets_of
-from nagatha.registry import TaskRegistry
+from nagatha.registry import TaskRegistry, late_heartbeat
 from nagatha.types import utcnow
 
 Probe = Callable[[], Any]
@@ -151,7 +151,7 @@ class HealthChecker:
 
     def _heartbeat(self, future: Future[Any]) -> dict[str, Any]:
         if not future.done():
-            return {"status": "timeout", "detail": f"no answer within {self.timeout:g}s"}
+            return late_heartbeat(self.timeout)
         return dict(future.result()[1])  # heartbeat() never raises
 
     def _describe(self, error: BaseException) -> str:

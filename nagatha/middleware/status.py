@@ -69,6 +69,16 @@ def result_problem(result: Any) -> str | None:
     return None
 
 
+def _not_recorded(message: MessageProxy, status: str, exc: Exception) -> None:
+    logger.error(
+        "task %s %s: %s could not be recorded: %s",
+        message.message_id,
+        message.actor_name,
+        status,
+        exc,
+    )
+
+
 def _text_of(exc: BaseException) -> str:
     try:
         return str(exc)
@@ -125,13 +135,7 @@ class StatusMiddleware(dramatiq.Middleware):
             try:
                 write(message.message_id, status, fields, defaults)
             except (StoreUnavailable, StoreRejected) as exc:
-                logger.error(
-                    "task %s %s: %s could not be recorded: %s",
-                    message.message_id,
-                    message.actor_name,
-                    status.value,
-                    exc,
-                )
+                _not_recorded(message, status.value, exc)
             return
 
         def report(exc: Exception) -> None:
@@ -156,13 +160,7 @@ class StatusMiddleware(dramatiq.Middleware):
                 setattr(message, RESULT_REFUSED, f"the result could not be stored: {exc}")
                 self._fail(message, f"ResultNotStored: {exc}")
             else:
-                logger.error(
-                    "task %s %s: %s could not be recorded: %s",
-                    message.message_id,
-                    message.actor_name,
-                    status.value,
-                    exc,
-                )
+                _not_recorded(message, status.value, exc)
 
     def before_process_message(self, broker: dramatiq.Broker, message: MessageProxy) -> None:
         # Retries bumps options["retries"] before our after_* hooks run: keep the attempt's
@@ -241,12 +239,7 @@ class StatusMiddleware(dramatiq.Middleware):
                 message.message_id, TaskStatus.FAILURE, fields, self._defaults(message)
             )
         except (StoreUnavailable, StoreRejected) as exc:
-            logger.error(
-                "task %s %s: failure could not be recorded: %s",
-                message.message_id,
-                message.actor_name,
-                exc,
-            )
+            _not_recorded(message, "failure", exc)
 
     def _fail(self, message: MessageProxy, error: str) -> None:
         logger.error("task %s %s failed: %s", message.message_id, message.actor_name, error)

@@ -44,16 +44,7 @@ def start_api(env: dict[str, str], cwd: Path, workers: int = 2, threads: int = 4
         cwd=cwd,
     )
     process.base_url = f"http://{LOOPBACK}:{port}"  # type: ignore[attr-defined]
-
-    def up() -> bool:
-        if process.process.poll() is not None:
-            raise RuntimeError(f"nagatha serve exited:\n{process.log()[-3000:]}")
-        try:
-            return httpx.get(f"{process.base_url}/ping", timeout=2).status_code == 200  # type: ignore[attr-defined]
-        except httpx.TransportError:
-            return False
-
-    wait_until(up, 90, 0.1, "nagatha serve answering /ping")
+    process.wait_for_ping(process.base_url, timeout=90)  # type: ignore[attr-defined]
     return process
 
 

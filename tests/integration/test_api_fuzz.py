@@ -19,7 +19,7 @@ import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from nagatha.testing import HubProcess, free_port, wait_until
+from nagatha.testing import HubProcess, free_port
 
 pytestmark = pytest.mark.integration
 
@@ -94,16 +94,7 @@ def live_api(hub_env: dict[str, str], start_process: type[HubProcess]) -> str:
         env,
     )
     base_url = f"http://127.0.0.1:{port}"
-
-    def up() -> bool:
-        if process.process.poll() is not None:
-            raise RuntimeError(process.log())
-        try:
-            return httpx.get(f"{base_url}/ping", timeout=2).status_code == 200
-        except httpx.TransportError:
-            return False
-
-    wait_until(up, 60, 0.1, "API /ping")
+    process.wait_for_ping(base_url)
     return base_url
 
 

@@ -23,12 +23,13 @@ TOKEN = "recovery-token"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 
 
-class Forwarder:
-    """Accept on ``LOOPBACK:port`` and pipe each connection to ``LOOPBACK:target``."""
+class SilentListener:
+    """Accept on ``LOOPBACK:port`` (0: a free one) and never answer: a port that is not
+    RabbitMQ, or a hung one."""
 
-    def __init__(self, port: int, target: int) -> None:
-        self.port, self.target = port, target
+    def __init__(self, port: int = 0) -> None:
         self._listener = socket.create_server((LOOPBACK, port))
+        self.port: int = self._listener.getsockname()[1]
         self._sockets: list[socket.socket] = [self._listener]
         self._lock = threading.Lock()
         threading.Thread(target=self._accept, daemon=True).start()
@@ -39,12 +40,33 @@ class Forwarder:
                 client, _ = self._listener.accept()
             except OSError:
                 return
-            upstream = socket.create_connection((LOOPBACK, self.target), timeout=5)
-            upstream.settimeout(None)
-            with self._lock:
-                self._sockets += [client, upstream]
-            for source, sink in ((client, upstream), (upstream, client)):
-                threading.Thread(target=self._pipe, args=(source, sink), daemon=True).start()
+            self._take(client)
+
+    def _take(self, client: socket.socket) -> None:
+        with self._lock:
+            self._sockets.append(client)
+
+    def close(self) -> None:
+        """Stop listening and cut every connection."""
+        with self._lock:
+            for sock in self._sockets:
+                sock.close()
+
+
+class Forwarder(SilentListener):
+    """Accept on ``LOOPBACK:port`` and pipe each connection to ``LOOPBACK:target``."""
+
+    def __init__(self, port: int, target: int) -> None:
+        self.target = target
+        super().__init__(port)
+
+    def _take(self, client: socket.socket) -> None:
+        upstream = socket.create_connection((LOOPBACK, self.target), timeout=5)
+        upstream.settimeout(None)
+        with self._lock:
+            self._sockets += [client, upstream]
+        for source, sink in ((client, upstream), (upstream, client)):
+            threading.Thread(target=self._pipe, args=(source, sink), daemon=True).start()
 
     @staticmethod
     def _pipe(source: socket.socket, sink: socket.socket) -> None:
@@ -59,34 +81,6 @@ class Forwarder:
                     sock.shutdown(socket.SHUT_RDWR)
                 except OSError:
                     pass
-
-    def close(self) -> None:
-        """Stop listening and cut every forwarded connection."""
-        with self._lock:
-            for sock in self._sockets:
-                sock.close()
-
-
-class SilentListener:
-    """Accept on ``LOOPBACK:port`` and never answer: a port that is not RabbitMQ, or a hung one."""
-
-    def __init__(self) -> None:
-        self._listener = socket.create_server((LOOPBACK, 0))
-        self.port: int = self._listener.getsockname()[1]
-        self._held: list[socket.socket] = []
-        threading.Thread(target=self._accept, daemon=True).start()
-
-    def _accept(self) -> None:
-        while True:
-            try:
-                client, _ = self._listener.accept()
-            except OSError:
-                return
-            self._held.append(client)
-
-    def close(self) -> None:
-        for sock in [self._listener, *self._held]:
-            sock.close()
 
 
 def via_port(url: str, port: int) -> str:
@@ -119,16 +113,7 @@ def test_api_starts_with_both_services_down_and_recovers_when_they_return(
         ["serve", "--port", str(api_port), "--workers", "1", "--threads", "4"], env
     )
     base_url = f"http://{LOOPBACK}:{api_port}"
-
-    def answers() -> bool:
-        if process.process.poll() is not None:
-            raise RuntimeError(process.log())
-        try:
-            return httpx.get(f"{base_url}/ping", timeout=2).status_code == 200
-        except httpx.TransportError:
-            return False
-
-    wait_until(answers, 60, 0.1, "API /ping while the services are down")
+    process.wait_for_ping(base_url)  # while the services are down
     with httpx.Client(base_url=base_url, headers=AUTH, timeout=30) as client:
         assert client.get("/health").status_code == 503
         assert client.post("/tasks/run", json={"task_name": "diagnostics.noop"}).status_code == 503
@@ -160,16 +145,7 @@ def test_a_broker_that_never_answers_the_handshake_is_unavailable_and_leaves_no_
             ["serve", "--port", str(api_port), "--workers", "1", "--threads", "2"], env
         )
         base_url = f"http://{LOOPBACK}:{api_port}"
-
-        def answers() -> bool:
-            if process.process.poll() is not None:
-                raise RuntimeError(process.log())
-            try:
-                return httpx.get(f"{base_url}/ping", timeout=2).status_code == 200
-            except httpx.TransportError:
-                return False
-
-        wait_until(answers, 60, 0.1, "API /ping")
+        process.wait_for_ping(base_url)
         response = httpx.post(
             f"{base_url}/tasks/run", json={"task_name": "diagnostics.noop"}, timeout=30
         )

@@ -84,6 +84,16 @@ def raw_fields(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(pika.data, "encode_value", encode)
 
 
+def first_dead_letter(stack: HubStack) -> tuple[pika.BasicProperties, bytes]:
+    """Wait for a dead letter; return the oldest one's properties and body (left in place)."""
+    wait_until(lambda: dlq(stack, "list")["dead_letters"], GET_TIMEOUT, message="a dead letter")
+    with amqp_channel(amqp_url(stack.config.broker)) as channel:
+        method, properties, body = channel.basic_get(stack.config.bridge.dead_letter_queue)
+        assert method is not None
+        channel.basic_nack(method.delivery_tag, requeue=True)
+    return properties, body
+
+
 def has_consumer(stack: HubStack, queue: str) -> bool:
     """True once ``queue`` exists and a consumer reads it."""
     try:
@@ -265,11 +275,7 @@ def test_dead_letters_keep_the_message_and_say_why(stack: HubStack, client: Cele
     with pytest.raises(NotRegistered):
         result.get(timeout=GET_TIMEOUT)
     # The client is answered first, then the message is dead-lettered.
-    wait_until(lambda: dlq(stack, "list")["dead_letters"], GET_TIMEOUT, message="a dead letter")
-    with amqp_channel(amqp_url(stack.config.broker)) as channel:
-        method, properties, body = channel.basic_get(stack.config.bridge.dead_letter_queue)
-        assert method is not None
-        channel.basic_nack(method.delivery_tag, requeue=True)
+    properties, body = first_dead_letter(stack)
     headers = properties.headers
     assert headers["id"] == result.id and headers["task"] == "nope.missing"
     assert "unknown task 'nope.missing'" in headers[f"{HEADER_PREFIX}reason"]
@@ -315,16 +321,18 @@ def test_headers_pika_could_not_decode_or_send_again_stall_no_lane(
         assert client.result(task_id).get(timeout=GET_TIMEOUT) == name
     with pytest.raises(NotRegistered):
         padded.get(timeout=GET_TIMEOUT)
-    wait_until(lambda: dlq(stack, "list")["dead_letters"], GET_TIMEOUT, message="a dead letter")
-    with amqp_channel(amqp_url(stack.config.broker)) as channel:
-        method, properties, _body = channel.basic_get(stack.config.bridge.dead_letter_queue)
-        assert method is not None
-        channel.basic_nack(method.delivery_tag, requeue=True)
-    headers = properties.headers
+    headers = first_dead_letter(stack)[0].headers
     assert "pad" not in headers and headers[f"{HEADER_PREFIX}task-id"] == padded.id
     assert "too large to keep" in headers[f"{HEADER_PREFIX}headers-dropped"]
     assert bridge.process.poll() is None
     assert "connection lost" not in bridge.log()
+
+
+def with_module(root: Path, name: str, source: str) -> dict[str, str]:
+    """Write module ``name`` under ``root``; return the setting that adds it to the shipped."""
+    (root / "mods" / name).mkdir(parents=True)
+    (root / "mods" / name / "__init__.py").write_text(source)
+    return {"NAGATHA_MODULES_PATHS": f"{ROOT / 'modules'}:{root / 'mods'}"}
 
 
 POISON = """
@@ -341,13 +349,8 @@ def register_tasks(registry):
 def test_a_task_that_kills_its_worker_fails_as_worker_lost_and_the_rest_runs(
     rabbitmq: None, redis_server: None, tmp_path: Path
 ) -> None:
-    (tmp_path / "mods" / "poison").mkdir(parents=True)
-    (tmp_path / "mods" / "poison" / "__init__.py").write_text(POISON)
-    settings = {
-        "NAGATHA_MODULES_PATHS": f"{ROOT / 'modules'}:{tmp_path / 'mods'}",
-        "NAGATHA_WORKER_MAX_REDELIVERIES": "2",
-    }
-    with hub_stack(tmp_path, **settings) as stack:
+    settings = with_module(tmp_path, "poison", POISON)
+    with hub_stack(tmp_path, **settings, NAGATHA_WORKER_MAX_REDELIVERIES="2") as stack:
         worker = stack.start_worker()
         stack.start_bridge()
         client = CeleryClient(stack)
@@ -385,10 +388,7 @@ def register_tasks(registry):
 def test_a_result_the_hub_cannot_store_fails_for_the_celery_client_too(
     rabbitmq: None, redis_server: None, tmp_path: Path
 ) -> None:
-    (tmp_path / "mods" / "shapes").mkdir(parents=True)
-    (tmp_path / "mods" / "shapes" / "__init__.py").write_text(SHAPES)
-    paths = f"{ROOT / 'modules'}:{tmp_path / 'mods'}"
-    with hub_stack(tmp_path, NAGATHA_MODULES_PATHS=paths) as stack:
+    with hub_stack(tmp_path, **with_module(tmp_path, "shapes", SHAPES)) as stack:
         stack.start_worker()
         stack.start_bridge()
         client = CeleryClient(stack)

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 AI_FOLDER = Path(__file__).resolve().parents[2] / "modules" / "ai"
 API_KEY = "sk-test-SECRET-0123456789"
@@ -488,7 +489,6 @@ def test_register_tasks_refuses_a_malformed_config_value(ai):
 
 
 def test_the_shipped_config_file_holds_valid_defaults(ai):
-    yaml = pytest.importorskip("yaml")
     config = yaml.safe_load((AI_FOLDER / "config.yaml").read_text(encoding="utf-8"))
     registry = FakeRegistry(config)
     ai.register_tasks(registry)

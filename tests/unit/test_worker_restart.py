@@ -41,13 +41,17 @@ class FakeChild:
         return None
 
 
-def test_each_dead_process_waits_its_own_delay_not_another_ones(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
+def in_memory_supervisor(processes: int) -> Supervisor:
     config = FrameworkConfig.model_validate(
         {"broker": {"url": "memory://"}, "results": {"url": "memory://"}}
     )
-    supervisor = Supervisor(config, processes=2, threads=1, queues=[])
+    return Supervisor(config, processes=processes, threads=1, queues=[])
+
+
+def test_each_dead_process_waits_its_own_delay_not_another_ones(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    supervisor = in_memory_supervisor(2)
     spawned: list[FakeChild] = []
 
     def spawn() -> FakeChild:
@@ -82,10 +86,7 @@ def test_each_dead_process_waits_its_own_delay_not_another_ones(
 def test_a_failed_fork_is_tried_again_later_and_the_supervisor_keeps_running(
     monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
-    config = FrameworkConfig.model_validate(
-        {"broker": {"url": "memory://"}, "results": {"url": "memory://"}}
-    )
-    supervisor = Supervisor(config, processes=1, threads=1, queues=[])
+    supervisor = in_memory_supervisor(1)
     spawned: list[FakeChild] = []
     attempts: list[int] = []
 
@@ -116,10 +117,7 @@ def test_a_failed_fork_is_tried_again_later_and_the_supervisor_keeps_running(
 def test_sigterm_in_a_worker_process_before_its_own_handlers_ends_it(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    config = FrameworkConfig.model_validate(
-        {"broker": {"url": "memory://"}, "results": {"url": "memory://"}}
-    )
-    supervisor = Supervisor(config, processes=1, threads=1, queues=[])
+    supervisor = in_memory_supervisor(1)
     real_pid = worker.os.getpid()
     monkeypatch.setattr(worker.os, "getpid", lambda: real_pid + 1)  # as in a forked child
     with pytest.raises(SystemExit) as info:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import sys
 import threading
 
 import falcon
@@ -69,10 +70,7 @@ class TaskStatusResource:
         """``max_waiters`` None: no limit."""
         self.registry = registry
         self.max_wait = max_wait
-        self._waiters = threading.BoundedSemaphore(max_waiters) if max_waiters else None
-
-    def _take_slot(self) -> bool:
-        return self._waiters is None or self._waiters.acquire(blocking=False)
+        self._waiters = threading.BoundedSemaphore(max_waiters or sys.maxsize)
 
     def wait_seconds(self, req: falcon.Request) -> float:
         """The ``wait`` query parameter: seconds in ``[0, max_wait]`` (0 when absent); else 400."""
@@ -96,12 +94,11 @@ class TaskStatusResource:
         wait = self.wait_seconds(req)
         if len(task_id.encode("utf-8", "surrogatepass")) > MAX_TASK_ID_BYTES:
             raise TaskNotFound(task_id[:MAX_TASK_ID_BYTES] + "...")
-        if wait > 0 and self._take_slot():
+        if wait > 0 and self._waiters.acquire(blocking=False):
             try:
                 record = self.registry.wait_for(task_id, wait)
             finally:
-                if self._waiters is not None:
-                    self._waiters.release()
+                self._waiters.release()
         else:
             record = self.registry.get_task_status(task_id)
             if wait > 0 and not record.status.final:
