@@ -6,8 +6,9 @@ by :mod:`bridge.intake`); every other message passes untouched.
 =========================  ==================================================================
 hook                       what it does
 =========================  ==================================================================
-before_process_message     revoked or expired → REVOKED answered, hub record ``failure`` with
-                           the reason, :func:`bridge.workflows.dispatch_revoked` (a chord
+before_process_message     revoked, cancelled (``DELETE /tasks/{id}``) or expired → REVOKED
+                           answered, hub record ``failure`` with the reason (a cancelled one
+                           keeps its own), :func:`bridge.workflows.dispatch_revoked` (a chord
                            member still counts), ``SkipMessage`` (the task does not run; the
                            message is acked); ``eta`` still ahead → the next hop of a long
                            countdown (below), ``SkipMessage``; else STARTED when
@@ -232,7 +233,10 @@ class CeleryResultsMiddleware(dramatiq.Middleware):
         if task.expires is not None and task.expires <= utcnow():
             return "expired"
         try:
-            if self.revocations.is_revoked(task.task_id):
+            # Cancelled through the hub (DELETE /tasks/{id}), or revoked by a Celery client.
+            if self.answers.store.is_cancelled(task.task_id) or self.revocations.is_revoked(
+                task.task_id
+            ):
                 return "revoked"
         except ServiceUnavailable as exc:
             logger.warning("task %s: revoke check skipped (%s); running it", task.task_id, exc)

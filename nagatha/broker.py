@@ -17,6 +17,7 @@ from dramatiq.middleware import (
 )
 
 from nagatha.config import MEMORY_URL, BrokerConfig, FrameworkConfig
+from nagatha.middleware.cancellation import Cancellation
 from nagatha.middleware.redelivery import RedeliveryLimit
 from nagatha.middleware.retries import HeldRetries
 from nagatha.middleware.status import StatusMiddleware
@@ -66,6 +67,8 @@ def build_middleware(config: FrameworkConfig, store: StatusStore) -> list[dramat
     status hook records ``started`` (a task that never runs never looks started); its
     ``after_*`` hooks run last, after ``Retries`` decided and after the hub record is final, so
     a Celery client is answered only once ``/tasks/{id}`` shows the same outcome.
+    ``Cancellation`` comes after it (a cancelled bridged task is answered REVOKED there) and
+    before ``StatusMiddleware`` (a cancelled task never looks started).
 
     ``TimeLimit`` comes *last*, unlike in Dramatiq's default list: its ``after_*`` hooks, which
     disarm the task's time limit, then run first. Otherwise the limit stays armed while the
@@ -87,6 +90,7 @@ def build_middleware(config: FrameworkConfig, store: StatusStore) -> list[dramat
         CurrentMessage(),
         RedeliveryLimit(store, worker.max_redeliveries),
         *celery,
+        Cancellation(store),
         StatusMiddleware(store, time_limit=worker.time_limit),
         HeldRetries(
             max_retries=worker.max_retries,

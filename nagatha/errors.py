@@ -13,6 +13,7 @@ in ``nagatha/cli/errors.py``; nowhere else decides either.
     │   ├── UnknownTask             no task of that name is registered
     │   ├── InvalidArguments        kwargs that do not bind to the task's signature
     │   ├── TaskNotFound            no status record for that id (never issued or expired)
+    │   ├── TaskNotCancellable      a cancel for a task that is running or has ended
     │   └── TaskWaitTimeout         a wait for a final status ran out
     ├── ServiceUnavailable
     │   ├── BrokerUnavailable       RabbitMQ did not accept (or confirm) a message
@@ -108,6 +109,20 @@ class TaskNotFound(TaskError):
     def __init__(self, task_id: str) -> None:
         self.task_id = task_id
         super().__init__(f"task {task_id!r} not found (unknown id, or its record has expired)")
+
+
+class TaskNotCancellable(TaskError):
+    """A cancel for a task that no longer waits to run: it is running, or it has ended."""
+
+    def __init__(self, task_id: str, status: str) -> None:
+        self.task_id = task_id
+        self.status = status
+        why = (
+            "it is running, and a running task cannot be stopped"
+            if status == "started"
+            else "it has already ended"
+        )
+        super().__init__(f"task {task_id!r} cannot be cancelled: {why} (status {status})")
 
 
 class TaskWaitTimeout(TaskError):

@@ -35,6 +35,7 @@ from nagatha.errors import (
     InvalidArguments,
     ModuleLoadError,
     StoreUnavailable,
+    TaskNotCancellable,
     TaskNotFound,
     TaskWaitTimeout,
     UnknownTask,
@@ -42,6 +43,7 @@ from nagatha.errors import (
 from nagatha.loader import describe, import_module, iter_module_dirs, read_module_config
 from nagatha.stores import StatusStore
 from nagatha.types import (
+    CANCELLED_ERROR,
     MAX_HOLD_MS,
     ModuleMetadata,
     TaskInfo,
@@ -493,6 +495,23 @@ class TaskRegistry:
         record = self.store.get(task_id)
         if record is None:
             raise TaskNotFound(task_id)
+        return record
+
+    def cancel(self, task_id: str) -> TaskRecord:
+        """Cancel a task that waits to run (``pending``, or ``retrying`` between attempts).
+
+        Its record becomes ``failure`` with the error :data:`~nagatha.types.CANCELLED_ERROR`
+        at once (waiters wake), and no worker runs it afterwards (see
+        :mod:`nagatha.middleware.cancellation`). Cancelling it again answers the same record.
+        Raises :class:`TaskNotFound`, or :class:`TaskNotCancellable` for a task that is
+        running or has ended.
+        """
+        record = self.store.cancel(task_id, {"error": CANCELLED_ERROR, "completed_at": utcnow()})
+        if record is None:
+            raise TaskNotFound(task_id)
+        if record.status is not TaskStatus.FAILURE or record.error != CANCELLED_ERROR:
+            raise TaskNotCancellable(task_id, record.status.value)
+        logger.info("task %s %s cancelled", task_id, record.task_name)
         return record
 
     def wait_for(self, task_id: str, timeout: float, *, strict: bool = False) -> TaskRecord:

@@ -7,6 +7,8 @@ Used by nagatha's own suite and usable by module authors:
 * :class:`HubProcess` - a ``nagatha ...`` subprocess with its log captured to a file, stopped by
   its own PID.
 * :func:`wait_until` - poll a condition with a deadline (never a bare sleep).
+* :func:`embedded_hub` - a hub in memory with one module written from source and an
+  in-process worker: Dramatiq's real hooks, no servers.
 """
 
 from __future__ import annotations
@@ -19,19 +21,23 @@ import socket
 import subprocess
 import sys
 import tempfile
+import textwrap
 import time
 import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from types import FrameType
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 from urllib.parse import quote
 
 import httpx
 import pika
 import redis
 from pika.adapters.blocking_connection import BlockingChannel
+
+if TYPE_CHECKING:
+    from nagatha.registry import TaskRegistry
 
 T = TypeVar("T")
 
@@ -303,3 +309,32 @@ def run_cli(
         timeout=timeout,
         input=input_text,
     )
+
+
+@contextmanager
+def embedded_hub(
+    root: Path, module: str, source: str, *, threads: int = 2
+) -> Iterator[TaskRegistry]:
+    """A hub on ``memory://`` with the module ``module`` (its ``__init__.py`` is ``source``,
+    dedented, written under ``root``) and a worker of ``threads`` threads in this process,
+    stopped on exit."""
+    from nagatha.config import FrameworkConfig
+    from nagatha.hub import create_hub
+    from nagatha.worker import start_embedded_worker
+
+    folder = root / module
+    folder.mkdir(parents=True)
+    (folder / "__init__.py").write_text(textwrap.dedent(source), encoding="utf-8")
+    config = FrameworkConfig.model_validate(
+        {
+            "broker": {"url": "memory://"},
+            "results": {"url": "memory://"},
+            "modules": {"paths": [str(root)]},
+        }
+    )
+    registry = create_hub(config)
+    worker = start_embedded_worker(registry.broker, threads=threads)
+    try:
+        yield registry
+    finally:
+        worker.stop(timeout=2000)

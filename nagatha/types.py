@@ -32,6 +32,15 @@ class TaskStatus(StrEnum):
         """True for ``success`` and ``failure``: nothing moves a record on from them."""
         return self in (TaskStatus.SUCCESS, TaskStatus.FAILURE)
 
+    @property
+    def cancellable(self) -> bool:
+        """True for ``pending`` and ``retrying``: waiting to run, so a cancel can stop it."""
+        return self in (TaskStatus.PENDING, TaskStatus.RETRYING)
+
+
+#: The ``error`` of a record cancelled before it ran (``DELETE /tasks/{id}``, ``nagatha cancel``).
+CANCELLED_ERROR = "Cancelled: cancelled before it ran"
+
 
 class TaskRecord(BaseModel):
     """The status record of one task id (DESIGN.md §4)."""

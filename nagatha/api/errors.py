@@ -25,6 +25,7 @@ from nagatha.errors import (
     NagathaError,
     ServiceUnavailable,
     StoreUnavailable,
+    TaskNotCancellable,
     TaskNotFound,
     UnknownTask,
 )
@@ -38,6 +39,7 @@ RETRY_AFTER_S = 5
 STATUS_OF: tuple[tuple[type[NagathaError], int, str], ...] = (
     (UnknownTask, 404, "Unknown task"),
     (TaskNotFound, 404, "Task not found"),
+    (TaskNotCancellable, 409, "Task not cancellable"),
     (InvalidArguments, 422, "Invalid arguments"),
     (BrokerUnavailable, 503, "Broker unavailable"),
     (StoreUnavailable, 503, "Store unavailable"),
@@ -50,14 +52,15 @@ class ApiError(falcon.HTTPError):
 
     def __init__(
         self,
-        status: int,
+        code: int,
         title: str,
         description: str,
+        /,
         *,
         headers: dict[str, str] | None = None,
         **extra: Any,
     ) -> None:
-        super().__init__(status, title=title, description=description, headers=headers)
+        super().__init__(code, title=title, description=description, headers=headers)
         self.extra = {key: value for key, value in extra.items() if value is not None}
 
     def to_dict(self, obj_type: Any = dict) -> Any:
@@ -96,6 +99,8 @@ def to_http(error: NagathaError) -> ApiError:
             extra: dict[str, Any] = {}
             if isinstance(error, InvalidArguments):
                 extra = {"unknown": error.unknown, "missing": error.missing}
+            elif isinstance(error, TaskNotCancellable):
+                extra = {"status": error.status}
             return ApiError(status, title, str(error), headers=headers, **extra)
     return internal_error()
 

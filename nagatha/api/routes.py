@@ -89,19 +89,18 @@ def common_replies(protected: bool) -> dict[int, Reply]:
     return replies
 
 
+TASK_ID = Parameter(
+    "task_id", "path", "The task id handed out by `POST /tasks/run`.", {"type": "string"}, True
+)
+
+
 def _status_operation(operation_id: str, summary: str, max_wait: float) -> Operation:
     return Operation(
         method="GET",
         operation_id=operation_id,
         summary=summary,
         parameters=(
-            Parameter(
-                "task_id",
-                "path",
-                "The task id handed out by `POST /tasks/run`.",
-                {"type": "string"},
-                True,
-            ),
+            TASK_ID,
             Parameter(
                 "wait",
                 "query",
@@ -115,6 +114,25 @@ def _status_operation(operation_id: str, summary: str, max_wait: float) -> Opera
             400: Reply("`wait` is not a number of seconds within the allowed range."),
             404: Reply("No record for this id: never handed out, or expired."),
             503: Reply("The status store (Redis) is unreachable."),
+        },
+    )
+
+
+def _cancel_operation(operation_id: str, summary: str) -> Operation:
+    return Operation(
+        method="DELETE",
+        operation_id=operation_id,
+        summary=summary,
+        parameters=(TASK_ID,),
+        replies={
+            200: Reply(
+                "Cancelled (or cancelled before): the record, now `failure` with the error "
+                "`Cancelled: cancelled before it ran`; no worker runs the task.",
+                TaskRecord,
+            ),
+            404: Reply("No record for this id: never handed out, or expired."),
+            409: Reply("The task is running (`started`) or has ended: not cancelled."),
+            503: Reply("The status store (Redis) is unreachable: nothing was cancelled."),
         },
     )
 
@@ -212,12 +230,21 @@ def build_routes(api: ApiConfig) -> tuple[Route, ...]:
             # :path: a Celery client may choose an id with a slash (sent as %2F).
             "/tasks/{task_id:path}",
             "status",
-            (_status_operation("getTask", "The status record of a task.", api.max_wait),),
+            (
+                _status_operation("getTask", "The status record of a task.", api.max_wait),
+                _cancel_operation(
+                    "cancelTask",
+                    "Cancel a task that waits to run (`pending`, or `retrying` between attempts).",
+                ),
+            ),
         ),
         Route(
             "/status/{task_id:path}",
             "status",
-            (_status_operation("getStatus", "Alias of `GET /tasks/{task_id}`.", api.max_wait),),
+            (
+                _status_operation("getStatus", "Alias of `GET /tasks/{task_id}`.", api.max_wait),
+                _cancel_operation("cancelStatus", "Alias of `DELETE /tasks/{task_id}`."),
+            ),
         ),
         Route(
             "/openapi.json",

@@ -78,6 +78,9 @@ class ErrorBody(BaseModel):
     unknown: list[str] | None = Field(default=None, description="422: kwargs the task lacks")
     missing: list[str] | None = Field(default=None, description="422: required kwargs not given")
     errors: list[FieldError] | None = Field(default=None, description="400: body fields at fault")
+    status: TaskStatus | None = Field(
+        default=None, description="409: the status of the task that cannot be cancelled"
+    )
 
 
 class OpenApiDocument(BaseModel):

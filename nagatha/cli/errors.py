@@ -1,6 +1,7 @@
 """Exit codes of the CLI, decided here and nowhere else.
 
-0 ok · 1 task failed, or id not found · 2 usage or config error · 3 a service unreachable.
+0 ok · 1 task failed, id not found, or a task not cancellable · 2 usage or config error ·
+3 a service unreachable.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from nagatha.errors import (
     InvalidArguments,
     NagathaError,
     ServiceUnavailable,
+    TaskNotCancellable,
     TaskNotFound,
     TaskWaitTimeout,
     UnknownTask,
@@ -26,6 +28,7 @@ EXIT_CODES: tuple[tuple[type[NagathaError], int], ...] = (
     (UnknownTask, EXIT_USAGE),
     (InvalidArguments, EXIT_USAGE),
     (TaskNotFound, EXIT_TASK_FAILED),
+    (TaskNotCancellable, EXIT_TASK_FAILED),
     (TaskWaitTimeout, EXIT_TASK_FAILED),
     (ServiceUnavailable, EXIT_UNAVAILABLE),
 )

@@ -167,4 +167,21 @@ def status_command(
     _finish(record, as_json)
 
 
-COMMANDS = [run_command, status_command]
+@click.command("cancel")
+@click.argument("task_id")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON (the HTTP body shape).")
+@pass_context
+def cancel_command(obj: CliContext, task_id: str, as_json: bool) -> None:
+    """Cancel TASK_ID if it waits to run (pending, or retrying between attempts).
+
+    Exit 0 when it is cancelled (its record is then failure, "Cancelled: ..."); exit 1 if it
+    is unknown, running or ended.
+    """
+    record = obj.hub().cancel(task_id)
+    if as_json:
+        emit_json(record)
+    else:
+        show_record(record)
+
+
+COMMANDS = [run_command, status_command, cancel_command]

@@ -11,6 +11,8 @@ Rules every implementation keeps:
 * An update for an id without a record creates one from ``defaults`` (a message that reached a
   worker without passing through the hub's producer still gets a record).
 * Records expire ``ttl`` seconds after their last write or :meth:`StatusStore.renew`.
+* :meth:`StatusStore.cancel` makes only a record that waits to run (``pending`` or
+  ``retrying``) final, and :meth:`StatusStore.is_cancelled` knows its id from then on.
 """
 
 from __future__ import annotations
@@ -103,6 +105,22 @@ class StatusStore(abc.ABC):
         """Count one more start of ``task_id`` after RabbitMQ redelivered it; return the count.
 
         The count is kept as long as a record (``ttl``), across retries.
+        """
+
+    @abc.abstractmethod
+    def cancel(self, task_id: str, fields: dict[str, Any]) -> TaskRecord | None:
+        """Make the record ``failure`` with ``fields`` if it is ``pending`` or ``retrying``.
+
+        In one atomic step: the record goes final (waiters wake), and the id is kept as
+        cancelled for ``ttl`` seconds, for :meth:`is_cancelled`. Returns the record as it is
+        afterwards (unchanged if it was started or final), None if there is none.
+        """
+
+    @abc.abstractmethod
+    def is_cancelled(self, task_id: str) -> bool:
+        """True if :meth:`cancel` made ``task_id`` final (called by workers for each task).
+
+        Meant to be cheap: implementations keep the ids in the process where they can.
         """
 
     @abc.abstractmethod

@@ -17,6 +17,7 @@ class MemoryStatusStore(StatusStore):
         self.ttl = ttl
         self._records: dict[str, tuple[float, TaskRecord]] = {}
         self._redeliveries: dict[str, int] = {}
+        self._cancelled: dict[str, float] = {}  # task id -> when the mark expires
         self._changed = threading.Condition()
 
     def _live(self, task_id: str) -> TaskRecord | None:
@@ -87,6 +88,23 @@ class MemoryStatusStore(StatusStore):
         with self._changed:
             self._redeliveries[task_id] = self._redeliveries.get(task_id, 0) + 1
             return self._redeliveries[task_id]
+
+    def cancel(self, task_id: str, fields: dict[str, Any]) -> TaskRecord | None:
+        with self._changed:
+            record = self._live(task_id)
+            if record is None or not record.status.cancellable:
+                return record
+            record = TaskRecord.model_validate(
+                {**record.model_dump(), **fields, "status": TaskStatus.FAILURE}
+            )
+            self._put(record)
+            self._cancelled[task_id] = time.monotonic() + self.ttl
+            return record
+
+    def is_cancelled(self, task_id: str) -> bool:
+        with self._changed:
+            expires = self._cancelled.get(task_id)
+            return expires is not None and expires >= time.monotonic()
 
     def ping(self) -> None:
         return None

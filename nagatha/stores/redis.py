@@ -9,6 +9,9 @@ Key layout (``prefix`` from ``results.prefix``, default ``nagatha:``):
 * ``<prefix>done:<id>`` - pub/sub channel; the final write publishes the status there so that
   waiters wake at once instead of polling. Each process listens with one ``PSUBSCRIBE
   <prefix>done:*`` connection (see :mod:`nagatha.stores.redis_waiter`).
+* ``<prefix>cancelled`` - sorted set of cancelled task ids, scored by when the mark expires
+  (epoch seconds); ``<prefix>cancels`` - pub/sub channel each cancel is published on. Workers
+  keep the ids in the process (see :mod:`nagatha.stores.redis_cancels`).
 
 Updates from all threads of a process go out together, one pipeline per turn of a
 :class:`~nagatha.stores.batching.WriteBatcher` (group commit; each script call is atomic on its
@@ -39,6 +42,7 @@ from redis.exceptions import (
 from nagatha.errors import StoreRejected, StoreUnavailable
 from nagatha.stores.base import StatusStore, decode_fields, encode_fields
 from nagatha.stores.batching import Write, WriteBatcher
+from nagatha.stores.redis_cancels import CancelWatch
 from nagatha.stores.redis_waiter import DoneListener
 from nagatha.types import TaskRecord, TaskStatus
 
@@ -79,6 +83,34 @@ end
 return 1
 """
 
+# KEYS[1] record hash, KEYS[2] its done channel, KEYS[3] the cancelled set, KEYS[4] the
+# cancels channel. ARGV[1] ttl, ARGV[2] JSON object field -> JSON text, ARGV[3] now (epoch s),
+# ARGV[4] the task id. Only a record waiting to run is cancelled; returns the record's fields
+# as they are afterwards (none: no record).
+_CANCEL = """
+local current = redis.call('HGET', KEYS[1], 'status')
+if not current then
+  return {}
+end
+if current == '"pending"' or current == '"retrying"' then
+  local pairs_ = {'status', '"failure"'}
+  for field, value in pairs(cjson.decode(ARGV[2])) do
+    pairs_[#pairs_ + 1] = field
+    pairs_[#pairs_ + 1] = value
+  end
+  local ttl = tonumber(ARGV[1])
+  local now = tonumber(ARGV[3])
+  redis.call('HSET', KEYS[1], unpack(pairs_))
+  redis.call('EXPIRE', KEYS[1], ttl)
+  redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', now)
+  redis.call('ZADD', KEYS[3], now + ttl, ARGV[4])
+  redis.call('EXPIRE', KEYS[3], ttl)
+  redis.call('PUBLISH', KEYS[2], '"failure"')
+  redis.call('PUBLISH', KEYS[4], ARGV[4])
+end
+return redis.call('HGETALL', KEYS[1])
+"""
+
 # KEYS[1] record hash. ARGV[1] ttl, then field/value pairs.
 _CREATE = """
 if redis.call('EXISTS', KEYS[1]) == 1 then
@@ -109,7 +141,7 @@ def _flatten(fields: dict[str, str]) -> list[str]:
     return [item for pair in fields.items() for item in pair]
 
 
-_Helper = TypeVar("_Helper", DoneListener, WriteBatcher)
+_Helper = TypeVar("_Helper", DoneListener, CancelWatch, WriteBatcher)
 
 
 def _usable(helper: _Helper | None) -> _Helper | None:
@@ -155,9 +187,11 @@ class RedisStatusStore(StatusStore):
         self._token = uuid.uuid4().hex[:8]
         self._listener: DoneListener | None = None
         self._batcher: WriteBatcher | None = None
+        self._cancels: CancelWatch | None = None
         self.client = self._new_client()
         self._update = self.client.register_script(_UPDATE)
         self._create = self.client.register_script(_CREATE)
+        self._cancel = self.client.register_script(_CANCEL)
 
     def _new_client(self, client_name: str | None = None) -> redis.Redis:
         return redis.Redis.from_url(
@@ -187,6 +221,15 @@ class RedisStatusStore(StatusStore):
             "_batcher", lambda: WriteBatcher(self._send, f"nagatha-writes-{self.prefix}")
         )
 
+    def _cancel_watch(self) -> CancelWatch:
+        """The cancel watch of this process, started on first use (never one inherited)."""
+        return self._own(
+            "_cancels",
+            lambda: CancelWatch(
+                self._new_client, self._cancels_channel, self._load_cancelled, self.ttl
+            ),
+        )
+
     def _own(self, attribute: str, start: Callable[[], _Helper]) -> _Helper:
         """The helper thread held in ``attribute`` if it is this process's; else a new one."""
         helper: _Helper | None = _usable(getattr(self, attribute))
@@ -206,6 +249,14 @@ class RedisStatusStore(StatusStore):
 
     def _channel(self, task_id: str) -> str:
         return f"{self.prefix}done:{task_id}"
+
+    @property
+    def _cancelled_key(self) -> str:
+        return f"{self.prefix}cancelled"
+
+    @property
+    def _cancels_channel(self) -> str:
+        return f"{self.prefix}cancels"
 
     def create(self, record: TaskRecord) -> bool:
         return self._create_all([record])[0]
@@ -382,6 +433,44 @@ class RedisStatusStore(StatusStore):
         finally:
             listener.unregister(task_id, event)
 
+    def cancel(self, task_id: str, fields: dict[str, Any]) -> TaskRecord | None:
+        """See :meth:`StatusStore.cancel`: one script, so no worker write falls in between."""
+        keys = [
+            self._key(task_id),
+            self._channel(task_id),
+            self._cancelled_key,
+            self._cancels_channel,
+        ]
+        args: list[str | int] = [
+            self.ttl,
+            json.dumps(encode_fields(fields)),
+            repr(time.time()),
+            task_id,
+        ]
+        try:
+            raw = self._cancel(keys=keys, args=args)
+        except RedisError as exc:
+            raise _unavailable(exc) from None
+        return decode_fields(dict(zip(raw[::2], raw[1::2], strict=True))) if raw else None
+
+    def is_cancelled(self, task_id: str) -> bool:
+        """See :meth:`StatusStore.is_cancelled`: a lookup in this process once its watch is
+        subscribed (:mod:`nagatha.stores.redis_cancels`), a read from Redis until then."""
+        known = self._cancel_watch().cancelled(task_id)
+        if known is not None:
+            return known
+        try:
+            expires = self.client.zscore(self._cancelled_key, task_id)
+        except RedisError as exc:
+            raise _unavailable(exc) from None
+        return expires is not None and expires > time.time()
+
+    def _load_cancelled(self) -> dict[str, float]:
+        marks: list[tuple[str, float]] = self.client.zrangebyscore(  # type: ignore[assignment]
+            self._cancelled_key, time.time(), "+inf", withscores=True
+        )
+        return dict(marks)
+
     def redeliveries(self, task_id: str) -> int:
         try:
             return int(self.client.get(self._redelivered_key(task_id)) or 0)
@@ -408,7 +497,7 @@ class RedisStatusStore(StatusStore):
 
     def close(self) -> None:
         """Send the writes still queued, stop this process's threads, drop the connections."""
-        for helper in (_usable(self._batcher), _usable(self._listener)):
+        for helper in (_usable(self._batcher), _usable(self._listener), _usable(self._cancels)):
             if helper is not None:
                 helper.close()
         self.client.close()

@@ -21,8 +21,8 @@ from bridge.middleware import CeleryResultsMiddleware
 from nagatha.hub import create_hub
 from nagatha.middleware.retries import HeldRetries
 from nagatha.middleware.status import StatusMiddleware
-from nagatha.testing import HubProcess, wait_until
-from nagatha.types import MAX_HOLD_MS, TaskStatus
+from nagatha.testing import HubProcess, run_cli, wait_until
+from nagatha.types import CANCELLED_ERROR, MAX_HOLD_MS, TaskStatus
 
 pytestmark = pytest.mark.integration
 
@@ -272,6 +272,20 @@ def test_revoking_a_delayed_task_means_it_never_runs(
     record = stack.final_record(result.id)
     assert record.status is TaskStatus.FAILURE and record.started_at is None
     assert "revoked" in (record.error or "")
+
+
+def test_a_task_cancelled_through_the_hub_is_revoked_for_its_celery_client(
+    client: CeleryClient, stack: HubStack, worker: HubProcess
+) -> None:
+    result = client.send("echo_bot.echo", kwargs={"message": "never"}, countdown=3)
+    wait_until(lambda: stack.record(result.id), GET_TIMEOUT, message="the bridge took the task")
+    cancel = run_cli(["cancel", result.id], stack.env)
+    assert cancel.returncode == 0, cancel.stderr
+    with pytest.raises(TaskRevokedError, match="revoked"):
+        result.get(timeout=GET_TIMEOUT)
+    worker.wait_for_log(rf"task {re.escape(result.id)} echo_bot.echo not run: revoked", 30)
+    record = stack.final_record(result.id)
+    assert record.error == CANCELLED_ERROR and record.started_at is None
 
 
 def test_control_ping_lists_the_bridge_as_a_node(client: CeleryClient, bridge: HubProcess) -> None:

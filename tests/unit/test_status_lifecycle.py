@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import textwrap
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -19,9 +18,8 @@ from nagatha.middleware import retries
 from nagatha.middleware.retries import HeldRetries
 from nagatha.middleware.status import StatusMiddleware
 from nagatha.registry import TaskRegistry
-from nagatha.testing import wait_until
+from nagatha.testing import embedded_hub, wait_until
 from nagatha.types import TaskRecord, TaskStatus
-from nagatha.worker import start_embedded_worker
 
 BODY = """
     import threading
@@ -77,20 +75,8 @@ BODY = """
 
 @pytest.fixture
 def hub(tmp_path: Path) -> Iterator[TaskRegistry]:
-    folder = tmp_path / "mods" / "life"
-    folder.mkdir(parents=True)
-    (folder / "__init__.py").write_text(textwrap.dedent(BODY), encoding="utf-8")
-    config = FrameworkConfig.model_validate(
-        {
-            "broker": {"url": "memory://"},
-            "results": {"url": "memory://"},
-            "modules": {"paths": [str(tmp_path / "mods")]},
-        }
-    )
-    registry = create_hub(config)
-    worker = start_embedded_worker(registry.broker, threads=2)
-    yield registry
-    worker.stop(timeout=2000)
+    with embedded_hub(tmp_path / "mods", "life", BODY) as registry:
+        yield registry
 
 
 def final_record(hub: TaskRegistry, task_id: str) -> TaskRecord:

@@ -1,4 +1,4 @@
-"""``POST /tasks/run`` and ``GET /tasks/{task_id}`` (also mounted as ``/status/{task_id}``)."""
+"""``POST /tasks/run``, ``GET`` and ``DELETE /tasks/{task_id}`` (also ``/status/{task_id}``)."""
 
 from __future__ import annotations
 
@@ -92,8 +92,7 @@ class TaskStatusResource:
     def on_get(self, req: falcon.Request, resp: falcon.Response, task_id: str) -> None:
         """Answer the record; with ``wait``, as soon as it is final (the store wakes us)."""
         wait = self.wait_seconds(req)
-        if len(task_id.encode("utf-8", "surrogatepass")) > MAX_TASK_ID_BYTES:
-            raise TaskNotFound(task_id[:MAX_TASK_ID_BYTES] + "...")
+        _check_length(task_id)
         if wait > 0 and self._waiters.acquire(blocking=False):
             try:
                 record = self.registry.wait_for(task_id, wait)
@@ -105,3 +104,19 @@ class TaskStatusResource:
                 resp.append_header("Retry-After", "1")  # every waiting slot is taken
         send(resp, record)
         resp.cache_control = ["no-store"]
+
+    def on_delete(self, req: falcon.Request, resp: falcon.Response, task_id: str) -> None:
+        """Cancel a task that waits to run; answer its record, now final (``failure``).
+
+        404 for an unknown id, 409 (:class:`~nagatha.errors.TaskNotCancellable`) for a task
+        that is running or has ended; cancelling a cancelled task answers it again.
+        """
+        _check_length(task_id)
+        send(resp, self.registry.cancel(task_id))
+        resp.cache_control = ["no-store"]
+
+
+def _check_length(task_id: str) -> None:
+    """Raise :class:`TaskNotFound` for an id longer than any handed out."""
+    if len(task_id.encode("utf-8", "surrogatepass")) > MAX_TASK_ID_BYTES:
+        raise TaskNotFound(task_id[:MAX_TASK_ID_BYTES] + "...")

@@ -1,0 +1,70 @@
+"""Which task ids were cancelled, known in each worker process without a round trip per task.
+
+:meth:`RedisStatusStore.cancel <nagatha.stores.redis.RedisStatusStore.cancel>` adds the id to
+the sorted set ``<prefix>cancelled`` (score: when the mark expires, in epoch seconds) and
+publishes it on ``<prefix>cancels`` in the same script. A :class:`CancelWatch` subscribes to
+that channel and reloads the set each time it (re)subscribes, so a worker checks a task with a
+lookup in its own process. While it is not subscribed the store asks Redis instead.
+
+A worker learns of a cancel when its publish arrives, normally well under a millisecond after
+it: a task that a worker starts in that moment still runs (as with Celery's revoke). Its record
+stays cancelled all the same: nothing overwrites a final record.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+
+import redis
+
+from nagatha.stores.redis_subscriber import Subscriber
+
+#: Expired marks are dropped once the watch holds this many more than after the last sweep.
+SWEEP_EVERY = 1024
+
+
+class CancelWatch(Subscriber):
+    """The cancelled ids of this process, kept up to date from ``<prefix>cancels``."""
+
+    purpose = "cancel watch"
+
+    def __init__(
+        self,
+        connect: Callable[[], redis.Redis],
+        channel: str,
+        load: Callable[[], dict[str, float]],
+        ttl: float,
+    ) -> None:
+        """``load`` returns every unexpired mark (id -> expiry, epoch seconds) from Redis;
+        ``ttl`` is how long a published cancel is kept."""
+        self._load = load
+        self._ttl = ttl
+        self._lock = threading.Lock()
+        self._ids: dict[str, float] = {}
+        self._swept_size = 0
+        super().__init__(connect, channel)
+
+    def cancelled(self, task_id: str) -> bool | None:
+        """Whether ``task_id`` is cancelled; None while the watch is not subscribed."""
+        if not self.ready:
+            return None
+        with self._lock:
+            expires = self._ids.get(task_id)
+        return expires is not None and expires > time.time()
+
+    def on_subscribed(self) -> None:
+        # Subscribed first, loaded second: a cancel published in between is in both.
+        ids = self._load()
+        with self._lock:
+            self._ids = ids
+            self._swept_size = len(ids)
+
+    def on_message(self, channel: str, data: str) -> None:
+        now = time.time()
+        with self._lock:
+            self._ids[data] = now + self._ttl
+            if len(self._ids) >= self._swept_size + SWEEP_EVERY:
+                self._ids = {key: when for key, when in self._ids.items() if when > now}
+                self._swept_size = len(self._ids)

@@ -1,0 +1,147 @@
+"""Cancelling tasks against real RabbitMQ and Redis: gunicorn API, ``nagatha worker``, CLI.
+
+Each test has its own vhost and Redis prefix (``hub_env``).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import threading
+import uuid
+from typing import Any
+
+import httpx
+import pytest
+from test_api import AUTH, TOKEN, assert_error, start_api
+
+from nagatha.config import FrameworkConfig
+from nagatha.stores import RedisStatusStore
+from nagatha.testing import HubProcess, run_cli, wait_until
+from nagatha.types import CANCELLED_ERROR, TaskRecord, TaskStatus, utcnow
+
+pytestmark = pytest.mark.integration
+
+CANCEL_FIELDS = {"error": CANCELLED_ERROR}
+
+
+@pytest.fixture
+def api(hub_env: dict[str, str], start_process: type[HubProcess]) -> str:
+    _, base_url = start_api(start_process, {**hub_env, "NAGATHA_API_TOKENS": TOKEN})
+    return base_url
+
+
+def submit(base_url: str, task_name: str, **body: Any) -> str:
+    response = httpx.post(
+        f"{base_url}/tasks/run", json={"task_name": task_name, **body}, headers=AUTH, timeout=30
+    )
+    assert response.status_code == 202, response.text
+    task_id: str = response.json()["task_id"]
+    return task_id
+
+
+def record_of(base_url: str, task_id: str, wait: float = 0) -> dict[str, Any]:
+    response = httpx.get(
+        f"{base_url}/tasks/{task_id}", params={"wait": wait}, headers=AUTH, timeout=wait + 30
+    )
+    assert response.status_code == 200, response.text
+    body: dict[str, Any] = response.json()
+    return body
+
+
+def test_a_delayed_task_cancelled_over_http_never_runs(api: str, worker: HubProcess) -> None:
+    task_id = submit(api, "echo_bot.echo", kwargs={"message": "never"}, delay_ms=2000)
+    waited: list[dict[str, Any]] = []
+    waiter = threading.Thread(target=lambda: waited.append(record_of(api, task_id, wait=30)))
+    waiter.start()
+    response = httpx.delete(f"{api}/tasks/{task_id}", headers=AUTH, timeout=30)
+    assert response.status_code == 200, response.text
+    cancelled = response.json()
+    assert cancelled["status"] == "failure" and cancelled["error"] == CANCELLED_ERROR
+    assert cancelled["started_at"] is None and cancelled["completed_at"]
+    waiter.join(30)
+    assert waited and waited[0]["error"] == CANCELLED_ERROR  # the long poll woke on the cancel
+    # When its delay ends, the worker takes the message and does not run it.
+    worker.wait_for_log(rf"task {re.escape(task_id)} echo_bot.echo not run: cancelled", 30)
+    assert record_of(api, task_id) == cancelled
+    assert f"task {task_id} echo_bot.echo started" not in worker.log()
+    # Cancelling again answers the same record.
+    again = httpx.delete(f"{api}/status/{task_id}", headers=AUTH, timeout=30)
+    assert again.status_code == 200 and again.json() == cancelled
+
+
+def test_running_and_ended_tasks_are_not_cancelled(api: str, worker: HubProcess) -> None:
+    task_id = submit(api, "diagnostics.sleep", kwargs={"seconds": 1.5})
+    wait_until(lambda: record_of(api, task_id)["status"] == "started", 30)
+    response = httpx.delete(f"{api}/tasks/{task_id}", headers=AUTH, timeout=30)
+    body = assert_error(response, 409, "running")
+    assert body["status"] == "started"
+    assert record_of(api, task_id, wait=30)["status"] == "success"
+    ended = assert_error(httpx.delete(f"{api}/tasks/{task_id}", headers=AUTH), 409, "ended")
+    assert ended["status"] == "success"
+    assert_error(httpx.delete(f"{api}/tasks/{uuid.uuid4()}", headers=AUTH), 404)
+    assert httpx.delete(f"{api}/tasks/{task_id}").status_code == 401
+
+
+def test_a_task_cancelled_before_any_worker_ran_is_skipped_by_the_first_one(
+    hub_env: dict[str, str], start_process: type[HubProcess]
+) -> None:
+    """The CLI cancels while no worker runs; a worker started later skips the task (it
+    learns of the cancel from Redis, not from a publish it could not have heard)."""
+    run = run_cli(["run", "echo_bot.echo", "-k", "message=queued", "--json"], hub_env)
+    assert run.returncode == 0, run.stderr
+    task_id = json.loads(run.stdout)["task_id"]
+    cancel = run_cli(["cancel", task_id, "--json"], hub_env)
+    assert cancel.returncode == 0, cancel.stderr
+    assert json.loads(cancel.stdout)["error"] == CANCELLED_ERROR
+    table = run_cli(["cancel", task_id], hub_env)  # again: the same record, as a table
+    assert table.returncode == 0 and "Cancelled" in table.stdout, table.stderr
+    worker = start_process(["worker", "--processes", "1", "--threads", "2"], hub_env)
+    worker.wait_for_log(rf"task {re.escape(task_id)} echo_bot.echo not run: cancelled", 60)
+    after = run_cli(["status", task_id, "--json"], hub_env)
+    assert json.loads(after.stdout)["error"] == CANCELLED_ERROR
+    # A task that already ran cannot be cancelled: exit 1, one line, no traceback.
+    done = run_cli(["run", "echo_bot.echo", "-k", "message=done", "--wait", "--json"], hub_env)
+    late = run_cli(["cancel", json.loads(done.stdout)["task_id"]], hub_env)
+    assert late.returncode == 1
+    assert "cannot be cancelled: it has already ended" in late.stderr
+    assert "Traceback" not in late.stderr and len(late.stderr.strip().splitlines()) == 1
+    unknown = run_cli(["cancel", "no-such-id"], hub_env)
+    assert unknown.returncode == 1 and "not found" in unknown.stderr
+
+
+def test_every_process_learns_of_a_cancel_from_redis(hub_config: FrameworkConfig) -> None:
+    """Two stores as two processes would hold them: one cancels, the other's watch loads the
+    marks made before it subscribed and hears those published after."""
+    results = hub_config.results
+    canceller = RedisStatusStore(results.url, prefix=results.prefix, ttl=60)
+    watcher = RedisStatusStore(results.url, prefix=results.prefix, ttl=60)
+    try:
+        before, after, running = (str(uuid.uuid4()) for _ in range(3))
+        for task_id, status in ((before, "pending"), (after, "retrying"), (running, "started")):
+            canceller.create(
+                TaskRecord(
+                    task_id=task_id,
+                    task_name="echo_bot.echo",
+                    status=TaskStatus(status),
+                    created_at=utcnow(),
+                )
+            )
+        fields = {**CANCEL_FIELDS, "completed_at": utcnow()}
+        assert canceller.cancel(before, fields).status is TaskStatus.FAILURE  # type: ignore[union-attr]
+        # Not subscribed yet: the first check asks Redis.
+        assert watcher.is_cancelled(before)
+        watch = watcher._cancel_watch()
+        wait_until(lambda: watch.ready, 10, message="the cancel watch subscribed")
+        assert watch.cancelled(before) is True  # loaded when it subscribed
+        assert watch.cancelled(after) is False
+        assert canceller.cancel(after, fields).retries == 0  # type: ignore[union-attr]
+        wait_until(lambda: watch.cancelled(after), 10, message="the published cancel")
+        assert canceller.cancel(running, fields).status is TaskStatus.STARTED  # type: ignore[union-attr]
+        assert not watcher.is_cancelled(running)
+        assert canceller.cancel(str(uuid.uuid4()), fields) is None
+        ttl = canceller.client.ttl(f"{results.prefix}cancelled")
+        assert 0 < ttl <= 60
+    finally:
+        canceller.close()
+        watcher.close()

@@ -1,0 +1,202 @@
+"""Cancelling a task that waits to run: store, registry, worker, HTTP (stub broker, memory)."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from falcon.testing import TestClient
+
+from nagatha.api import create_app
+from nagatha.config import FrameworkConfig
+from nagatha.errors import TaskNotCancellable, TaskNotFound
+from nagatha.hub import create_hub
+from nagatha.middleware.cancellation import Cancellation
+from nagatha.middleware.status import StatusMiddleware
+from nagatha.registry import TaskRegistry
+from nagatha.stores.memory import MemoryStatusStore
+from nagatha.testing import embedded_hub, wait_until
+from nagatha.types import CANCELLED_ERROR, TaskRecord, TaskStatus, utcnow
+
+BODY = """
+    import threading
+    ran = []
+    release = threading.Event()
+
+    def record(tag):
+        ran.append(tag)
+        return tag
+
+    def held():
+        ran.append("held")
+        release.wait(10)
+        return "done"
+
+    def failing(tag):
+        ran.append(tag)
+        raise RuntimeError("not yet")
+
+    def register_tasks(registry):
+        registry.register_task("stop", "record", record)
+        registry.register_task("stop", "held", held)
+        registry.register_task("stop", "failing", failing, max_retries=1, min_backoff=300,
+                               max_backoff=300)
+"""
+
+
+@pytest.fixture
+def hub(tmp_path: Path) -> Iterator[TaskRegistry]:
+    with embedded_hub(tmp_path / "mods", "stop", BODY) as registry:
+        yield registry
+        registry.get_task("stop.held").func.__globals__["release"].set()
+
+
+def ran(hub: TaskRegistry) -> list[str]:
+    return list(hub.get_task("stop.record").func.__globals__["ran"])
+
+
+def drained(hub: TaskRegistry) -> None:
+    """Wait until the stub broker has nothing queued or delayed and no worker holds a task."""
+    hub.broker.join("default", timeout=10_000)  # type: ignore[attr-defined]
+
+
+def test_a_waiting_task_is_cancelled_at_once_and_never_runs(hub: TaskRegistry) -> None:
+    record = hub.submit("stop.record", kwargs={"tag": "late"}, delay_ms=300)
+    cancelled = hub.cancel(record.task_id)
+    assert cancelled.status is TaskStatus.FAILURE
+    assert cancelled.error == CANCELLED_ERROR
+    assert cancelled.completed_at is not None and cancelled.started_at is None
+    drained(hub)
+    assert "late" not in ran(hub)
+    assert hub.get_task_status(record.task_id) == cancelled  # left as the cancel wrote it
+    # The worker is not stuck: the next task runs.
+    assert hub.wait_for(hub.run_task("stop.record", tag="next"), 10).result == "next"
+
+
+def test_cancel_is_idempotent(hub: TaskRegistry) -> None:
+    task_id = hub.submit("stop.record", kwargs={"tag": "twice"}, delay_ms=300).task_id
+    assert hub.cancel(task_id) == hub.cancel(task_id)
+
+
+def test_a_waiter_wakes_on_the_cancel(hub: TaskRegistry) -> None:
+    task_id = hub.submit("stop.record", kwargs={"tag": "waited"}, delay_ms=5000).task_id
+    seen: list[TaskRecord] = []
+    waiter = threading.Thread(target=lambda: seen.append(hub.wait_for(task_id, 30)))
+    waiter.start()
+    wait_until(lambda: hub.store.get(task_id) is not None, 5)
+    hub.cancel(task_id)
+    waiter.join(10)
+    assert not waiter.is_alive()
+    assert seen[0].error == CANCELLED_ERROR
+
+
+def test_a_running_task_is_not_cancelled(hub: TaskRegistry) -> None:
+    task_id = hub.run_task("stop.held")
+    wait_until(lambda: hub.get_task_status(task_id).status is TaskStatus.STARTED, 10)
+    with pytest.raises(TaskNotCancellable, match="running") as caught:
+        hub.cancel(task_id)
+    assert caught.value.status == "started"
+    hub.get_task("stop.held").func.__globals__["release"].set()
+    assert hub.wait_for(task_id, 10).status is TaskStatus.SUCCESS
+
+
+def test_an_ended_task_is_not_cancelled(hub: TaskRegistry) -> None:
+    task_id = hub.run_task("stop.record", tag="quick")
+    assert hub.wait_for(task_id, 10).status is TaskStatus.SUCCESS
+    with pytest.raises(TaskNotCancellable, match="already ended"):
+        hub.cancel(task_id)
+    assert hub.get_task_status(task_id).result == "quick"
+
+
+def test_an_unknown_id_is_not_found(hub: TaskRegistry) -> None:
+    with pytest.raises(TaskNotFound):
+        hub.cancel("no-such-id")
+
+
+def test_a_task_waiting_for_its_retry_is_cancelled_and_not_tried_again(hub: TaskRegistry) -> None:
+    task_id = hub.run_task("stop.failing", tag="first try")
+    wait_until(lambda: hub.get_task_status(task_id).status is TaskStatus.RETRYING, 10)
+    record = hub.cancel(task_id)
+    assert record.error == CANCELLED_ERROR and record.retries == 1
+    drained(hub)
+    assert ran(hub).count("first try") == 1
+
+
+def test_cancellation_sits_after_celery_results_and_before_status() -> None:
+    config = FrameworkConfig.model_validate(
+        {"broker": {"url": "memory://"}, "results": {"url": "memory://"}}
+    )
+    kinds = [type(m) for m in create_hub(config, load_modules=False).broker.middleware]
+    assert kinds.index(Cancellation) + 1 == kinds.index(StatusMiddleware)
+
+
+def test_memory_store_cancels_only_waiting_records() -> None:
+    store = MemoryStatusStore()
+    fields = {"error": CANCELLED_ERROR, "completed_at": utcnow()}
+    assert store.cancel("none", fields) is None
+    for status in TaskStatus:
+        task_id = f"id-{status.value}"
+        store.create(
+            TaskRecord(task_id=task_id, task_name="t.t", status=status, created_at=utcnow())
+        )
+        after = store.cancel(task_id, fields)
+        assert after is not None
+        if status.cancellable:
+            assert after.status is TaskStatus.FAILURE and after.error == CANCELLED_ERROR
+        else:
+            assert after.status is status and after.error is None
+        assert store.is_cancelled(task_id) is status.cancellable
+
+
+# -- HTTP -----------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def client(hub: TaskRegistry) -> Iterator[TestClient]:
+    config = FrameworkConfig.model_validate(
+        {"broker": {"url": "memory://"}, "results": {"url": "memory://"}}
+    )
+    app = create_app(config, hub)
+    yield TestClient(app)
+    app.health.close()
+
+
+def error_of(result: Any, status: int) -> dict[str, Any]:
+    assert result.status_code == status, result.text
+    body: dict[str, Any] = result.json
+    assert body["title"] and body["description"] and body["request_id"]
+    return body
+
+
+def test_delete_cancels_and_answers_the_record(hub: TaskRegistry, client: TestClient) -> None:
+    task_id = hub.submit("stop.record", kwargs={"tag": "http"}, delay_ms=300).task_id
+    for path in (f"/tasks/{task_id}", f"/status/{task_id}"):  # the second: idempotent, alias
+        result = client.simulate_delete(path)
+        assert result.status_code == 200, result.text
+        assert result.json["status"] == "failure"
+        assert result.json["error"] == CANCELLED_ERROR
+        assert result.headers["cache-control"] == "no-store"
+    drained(hub)
+    assert "http" not in ran(hub)
+
+
+def test_delete_of_a_task_that_ended_is_a_conflict(hub: TaskRegistry, client: TestClient) -> None:
+    task_id = hub.run_task("stop.record", tag="done")
+    hub.wait_for(task_id, 10)
+    body = error_of(client.simulate_delete(f"/tasks/{task_id}"), 409)
+    assert body["status"] == "success"
+    assert "cannot be cancelled" in body["description"]
+
+
+def test_delete_of_an_unknown_or_overlong_id_is_not_found(client: TestClient) -> None:
+    error_of(client.simulate_delete("/tasks/no-such-id"), 404)
+    error_of(client.simulate_delete("/tasks/" + "x" * 300), 404)
+
+
+def test_openapi_describes_the_cancel(client: TestClient) -> None:
+    operation = client.simulate_get("/openapi.json").json["paths"]["/tasks/{task_id}"]["delete"]
+    assert operation["operationId"] == "cancelTask"
+    assert {"200", "404", "409", "503"} <= set(operation["responses"])
