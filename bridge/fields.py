@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any, Final
 
-from nagatha.errors import ProtocolError
+from nagatha.errors import InvalidTaskName, ProtocolError
 
 #: What a task name may look like; also rejects ``..`` separately (see :func:`task_name`).
 TASK_NAME_PATTERN: Final = re.compile(r"[A-Za-z_][A-Za-z0-9_.:-]{0,199}")
@@ -59,7 +59,7 @@ def task_name(value: Any, field: str = "task") -> str:
         raise ProtocolError(f"field {field!r} (the task name) is missing")
     if not TASK_NAME_PATTERN.fullmatch(name) or ".." in name or name.endswith("."):
         shown = name if len(name) <= 80 else name[:80] + "..."
-        raise ProtocolError(f"field {field!r} is not a valid task name: {shown!r}")
+        raise InvalidTaskName(f"field {field!r} is not a valid task name: {shown!r}", shown)
     return name
 
 

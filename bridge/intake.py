@@ -29,6 +29,7 @@ stay unacked, to be handled again after a reconnect (at least once, never lost).
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 from collections.abc import Callable, Sequence
@@ -57,6 +58,7 @@ from nagatha.broker_errors import CONNECTION_ERRORS
 from nagatha.enqueue_batch import BatchEnqueuer, Enqueue
 from nagatha.errors import (
     InvalidArguments,
+    InvalidTaskName,
     PickleRefused,
     ProtocolError,
     ServiceUnavailable,
@@ -187,6 +189,7 @@ class Intake:
             )
         except ProtocolError as exc:
             return self._refuse(queue, body, properties, exc)
+        task = dataclasses.replace(task, queue=queue)
         try:
             spec = self.registry.get_task(task.task_name)
         except UnknownTask as exc:
@@ -267,6 +270,8 @@ class Intake:
         if exc.task_id:
             if isinstance(exc, PickleRefused):
                 info = error_info("ContentDisallowed", [exc.reason], "kombu.exceptions")
+            elif isinstance(exc, InvalidTaskName):  # what a Celery worker answers
+                info = error_info("NotRegistered", [exc.name], "celery.exceptions")
             else:
                 info = error_info("InvalidTaskError", [exc.reason], "celery.exceptions")
             meta = failure_meta(exc.task_id, info)

@@ -60,6 +60,9 @@ class CeleryTask:
     errbacks: list[_Signature] | None = field(default=None, repr=False)
     chain: list[_Signature] | None = field(default=None, repr=False)
     chord: _Signature | None = field(default=None, repr=False)
+    #: The queue the message arrived on: steps it sends without a queue of their own go
+    #: there (see :class:`bridge.outgoing.Sender`).
+    queue: str | None = None
 
     @property
     def display_name(self) -> str:
@@ -98,6 +101,7 @@ class CeleryTask:
             "errbacks": to_jsonable(self.errbacks),
             "chain": to_jsonable(self.chain),
             "chord": to_jsonable(self.chord),
+            "queue": self.queue,
         }
 
     @classmethod
@@ -170,6 +174,7 @@ class CeleryTask:
             errbacks=fields.signatures(decoded["errbacks"], "errbacks"),
             chain=fields.signatures(decoded["chain"], "chain"),
             chord=fields.optional_signature(decoded["chord"], "chord"),
+            queue=fields.identifier(options.get("queue"), "queue"),
         )
 
 

@@ -50,6 +50,7 @@ from bridge.celery_results import (
 )
 from bridge.chords import ChordJoin, CompletedHeader, apply_chord, exception_repr
 from bridge.outgoing import (
+    DEFAULT_QUEUE,
     Application,
     Sender,
     UnsupportedCanvas,
@@ -213,7 +214,11 @@ class _Run:
 
     @functools.cached_property
     def sender(self) -> Sender:
-        return Sender(task_id=self.task.task_id, root_id=self.root_id)
+        return Sender(
+            task_id=self.task.task_id,
+            root_id=self.root_id,
+            default_queue=self.task.queue or DEFAULT_QUEUE,
+        )
 
     @functools.cached_property
     def join(self) -> ChordJoin | None:

@@ -20,7 +20,8 @@ in ``nagatha/cli/errors.py``; nowhere else decides either.
     │   └── StoreUnavailable        the status store (Redis) did not answer
     └── BridgeError
         └── ProtocolError           a Celery message that cannot be turned into a task
-            └── PickleRefused       a pickle-serialized Celery message (never deserialized)
+            ├── PickleRefused       a pickle-serialized Celery message (never deserialized)
+            └── InvalidTaskName     a task name no module can register (Celery: NotRegistered)
 """
 
 from __future__ import annotations
@@ -180,3 +181,15 @@ class ProtocolError(BridgeError):
 
 class PickleRefused(ProtocolError):
     """A pickle-serialized message: refused because unpickling executes arbitrary code."""
+
+
+class InvalidTaskName(ProtocolError):
+    """A task name no hub module could register (spaces, ``/``, over 200 characters, ...).
+
+    A Celery worker answers any name it lacks with ``NotRegistered``, and so does the bridge;
+    ``name`` is the name as sent, cut to 80 characters.
+    """
+
+    def __init__(self, reason: str, name: str) -> None:
+        self.name = name
+        super().__init__(reason)

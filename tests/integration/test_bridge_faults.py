@@ -280,6 +280,11 @@ def test_dead_letters_keep_the_message_and_say_why(stack: HubStack, client: Cele
     assert headers["id"] == result.id and headers["task"] == "nope.missing"
     assert "unknown task 'nope.missing'" in headers[f"{HEADER_PREFIX}reason"]
     assert json.loads(body)[1] == {"a": 1}
+    # A name no module could register gets NotRegistered too, as from a Celery worker.
+    for name in ("my task", "a/b", "proj..tasks", "x" * 300):
+        odd = client.send(name)
+        with pytest.raises(NotRegistered, match=re.escape(name[:80])):
+            odd.get(timeout=GET_TIMEOUT)
     # The table, piped (80 columns), still shows whole ids that `dlq replay` takes.
     letter_id = dlq(stack, "list")["dead_letters"][0]["id"]
     table = run_cli(["bridge", "dlq", "list"], stack.env)

@@ -21,12 +21,13 @@ import json
 import re
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pika
 import pytest
 import redis
-from bridge_stack import CELERY_BACKEND, CeleryClient, HubStack, hub_stack
+from bridge_stack import BRIDGE_READY, CELERY_BACKEND, CeleryClient, HubStack, hub_stack
 from celery import Celery, chain, chord, group
 from celery.app.task import Context
 from celery.exceptions import ChordError
@@ -500,3 +501,26 @@ def test_e2e_chord_keys_are_left_for_expiry_only_as_done_markers(
     group_id = result.parent.id
     assert redis_db.get(f"celery-taskset-meta-{group_id}.c") == b"done"
     assert json.loads(redis_db.get(f"celery-task-meta-{result.id}"))["group_id"] == group_id
+
+
+def test_e2e_steps_go_to_the_queue_their_parent_came_from(
+    rabbitmq: None, redis_server: None, tmp_path: Path, redis_db: redis.Redis
+) -> None:
+    """A bridge on another queue only (`--queue reports`, a client whose default queue it
+    is): chain steps and callbacks, which name no queue, follow their parent there."""
+    with hub_stack(tmp_path) as stack:
+        stack.start_worker()
+        stack.start(["bridge", "--queue", "reports"]).wait_for_log(BRIDGE_READY, timeout=90)
+        client = CeleryClient(stack, task_default_queue="reports")
+        try:
+            add = "diagnostics.add"
+            canvas = chain(hub_sig(client, add, 1, 2), hub_sig(client, add, 3))
+            assert remember(client, canvas.apply_async()).get(timeout=GET_TIMEOUT) == 6
+            callback_id = str(uuid.uuid4())
+            callback = hub_sig(client, add, 10).set(task_id=callback_id)
+            linked = remember(client, hub_sig(client, add, 1, 2).apply_async(link=callback))
+            assert linked.get(timeout=GET_TIMEOUT) == 3
+            assert client.result(callback_id).get(timeout=GET_TIMEOUT) == 13
+        finally:
+            client.close()
+            forget(redis_db, set(client.ids))
