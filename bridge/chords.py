@@ -279,8 +279,11 @@ def apply_chord(
     delay = {k: options.pop(k) for k in ("countdown", "eta") if options.get(k) is not None}
     links = {k: options.pop(k) for k in ("link", "link_error") if k in options}
     body = clone(parts["body"], {k: v for k, v in options.items() if k != "parent_id"})
-    if body["subtask_type"] is not None:
-        raise UnsupportedCanvas(f"a chord body of type {body['subtask_type']!r} is not supported")
+    kind = body["subtask_type"]
+    if kind == "group" and (links or options.get("chain")):
+        raise UnsupportedCanvas("a chord with a group body cannot take links or continue a chain")
+    if kind not in (None, "group"):
+        raise UnsupportedCanvas(f"a chord body of type {kind!r} is not supported")
     header = _header_group(parts.get("header"), own)
     run = {**own, **options, **links}
     task_id = run.pop("task_id", None)
@@ -294,11 +297,14 @@ def apply_chord(
     if run:
         _add_body_links(body, run)
         body["options"].update({k: v for k, v in run.items() if k != "parent_id"})
-    freeze(body, sender=sender, task_id=task_id, group_id=group_id, root_id=root_id)
+    if kind == "group":  # group.freeze: its own id (not task_id), members get the header's
+        _freeze_group(body, group_id=group_id, root_id=root_id, sender=sender)
+    else:
+        freeze(body, sender=sender, task_id=task_id, group_id=group_id, root_id=root_id)
     for key in ("chain", "chord", "task_id"):
         run.pop(key, None)
     header["options"]["task_id"] = group_id
-    _freeze_header(header, group_id=group_id, body=body, root_id=root_id, sender=sender)
+    _freeze_group(header, group_id=group_id, chord=body, root_id=root_id, sender=sender)
     if not header["kwargs"]["tasks"]:
         return Application(messages=[task_message(body, ([],), None, {}, sender=sender)])
     return apply_group(
@@ -325,17 +331,26 @@ def _add_body_links(body: Signature, options: dict[str, Any]) -> None:
             body["options"][key] = (maybe_list(body["options"].get(key)) or []) + extra
 
 
-def _freeze_header(
-    header: Signature, *, group_id: str, body: Signature, root_id: str | None, sender: Sender
+def _freeze_group(
+    group: Signature,
+    *,
+    group_id: str,
+    root_id: str | None,
+    sender: Sender,
+    chord: Signature | None = None,
 ) -> None:
-    """``group._freeze_group_tasks``: flatten nested groups, freeze members with the body."""
-    opts = header["options"]
+    """``group._freeze_group_tasks``: the group's id (kept if it has one), then its members
+    (nested groups flattened) frozen with ``group_id`` and, for a header, the ``chord`` body."""
+    opts = group["options"]
+    if not opts.get("task_id"):
+        opts["task_id"] = str(uuid.uuid4())
     opts["group_id"] = group_id
-    opts["chord"] = body
+    if chord is not None:
+        opts["chord"] = chord
     root_id = opts.setdefault("root_id", root_id)
     parent_id = opts.setdefault("parent_id", None)
     members: list[Signature] = []
-    stack = [clone(task) for task in header["kwargs"].get("tasks") or ()]
+    stack = [clone(task) for task in group["kwargs"].get("tasks") or ()]
     while stack:
         member = stack.pop(0)
         if member["subtask_type"] == "group":
@@ -343,15 +358,15 @@ def _freeze_header(
             continue
         if member["subtask_type"] is not None:
             kind = member["subtask_type"]
-            raise UnsupportedCanvas(f"a {kind!r} inside a chord header is not supported")
+            raise UnsupportedCanvas(f"a {kind!r} inside a chord's group is not supported")
         freeze(
             member,
             sender=sender,
             group_id=group_id,
-            chord=body,
+            chord=chord,
             root_id=root_id,
             parent_id=parent_id,
             group_index=len(members),
         )
         members.append(member)
-    header["kwargs"]["tasks"] = members
+    group["kwargs"]["tasks"] = members

@@ -524,3 +524,23 @@ def test_e2e_steps_go_to_the_queue_their_parent_came_from(
         finally:
             client.close()
             forget(redis_db, set(client.ids))
+
+
+def test_e2e_a_group_after_a_group_in_a_chain_is_a_chord_with_a_group_body(
+    client: CeleryClient,
+) -> None:
+    """Celery turns ``group | group`` in a chain into a chord whose body is the second group;
+    the bridge applies it when the first step ends, as a worker would."""
+    echo = "echo_bot.echo"
+    canvas = chain(
+        hub_sig(client, echo, "x"),
+        group(hub_sig(client, echo), hub_sig(client, echo)),
+        group(hub_sig(client, echo), hub_sig(client, echo), hub_sig(client, echo)),
+    )
+    result = remember(client, canvas.apply_async())
+    assert result.get(timeout=GET_TIMEOUT) == [["x", "x"]] * 3
+    nested = chain(
+        hub_sig(client, "diagnostics.add", 1, 2),
+        chord([hub_sig(client, echo)], group(hub_sig(client, echo), hub_sig(client, echo))),
+    )
+    assert remember(client, nested.apply_async()).get(timeout=GET_TIMEOUT) == [[3], [3]]
