@@ -305,7 +305,9 @@ def apply_chord(
         run.pop(key, None)
     header["options"]["task_id"] = group_id
     _freeze_group(header, group_id=group_id, chord=body, root_id=root_id, sender=sender)
-    if not header["kwargs"]["tasks"]:
+    if not header["kwargs"]["tasks"]:  # Celery: body.delay([])
+        if kind == "group":
+            return apply_group(body, ([],), None, {}, sender=sender)
         return Application(messages=[task_message(body, ([],), None, {}, sender=sender)])
     return apply_group(
         header, args, chord_kwargs, {**run, **delay, "task_id": group_id}, sender=sender

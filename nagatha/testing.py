@@ -7,6 +7,8 @@ Used by nagatha's own suite and usable by module authors:
 * :class:`HubProcess` - a ``nagatha ...`` subprocess with its log captured to a file, stopped by
   its own PID.
 * :func:`wait_until` - poll a condition with a deadline (never a bare sleep).
+* :class:`TcpRelay` - a loopback TCP relay a test can freeze: a connection that goes silent
+  without closing, as one to a dead host does.
 * :func:`embedded_hub` - a hub in memory with one module written from source and an
   in-process worker: Dramatiq's real hooks, no servers.
 """
@@ -16,12 +18,14 @@ from __future__ import annotations
 import os
 import random
 import re
+import select
 import signal
 import socket
 import subprocess
 import sys
 import tempfile
 import textwrap
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -338,3 +342,80 @@ def embedded_hub(
         yield registry
     finally:
         worker.stop(timeout=2000)
+
+
+class TcpRelay:
+    """Relays loopback connections to ``host:port``; :meth:`freeze` stops all traffic.
+
+    While frozen nothing is forwarded and nothing is closed: each side sees a peer that
+    went silent (a dead host, a dropped route), which no socket error reports. Use as a
+    context manager, or call :meth:`close`.
+    """
+
+    def __init__(self, host: str, port: int) -> None:
+        self._target = (host, port)
+        self._server = socket.create_server((LOOPBACK, 0))
+        self.port: int = self._server.getsockname()[1]
+        self._open = True
+        self._flowing = threading.Event()
+        self._flowing.set()
+        self._lock = threading.Lock()
+        self._sockets: list[socket.socket] = [self._server]
+        threading.Thread(target=self._accept, name="tcp-relay", daemon=True).start()
+
+    def freeze(self) -> None:
+        """Stop forwarding in both directions, on every connection (new ones too)."""
+        self._flowing.clear()
+
+    def thaw(self) -> None:
+        """Forward again."""
+        self._flowing.set()
+
+    def close(self) -> None:
+        """Close the listener and every relayed connection."""
+        self._open = False
+        self._flowing.set()
+        with self._lock:
+            sockets, self._sockets = self._sockets, []
+        for sock in sockets:
+            sock.close()
+
+    def __enter__(self) -> TcpRelay:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def _accept(self) -> None:
+        while self._open:
+            try:
+                client, _ = self._server.accept()
+            except OSError:
+                return  # closed
+            try:
+                upstream = socket.create_connection(self._target, timeout=5)
+            except OSError:
+                client.close()
+                continue
+            upstream.settimeout(None)
+            with self._lock:
+                self._sockets += [client, upstream]
+            for source, sink in ((client, upstream), (upstream, client)):
+                threading.Thread(target=self._pump, args=(source, sink), daemon=True).start()
+
+    def _pump(self, source: socket.socket, sink: socket.socket) -> None:
+        try:
+            while self._open:
+                self._flowing.wait()
+                readable, _, _ = select.select([source], [], [], 0.2)
+                if not readable or not self._flowing.is_set():
+                    continue  # frozen meanwhile: what arrived stays unread
+                data = source.recv(65536)
+                if not data:
+                    break
+                sink.sendall(data)
+        except (OSError, ValueError):  # ValueError: select() on a socket closed meanwhile
+            pass
+        finally:
+            for sock in (source, sink):
+                sock.close()

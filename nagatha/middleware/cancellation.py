@@ -3,7 +3,8 @@
 ``DELETE /tasks/{id}`` and ``nagatha cancel`` make a waiting task's record final at once
 (:meth:`nagatha.registry.TaskRegistry.cancel`); its message is still queued, or on the delay
 queue between retries. When a worker takes it, :class:`Cancellation` raises ``SkipMessage``:
-the task does not run and the message is acked, the record left as the cancel wrote it.
+the task does not run and the message is acked, the record left as the cancel wrote it (or
+written so again: see :meth:`Cancellation._record`).
 
 The check is a lookup in the process (:meth:`nagatha.stores.StatusStore.is_cancelled`), so it
 costs no round trip per task. Bridged Celery tasks are answered REVOKED by
@@ -18,8 +19,10 @@ import dramatiq
 from dramatiq.broker import MessageProxy
 from dramatiq.middleware import SkipMessage
 
-from nagatha.errors import StoreUnavailable
+from nagatha.errors import StoreRejected, StoreUnavailable
+from nagatha.middleware.status import record_defaults
 from nagatha.stores import StatusStore
+from nagatha.types import CANCELLED_ERROR, TaskStatus, utcnow
 
 logger = logging.getLogger("nagatha.tasks")
 
@@ -42,4 +45,17 @@ class Cancellation(dramatiq.Middleware):
             return
         if cancelled:
             logger.info("task %s %s not run: cancelled", message.message_id, message.actor_name)
+            self._record(message)
             raise SkipMessage("cancelled")
+
+    def _record(self, message: MessageProxy) -> None:
+        """Make sure the record says cancelled: it does, unless an attempt that started as the
+        cancel came in replaced it (see :meth:`nagatha.stores.StatusStore.update`) and then
+        failed into ``retrying``; nothing overwrites a record that ended otherwise."""
+        fields = {"error": CANCELLED_ERROR, "completed_at": utcnow()}
+        try:
+            self.store.update(
+                message.message_id, TaskStatus.FAILURE, fields, record_defaults(message)
+            )
+        except (StoreUnavailable, StoreRejected) as exc:
+            logger.warning("task %s: cancel could not be recorded: %s", message.message_id, exc)

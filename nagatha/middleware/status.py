@@ -69,6 +69,16 @@ def result_problem(result: Any) -> str | None:
     return None
 
 
+def record_defaults(message: MessageProxy) -> dict[str, Any]:
+    """The fields a write for ``message`` creates its record with, if it has none."""
+    return {
+        "task_name": message.actor_name,
+        "args": list(message.args),
+        "kwargs": dict(message.kwargs),
+        "created_at": message.message_datetime,
+    }
+
+
 def _not_recorded(message: MessageProxy, status: str, exc: Exception) -> None:
     logger.error(
         "task %s %s: %s could not be recorded: %s",
@@ -109,15 +119,6 @@ class StatusMiddleware(dramatiq.Middleware):
         self.store = store
         self.time_limit = time_limit
 
-    @staticmethod
-    def _defaults(message: MessageProxy) -> dict[str, Any]:
-        return {
-            "task_name": message.actor_name,
-            "args": list(message.args),
-            "kwargs": dict(message.kwargs),
-            "created_at": message.message_datetime,
-        }
-
     def _write(
         self, message: MessageProxy, status: TaskStatus, *, soon: bool = False, **fields: Any
     ) -> None:
@@ -130,7 +131,7 @@ class StatusMiddleware(dramatiq.Middleware):
         else:
             fields.setdefault("retries", message.options.get("retries", 0))
         write = self.store.update_soon if soon else self.store.update
-        defaults = self._defaults(message)
+        defaults = record_defaults(message)
         if not status.final:
             try:
                 write(message.message_id, status, fields, defaults)
@@ -236,7 +237,7 @@ class StatusMiddleware(dramatiq.Middleware):
         logger.error("task %s %s failed: %s", message.message_id, message.actor_name, error)
         try:
             self.store.update_soon(
-                message.message_id, TaskStatus.FAILURE, fields, self._defaults(message)
+                message.message_id, TaskStatus.FAILURE, fields, record_defaults(message)
             )
         except (StoreUnavailable, StoreRejected) as exc:
             _not_recorded(message, "failure", exc)

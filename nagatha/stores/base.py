@@ -7,7 +7,10 @@ Rules every implementation keeps:
 
 * :meth:`StatusStore.create` writes a ``pending`` record only if none exists for the id.
 * :meth:`StatusStore.update` never moves a record out of a final status (``success`` or
-  ``failure``): a duplicate delivery that runs again cannot undo a result.
+  ``failure``): a duplicate delivery that runs again cannot undo a result. One exception: a
+  record :meth:`StatusStore.cancel` made final gives way to a write that carries
+  ``started_at`` (a worker started the task as the cancel came in, or before its ``started``
+  write could be recorded): the record then tells what happened.
 * An update for an id without a record creates one from ``defaults`` (a message that reached a
   worker without passing through the hub's producer still gets a record).
 * Records expire ``ttl`` seconds after their last write or :meth:`StatusStore.renew`.

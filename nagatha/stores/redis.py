@@ -44,20 +44,31 @@ from nagatha.stores.base import StatusStore, decode_fields, encode_fields
 from nagatha.stores.batching import Write, WriteBatcher
 from nagatha.stores.redis_cancels import CancelWatch
 from nagatha.stores.redis_waiter import DoneListener
-from nagatha.types import TaskRecord, TaskStatus
+from nagatha.types import CANCELLED_ERROR, TaskRecord, TaskStatus
 
 # KEYS[1] record hash, KEYS[2] done channel. ARGV[1] ttl, ARGV[2] new status (JSON), ARGV[3]
 # 1 if final, ARGV[4] JSON object field -> JSON text, optional ARGV[5] the same for the defaults.
 # The values are kept as the strings they decode to (never re-encoded by cjson, which would
 # make an empty list and an empty object alike). Returns 1 written, 0 already final, -1 no
-# record and no defaults sent (nothing written).
-_UPDATE = """
+# record and no defaults sent (nothing written). A final record is never rewritten, except a
+# cancelled one by a write that carries started_at (see StatusStore's rules).
+_UPDATE = (
+    """
 local current = redis.call('HGET', KEYS[1], 'status')
-if current == '"success"' or current == '"failure"' then
-  return 0
-end
+local fields = cjson.decode(ARGV[4])
 local pairs_ = {}
 local n = 0
+if current == '"success"' or current == '"failure"' then
+  -- A cancelled record gives way to a run the cancel missed (its writes carry started_at).
+  if current ~= '"failure"' or redis.call('HGET', KEYS[1], 'error') ~= [["""
+    + json.dumps(CANCELLED_ERROR)
+    + """]]
+      or not fields['started_at'] or fields['started_at'] == 'null' then
+    return 0
+  end
+  pairs_ = {'error', 'null', 'completed_at', 'null'}
+  n = 4
+end
 if not current then
   if not ARGV[5] then
     return -1
@@ -68,7 +79,7 @@ if not current then
     n = n + 2
   end
 end
-for field, value in pairs(cjson.decode(ARGV[4])) do
+for field, value in pairs(fields) do
   pairs_[n + 1] = field
   pairs_[n + 2] = value
   n = n + 2
@@ -82,6 +93,7 @@ if ARGV[3] == '1' then
 end
 return 1
 """
+)
 
 # KEYS[1] record hash, KEYS[2] its done channel, KEYS[3] the cancelled set, KEYS[4] the
 # cancels channel. ARGV[1] ttl, ARGV[2] JSON object field -> JSON text, ARGV[3] now (epoch s),

@@ -3,7 +3,9 @@
 :class:`Subscriber` subscribes one connection to a channel (or a pattern) and hands each
 message to :meth:`Subscriber.on_message`. After a lost connection it reconnects with backoff;
 while it is not subscribed, :attr:`Subscriber.ready` is False, since publishes made meanwhile
-are missed (Redis keeps none): subclasses catch up in :meth:`Subscriber.on_subscribed`.
+are missed (Redis keeps none): subclasses catch up in :meth:`Subscriber.on_subscribed`. The
+thread also publishes to a channel of its own every few seconds, so a connection that went
+silent counts as lost too.
 
 Not fork-safe by design: each process starts its own (see :attr:`Subscriber.pid`).
 """
@@ -13,15 +15,22 @@ from __future__ import annotations
 import logging
 import os
 import threading
+import time
+import uuid
 from collections.abc import Callable
 
 import redis
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 
 logger = logging.getLogger("nagatha.stores")
 
 #: Seconds the thread blocks per read; bounds how long :meth:`Subscriber.close` takes.
 IDLE_READ = 1.0
+#: Seconds between the liveness messages the thread publishes to itself, and how long one
+#: may take to come back: a connection that went silent without closing (a dead host, a
+#: dropped route: nothing raises) is given up at most their sum (plus a read) after.
+PING_EVERY, PING_DEADLINE = 2.0, 3.0
 #: Reconnect delay after a lost connection (doubles, capped).
 BACKOFF_FIRST, BACKOFF_CAP = 0.1, 5.0
 
@@ -74,6 +83,9 @@ class Subscriber:
 
     def _run(self) -> None:
         kinds = ("pmessage", "psubscribe") if self._pattern else ("message", "subscribe")
+        # A channel of its own: what the thread publishes there must come back through the
+        # subscription, or the connection is taken for lost.
+        alive = f"nagatha-alive:{uuid.uuid4().hex}"
         delay = BACKOFF_FIRST
         while not self._closed.is_set():
             client = None
@@ -85,13 +97,28 @@ class Subscriber:
                         pubsub.psubscribe(self._channel)
                     else:
                         pubsub.subscribe(self._channel)
+                    pubsub.subscribe(alive)
+                    sent: float | None = None
+                    due = time.monotonic() + PING_EVERY
                     while not self._closed.is_set():
+                        now = time.monotonic()
+                        if sent is not None and now - sent > PING_DEADLINE:
+                            raise RedisConnectionError(
+                                f"no message came back within {PING_DEADLINE:g}s"
+                            )
+                        if sent is None and now >= due:
+                            client.publish(alive, "1")
+                            sent = now
                         message = pubsub.get_message(timeout=IDLE_READ)
                         if message is None:
                             continue
-                        if message["type"] == kinds[0]:
-                            self.on_message(message["channel"], message["data"])
-                        elif message["type"] == kinds[1]:
+                        kind, channel = message["type"], message["channel"]
+                        if channel == alive:
+                            if kind == "message":
+                                sent, due = None, time.monotonic() + PING_EVERY
+                        elif kind == kinds[0]:
+                            self.on_message(channel, message["data"])
+                        elif kind == kinds[1]:
                             # Also seen after redis-py reconnected and subscribed again by itself.
                             self.on_subscribed()
                             self.set_ready(True)

@@ -544,3 +544,7 @@ def test_e2e_a_group_after_a_group_in_a_chain_is_a_chord_with_a_group_body(
         chord([hub_sig(client, echo)], group(hub_sig(client, echo), hub_sig(client, echo))),
     )
     assert remember(client, nested.apply_async()).get(timeout=GET_TIMEOUT) == [[3], [3]]
+    empty = chain(
+        hub_sig(client, echo, "a"), chord([], group(hub_sig(client, echo), hub_sig(client, echo)))
+    )
+    assert remember(client, empty.apply_async()).get(timeout=GET_TIMEOUT) == [[], []]

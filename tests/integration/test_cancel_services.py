@@ -17,7 +17,8 @@ from test_api import AUTH, TOKEN, assert_error, start_api
 
 from nagatha.config import FrameworkConfig
 from nagatha.stores import RedisStatusStore
-from nagatha.testing import HubProcess, run_cli, wait_until
+from nagatha.stores.redis_subscriber import IDLE_READ, PING_DEADLINE, PING_EVERY
+from nagatha.testing import LOOPBACK, HubProcess, TcpRelay, run_cli, wait_until
 from nagatha.types import CANCELLED_ERROR, TaskRecord, TaskStatus, utcnow
 
 pytestmark = pytest.mark.integration
@@ -38,6 +39,13 @@ def submit(base_url: str, task_name: str, **body: Any) -> str:
     assert response.status_code == 202, response.text
     task_id: str = response.json()["task_id"]
     return task_id
+
+
+def create(store: RedisStatusStore, task_id: str, status: TaskStatus = TaskStatus.PENDING) -> None:
+    """Write a record as the hub's producer would."""
+    store.create(
+        TaskRecord(task_id=task_id, task_name="echo_bot.echo", status=status, created_at=utcnow())
+    )
 
 
 def record_of(base_url: str, task_id: str, wait: float = 0) -> dict[str, Any]:
@@ -119,14 +127,7 @@ def test_every_process_learns_of_a_cancel_from_redis(hub_config: FrameworkConfig
     try:
         before, after, running = (str(uuid.uuid4()) for _ in range(3))
         for task_id, status in ((before, "pending"), (after, "retrying"), (running, "started")):
-            canceller.create(
-                TaskRecord(
-                    task_id=task_id,
-                    task_name="echo_bot.echo",
-                    status=TaskStatus(status),
-                    created_at=utcnow(),
-                )
-            )
+            create(canceller, task_id, TaskStatus(status))
         fields = {**CANCEL_FIELDS, "completed_at": utcnow()}
         assert canceller.cancel(before, fields).status is TaskStatus.FAILURE  # type: ignore[union-attr]
         # Not subscribed yet: the first check asks Redis.
@@ -145,3 +146,55 @@ def test_every_process_learns_of_a_cancel_from_redis(hub_config: FrameworkConfig
     finally:
         canceller.close()
         watcher.close()
+
+
+def test_a_cancelled_record_gives_way_only_to_a_run(hub_config: FrameworkConfig) -> None:
+    """The Lua update: a write carrying started_at (a worker started the task as the cancel
+    came in) replaces the cancel; other writes to a final record are refused as ever."""
+    results = hub_config.results
+    store = RedisStatusStore(results.url, prefix=results.prefix, ttl=60)
+    try:
+        task_id = str(uuid.uuid4())
+        create(store, task_id)
+        store.cancel(task_id, {**CANCEL_FIELDS, "completed_at": utcnow()})
+        assert not store.update(task_id, TaskStatus.FAILURE, {"error": "Expired: ..."})
+        assert store.update(task_id, TaskStatus.STARTED, {"started_at": utcnow()})
+        record = store.get(task_id)
+        assert record is not None and record.status is TaskStatus.STARTED
+        assert record.error is None and record.completed_at is None
+        assert store.update(task_id, TaskStatus.SUCCESS, {"result": 1, "completed_at": utcnow()})
+        assert not store.update(task_id, TaskStatus.STARTED, {"started_at": utcnow()})
+        assert store.get(task_id).result == 1  # type: ignore[union-attr]
+    finally:
+        store.close()
+
+
+def test_a_watch_on_a_silent_connection_gives_up_and_catches_up(
+    hub_config: FrameworkConfig,
+) -> None:
+    """A subscription whose connection goes silent without closing (no error is raised) is
+    noticed by its PINGs: the watch stops answering from its set, and when Redis answers
+    again it reloads the cancels it missed."""
+    results = hub_config.results
+    db = results.url.rsplit("/", 1)[1]
+    canceller = RedisStatusStore(results.url, prefix=results.prefix, ttl=60)
+    with TcpRelay(LOOPBACK, 6379) as relay:
+        url = f"redis://{LOOPBACK}:{relay.port}/{db}"
+        watcher = RedisStatusStore(url, prefix=results.prefix, ttl=60, socket_timeout=1)
+        try:
+            task_id = str(uuid.uuid4())
+            create(canceller, task_id)
+            assert not watcher.is_cancelled(task_id)
+            watch = watcher._cancel_watch()
+            wait_until(lambda: watch.ready, 10, message="the cancel watch subscribed")
+            relay.freeze()
+            canceller.cancel(task_id, {**CANCEL_FIELDS, "completed_at": utcnow()})
+            limit = PING_EVERY + PING_DEADLINE + IDLE_READ + 5
+            wait_until(lambda: not watch.ready, limit, message="the watch giving up")
+            assert watch.cancelled(task_id) is None  # the store asks Redis meanwhile
+            relay.thaw()
+            wait_until(lambda: watch.ready, 20, message="the watch subscribed again")
+            assert watch.cancelled(task_id) is True
+        finally:
+            watcher.close()
+            canceller.close()

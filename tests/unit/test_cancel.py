@@ -39,11 +39,18 @@ BODY = """
         ran.append(tag)
         raise RuntimeError("not yet")
 
+    def failing_when_released(tag):
+        ran.append(tag)
+        release.wait(10)
+        raise RuntimeError("not yet")
+
     def register_tasks(registry):
         registry.register_task("stop", "record", record)
         registry.register_task("stop", "held", held)
         registry.register_task("stop", "failing", failing, max_retries=1, min_backoff=300,
                                max_backoff=300)
+        registry.register_task("stop", "failing_when_released", failing_when_released,
+                               max_retries=1, min_backoff=300, max_backoff=300)
 """
 
 
@@ -125,6 +132,36 @@ def test_a_task_waiting_for_its_retry_is_cancelled_and_not_tried_again(hub: Task
     assert ran(hub).count("first try") == 1
 
 
+def test_a_run_the_cancel_missed_replaces_the_cancel_with_what_happened(
+    hub: TaskRegistry, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Its started write lost (a Redis outage): the record looks pending while it runs, so
+    the cancel is answered; the run's outcome then replaces the cancel in the record."""
+    monkeypatch.setattr(hub.store, "update_soon", lambda *args, **kwargs: None)
+    task_id = hub.run_task("stop.held")
+    wait_until(lambda: "held" in ran(hub), 10, message="the task started")
+    assert hub.cancel(task_id).error == CANCELLED_ERROR
+    hub.get_task("stop.held").func.__globals__["release"].set()
+    record = wait_until(lambda: (r := hub.store.get(task_id)) and r.result == "done" and r, 10)
+    assert record.status is TaskStatus.SUCCESS and record.error is None
+    assert record.started_at is not None and record.completed_at is not None
+
+
+def test_a_retry_after_a_missed_cancel_is_skipped_and_the_record_says_cancelled(
+    hub: TaskRegistry, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(hub.store, "update_soon", lambda *args, **kwargs: None)
+    task_id = hub.run_task("stop.failing_when_released", tag="raced")
+    wait_until(lambda: "raced" in ran(hub), 10, message="the first attempt started")
+    hub.cancel(task_id)
+    # The attempt fails: its retrying write replaces the cancel, then the retry comes.
+    hub.get_task("stop.held").func.__globals__["release"].set()
+    drained(hub)
+    record = hub.get_task_status(task_id)
+    assert record.status is TaskStatus.FAILURE and record.error == CANCELLED_ERROR
+    assert ran(hub).count("raced") == 1
+
+
 def test_cancellation_sits_after_celery_results_and_before_status() -> None:
     config = FrameworkConfig.model_validate(
         {"broker": {"url": "memory://"}, "results": {"url": "memory://"}}
@@ -149,6 +186,14 @@ def test_memory_store_cancels_only_waiting_records() -> None:
         else:
             assert after.status is status and after.error is None
         assert store.is_cancelled(task_id) is status.cancellable
+    # A cancelled record gives way only to a write of a run (it carries started_at).
+    cancelled = "id-pending"
+    assert not store.update(cancelled, TaskStatus.FAILURE, {"error": "Expired: ..."})
+    assert store.update(cancelled, TaskStatus.STARTED, {"started_at": utcnow()})
+    after = store.get(cancelled)
+    assert after is not None and after.status is TaskStatus.STARTED
+    assert after.error is None and after.completed_at is None
+    assert not store.update("id-success", TaskStatus.STARTED, {"started_at": utcnow()})
 
 
 # -- HTTP -----------------------------------------------------------------------------------
