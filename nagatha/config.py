@@ -103,7 +103,8 @@ def _check_scheme(url: str, allowed: tuple[str, ...]) -> str:
 
 
 class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # No inf or nan: `max_wait: .inf` would reach JSON output as Infinity and time.sleep().
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
     @field_validator("*", mode="before")
     @classmethod
@@ -120,7 +121,9 @@ class BrokerConfig(_Section):
 
     url: str = "amqp://guest:guest@localhost:5672//"
     heartbeat: int = Field(default=30, ge=0, description="AMQP heartbeat in seconds")
-    connect_timeout: float = Field(default=5.0, gt=0, description="seconds to wait for RabbitMQ")
+    connect_timeout: float = Field(
+        default=5.0, gt=0, le=600, description="seconds to wait for RabbitMQ"
+    )
 
     @field_validator("url")
     @classmethod
@@ -135,10 +138,13 @@ class ResultsConfig(_Section):
     # At least an hour: a record must outlive the longest wait of its task between two writes
     # (a delay or a retry's backoff, up to MAX_HOLD_MS), or an accepted id would turn 404.
     ttl: int = Field(
-        default=86_400, ge=3_600, description="seconds a status record is kept after its last write"
+        default=86_400,
+        ge=3_600,
+        le=10 * 365 * 86_400,
+        description="seconds a status record is kept after its last write",
     )
     prefix: str = Field(default="nagatha:", description="prefix of every Redis key the hub writes")
-    socket_timeout: float = Field(default=5.0, gt=0)
+    socket_timeout: float = Field(default=5.0, gt=0, le=600)
 
     @field_validator("url")
     @classmethod
@@ -155,7 +161,9 @@ class ApiConfig(_Section):
     allow_anonymous: bool = False
     health_public: bool = True
     max_body_bytes: int = Field(default=1_048_576, gt=0)
-    max_wait: float = Field(default=60.0, ge=0, description="upper bound of ?wait= in seconds")
+    max_wait: float = Field(
+        default=60.0, ge=0, le=3_600, description="upper bound of ?wait= in seconds"
+    )
     workers: int = Field(default=2, ge=1)
     threads: int = Field(default=8, ge=1)
     timeout: int = Field(default=90, ge=1, description="gunicorn worker timeout in seconds")
@@ -176,6 +184,21 @@ class ApiConfig(_Section):
         return value
 
 
+def check_queue_name(name: str) -> str:
+    """Return ``name`` if RabbitMQ takes it as a queue to declare; else raise ``ValueError``.
+
+    An empty name makes RabbitMQ invent one (``amq.gen-...``) and ``amq.`` names are
+    reserved (403 on every attempt): neither is a queue a Celery client sends to.
+    """
+    if not name.strip():
+        raise ValueError("a queue name is empty")
+    if name.startswith("amq."):
+        raise ValueError(f"queue {name[:100]!r}: names starting with 'amq.' are RabbitMQ's own")
+    if len(name.encode("utf-8", "surrogatepass")) > 255:
+        raise ValueError(f"queue {name[:100]!r}...: longer than AMQP's 255 bytes")
+    return name
+
+
 class BridgeConfig(_Section):
     """The Celery-protocol bridge."""
 
@@ -194,6 +217,18 @@ class BridgeConfig(_Section):
     def _queues(cls, value: Any) -> Any:
         return _split_list(value, ",")
 
+    @field_validator("queues")
+    @classmethod
+    def _queue_names(cls, value: list[str]) -> list[str]:
+        for name in value:
+            check_queue_name(name)
+        return value
+
+    @field_validator("dead_letter_queue")
+    @classmethod
+    def _dead_letter_queue(cls, value: str) -> str:
+        return check_queue_name(value)
+
     @field_validator("result_backend_url")
     @classmethod
     def _backend(cls, value: str | None) -> str | None:
@@ -206,7 +241,9 @@ class WorkerConfig(_Section):
     processes: int = Field(default=2, ge=1)
     threads: int = Field(default=8, ge=1)
     queues: list[str] = Field(default_factory=list)
-    shutdown_grace: float = Field(default=30.0, ge=0, description="seconds to finish work")
+    shutdown_grace: float = Field(
+        default=30.0, ge=0, le=86_400, description="seconds to finish work"
+    )
     max_retries: int = Field(default=3, ge=0)
     max_redeliveries: int = Field(
         default=3,
@@ -326,13 +363,43 @@ def load_yaml_file(path: Path, label: str) -> Any:
             f"{label} is not UTF-8 text (byte {exc.start}): save it as UTF-8"
         ) from None
     try:
-        return yaml.safe_load(text)
+        data = yaml.safe_load(text)
     except RecursionError:
         raise ConfigError(f"{label} nests too deep to read: flatten it") from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark is not None else ""
         raise ConfigError(f"invalid YAML in {label}{where}: fix the file's syntax") from None
+    if _expands_beyond(data, MAX_YAML_VALUES):
+        raise ConfigError(
+            f"{label} holds more than {MAX_YAML_VALUES} values once its aliases are expanded: "
+            "simplify it"
+        )
+    return data
+
+
+#: Most values a config file may hold, each alias counted every time it is used: a few lines
+#: of nested aliases (a "billion laughs") would otherwise make every walk of it endless.
+MAX_YAML_VALUES = 100_000
+
+
+def _expands_beyond(data: Any, limit: int) -> bool:
+    """True if ``data`` holds more than ``limit`` values, counting shared ones each time."""
+    stack, seen = [data], 0
+    while stack:
+        value = stack.pop()
+        seen += 1
+        if seen > limit:
+            return True
+        if isinstance(value, dict):
+            stack += value.keys()
+            stack += value.values()
+        elif isinstance(value, list):
+            stack += value
+    return False
+
+
+_SECTION_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_-]{0,40}")
 
 
 def _read_yaml(path: Path, label: str) -> dict[str, Any]:
@@ -344,7 +411,13 @@ def _read_yaml(path: Path, label: str) -> dict[str, Any]:
     for section, values in data.items():
         if section not in SECTIONS:
             known = ", ".join(SECTIONS)
-            raise ConfigError(f"unknown section {section!r} in {label}; sections are {known}")
+            # Only a name is echoed: a file that is no config at all (--config /etc/shadow)
+            # must not have its lines printed.
+            name = repr(section) if _SECTION_NAME.fullmatch(str(section)) else "(not a name)"
+            raise ConfigError(
+                f"unknown section {name} in {label}; sections are {known} "
+                "(is it a nagatha config file?)"
+            )
         if values is None:  # every key of the section commented out
             data[section] = {}
         elif not isinstance(values, dict):
@@ -510,6 +583,8 @@ SECRET_WORDS = frozenset(
         "credentials",
         "passphrase",
         "auth",
+        "authorization",
+        "cookie",
     }
 )
 #: Shortest secret value redacted from logs (shorter ones would blank ordinary words).

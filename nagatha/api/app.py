@@ -41,8 +41,7 @@ class HubApp(falcon.App[falcon.Request, falcon.Response]):
         self.routes = routes
 
     def close(self) -> None:
-        """Release the broker connections, the store's connections and the probe threads."""
-        self.health.close()
+        """Release the broker connections and the store's connections."""
         self.registry.broker.close()
         self.registry.store.close()
 

@@ -11,7 +11,7 @@ Design:
   make the hub unready (a module's own service being down does not stop the hub running
   other tasks), and one that hangs is reported ``timeout`` alone.
 
-The probes run in parallel on a small thread pool with one deadline (``timeout``), so
+The probes run in parallel, each on a daemon thread, with one deadline (``timeout``), so
 ``/health`` answers within about that time even when a dependency hangs; a probe that missed
 the deadline is reported ``timeout`` and, if still running at the next check, is awaited
 rather than started again (no pile-up). One report is cached for ``cache_seconds`` and
@@ -24,7 +24,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import Future, ThreadPoolExecutor, wait
+from concurrent.futures import Future, wait
 from functools import partial
 from typing import Any
 
@@ -82,7 +82,6 @@ class HealthChecker:
         self._lock = threading.Lock()
         self._cached: tuple[float, HealthReport] | None = None
         self._inflight: dict[str, Future[Any]] = {}
-        self._pool: ThreadPoolExecutor | None = None
 
     def check(self) -> HealthReport:
         """The current report (a cached one if younger than ``cache_seconds``)."""
@@ -94,28 +93,24 @@ class HealthChecker:
             self._cached = (self._clock() + self.cache_seconds, report)
             return report
 
-    def close(self) -> None:
-        """Stop the probe threads (probes still running finish on their own)."""
-        if self._pool is not None:
-            self._pool.shutdown(wait=False, cancel_futures=True)
-            self._pool = None
-
     def _submit(self, name: str, probe: Probe) -> Future[Any]:
         running = self._inflight.get(name)
         if running is not None and not running.done():
             return running
-        if self._pool is None:
-            # A thread per probe (each runs once at a time): hung heartbeats never delay the
-            # broker and store probes.
-            probes = 2 + len(self.registry.heartbeat_modules())
-            self._pool = ThreadPoolExecutor(max_workers=probes, thread_name_prefix="nagatha-health")
+        future: Future[Any] = Future()
         started = time.perf_counter()
 
-        def timed() -> tuple[float, Any]:
-            value = probe()
-            return (time.perf_counter() - started) * 1000, value
+        def run() -> None:
+            try:
+                value = probe()
+            except BaseException as exc:  # noqa: BLE001 - any end is the probe's answer
+                future.set_exception(exc)
+            else:
+                future.set_result(((time.perf_counter() - started) * 1000, value))
 
-        future = self._pool.submit(timed)
+        # A daemon thread per probe (each runs once at a time): a hung heartbeat never delays
+        # the broker and store probes, nor holds the process open when it exits.
+        threading.Thread(target=run, name=f"nagatha-health-{name}", daemon=True).start()
         self._inflight[name] = future
         return future
 

@@ -154,6 +154,8 @@ class ThreadingWSGIServer(socketserver.ThreadingMixIn, WSGIServer):
 
     daemon_threads = True
     allow_reuse_address = True
+    #: listen() backlog: socketserver's default of 5 reset connections under a modest burst.
+    request_queue_size = 128
 
     def server_bind(self) -> None:
         """Bind, then set the WSGI environ base (wsgiref would resolve the host name)."""

@@ -15,7 +15,7 @@ import click
 
 from nagatha import __version__
 from nagatha.cli.context import CliContext
-from nagatha.cli.errors import EXIT_TASK_FAILED, EXIT_USAGE, exit_code_for
+from nagatha.cli.errors import EXIT_INTERRUPTED, EXIT_TASK_FAILED, exit_code_for
 from nagatha.errors import NagathaError
 
 
@@ -29,6 +29,9 @@ class HubGroup(click.Group):
             self._traceback_if_debug(ctx)
             click.echo(f"error: {exc}", err=True)
             ctx.exit(exit_code_for(exc))
+        except KeyboardInterrupt:  # before click makes it "Aborted!", exit 1 ("task failed")
+            click.echo("interrupted", err=True)
+            ctx.exit(EXIT_INTERRUPTED)
         except (click.exceptions.Exit, click.ClickException, click.Abort, SystemExit):
             raise
         except Exception as exc:
@@ -83,6 +86,6 @@ def main(argv: list[str] | None = None) -> None:
     """Console-script entry point."""
     try:
         cli.main(args=argv, prog_name="nagatha", standalone_mode=True)
-    except KeyboardInterrupt:  # pragma: no cover - interactive only
+    except KeyboardInterrupt:  # pragma: no cover - while click reads the arguments
         click.echo("interrupted", err=True)
-        sys.exit(EXIT_USAGE)
+        sys.exit(EXIT_INTERRUPTED)

@@ -14,7 +14,7 @@ from pika.adapters.utils.connection_workflow import AMQPConnectorException
 from nagatha.broker_errors import CONNECTION_ERRORS, broker_error_reason
 from nagatha.cli.context import CliContext, pass_context
 from nagatha.cli.output import cell, console, emit_json, table
-from nagatha.config import MEMORY_URL, FrameworkConfig
+from nagatha.config import MEMORY_URL, FrameworkConfig, check_queue_name
 from nagatha.errors import BrokerUnavailable
 
 
@@ -50,6 +50,11 @@ def bridge_command(ctx: click.Context, queues: tuple[str, ...]) -> None:
     config = obj.config
     _require_services(config)
     chosen = list(queues) or config.bridge.queues
+    for queue in queues:
+        try:
+            check_queue_name(queue)
+        except ValueError as exc:
+            raise click.BadParameter(str(exc), param_hint="--queue") from None
     if config.bridge.dead_letter_queue in chosen:
         raise click.BadParameter(
             f"{config.bridge.dead_letter_queue!r} is the bridge's dead-letter queue",

@@ -1,7 +1,7 @@
 """Exit codes of the CLI, decided here and nowhere else.
 
 0 ok · 1 task failed, id not found, or a task not cancellable · 2 usage or config error ·
-3 a service unreachable.
+3 a service unreachable · 130 interrupted (Ctrl-C), as shells report it.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ EXIT_OK = 0
 EXIT_TASK_FAILED = 1
 EXIT_USAGE = 2
 EXIT_UNAVAILABLE = 3
+EXIT_INTERRUPTED = 130
 
 #: First matching class wins (most specific first).
 EXIT_CODES: tuple[tuple[type[NagathaError], int], ...] = (

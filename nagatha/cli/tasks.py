@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -16,6 +17,15 @@ from nagatha.cli.output import emit_json, show_record
 from nagatha.types import TaskRecord, TaskStatus
 
 DEFAULT_TIMEOUT = 60.0
+#: Longest ``--timeout`` (a day): longer waits overflow the clocks threads wait on.
+MAX_TIMEOUT = 86_400.0
+
+
+def _seconds(ctx: click.Context, param: click.Parameter, value: float) -> float:
+    """``--timeout``: a finite number of seconds from 0 to :data:`MAX_TIMEOUT`."""
+    if not (math.isfinite(value) and 0 <= value <= MAX_TIMEOUT):
+        raise click.BadParameter(f"{value:g} is not from 0 to {MAX_TIMEOUT:g} seconds")
+    return value
 
 
 def parse_assignment(text: str) -> tuple[str, Any]:
@@ -74,7 +84,8 @@ def wait_options(command: Callable[..., None]) -> Callable[..., None]:
             click.option("--wait", is_flag=True, help="Wait for the final status."),
             click.option(
                 "--timeout",
-                type=click.FloatRange(min=0),
+                type=float,
+                callback=_seconds,
                 default=DEFAULT_TIMEOUT,
                 show_default=True,
                 help="Seconds --wait waits.",

@@ -84,7 +84,7 @@ class MemoryStatusStore(StatusStore):
                 remaining = deadline - time.monotonic()
                 if record is None or record.status.final or remaining <= 0:
                     return record
-                self._changed.wait(remaining)
+                self._changed.wait(min(remaining, threading.TIMEOUT_MAX))
 
     def redeliveries(self, task_id: str) -> int:
         with self._changed:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import socket
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -72,6 +74,52 @@ def test_embedded_hub_stops_on_sigterm(embedded: tuple[HubProcess, httpx.Client]
     process, _ = embedded
     assert process.stop(timeout=30) == 0
     assert "embedded hub stopping" in process.log()
+
+
+def test_embedded_hub_answers_a_burst_of_connections(
+    embedded: tuple[HubProcess, httpx.Client],
+) -> None:
+    """100 clients connecting at once: a listen backlog of 5 left a third unanswered."""
+    _, client = embedded
+    address = (client.base_url.host, client.base_url.port)
+    answers: list[bytes | str] = []
+    gate = threading.Barrier(100)
+
+    def one() -> None:
+        gate.wait(30)
+        try:
+            with socket.create_connection(address, timeout=20) as sock:
+                sock.sendall(b"GET /ping HTTP/1.0\r\nHost: hub\r\n\r\n")
+                answers.append(sock.recv(12))
+        except OSError as exc:
+            answers.append(type(exc).__name__)
+
+    threads = [threading.Thread(target=one) for _ in range(100)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    assert answers == [b"HTTP/1.0 200"] * 100
+
+
+def test_a_hung_heartbeat_does_not_hold_the_embedded_hub_open(
+    bare_env: dict[str, str], start_process: type[HubProcess], tmp_path: Path
+) -> None:
+    (tmp_path / "mods" / "stuck").mkdir(parents=True)
+    (tmp_path / "mods" / "stuck" / "__init__.py").write_text(
+        "import threading\n"
+        "def heartbeat():\n"
+        "    threading.Event().wait()\n"
+        "def register_tasks(registry):\n"
+        "    pass\n"
+    )
+    port = free_port()
+    env = {**bare_env, "NAGATHA_MODULES_PATHS": str(tmp_path / "mods")}
+    process = start_process(["serve", "--embedded", "--port", str(port)], env)
+    process.wait_for_ping(f"http://127.0.0.1:{port}")
+    health = httpx.get(f"http://127.0.0.1:{port}/health", timeout=30).json()
+    assert health["modules"]["stuck"]["status"] == "timeout"
+    assert process.stop(timeout=30) == 0
 
 
 def test_embedded_hub_refuses_a_chunked_body_at_once(

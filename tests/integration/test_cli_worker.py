@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import json
 import signal
+import subprocess
+import sys
 import textwrap
+import uuid
 from pathlib import Path
 
 import pytest
@@ -12,7 +15,7 @@ import pytest
 from nagatha.config import FrameworkConfig
 from nagatha.stores import RedisStatusStore
 from nagatha.testing import HubProcess, run_cli, wait_until
-from nagatha.types import TaskStatus
+from nagatha.types import TaskRecord, TaskStatus, utcnow
 
 pytestmark = pytest.mark.integration
 
@@ -262,3 +265,41 @@ def test_a_queue_no_task_uses_is_reported(
     process = start_process(["worker", "-p", "1", "-t", "1", "--queues", "defualt"], hub_env)
     process.wait_for_log(r"queue defualt: no loaded task uses it", timeout=60)
     process.wait_for_log(r"worker process \d+ consuming defualt", timeout=60)
+
+
+def test_ctrl_c_during_a_wait_exits_130_not_task_failed(
+    hub_env: dict[str, str], hub_config: FrameworkConfig
+) -> None:
+    store = store_for(hub_config)
+    task_id = str(uuid.uuid4())
+    store.create(
+        TaskRecord(task_id=task_id, task_name="a.b", status="pending", created_at=utcnow())
+    )
+    process = subprocess.Popen(
+        [sys.executable, "-m", "nagatha", "status", task_id, "--wait", "--timeout", "60"],
+        env=hub_env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        # A shell's background job ignores SIGINT; Ctrl-C reaches a foreground command.
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
+    try:
+        # Waiting: its listener connection is named after its pid.
+        wait_until(
+            lambda: any(
+                client.get("name", "").endswith(f"-{process.pid}")
+                for client in store.client.client_list()
+            ),
+            30,
+            message="the CLI waiting on the record",
+        )
+        process.send_signal(signal.SIGINT)
+        _, err = process.communicate(timeout=30)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.communicate()
+        store.close()
+    assert process.returncode == 130
+    assert err.strip() == "interrupted"

@@ -43,10 +43,8 @@ def hub() -> Iterator[TaskRegistry]:
 
 
 @pytest.fixture
-def app(hub: TaskRegistry) -> Iterator[HubApp]:
-    built = create_app(memory_config(max_body_bytes=1024, max_wait=5), hub)
-    yield built
-    built.health.close()
+def app(hub: TaskRegistry) -> HubApp:
+    return create_app(memory_config(max_body_bytes=1024, max_wait=5), hub)
 
 
 @pytest.fixture

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -25,11 +24,9 @@ def config(**api: Any) -> FrameworkConfig:
 
 
 @pytest.fixture
-def client() -> Iterator[TestClient]:
+def client() -> TestClient:
     cfg = config(tokens=TOKENS)
-    app = create_app(cfg, create_hub(cfg))
-    yield TestClient(app)
-    app.health.close()
+    return TestClient(create_app(cfg, create_hub(cfg)))
 
 
 def bearer(token: str) -> dict[str, str]:
@@ -72,7 +69,6 @@ def test_health_needs_a_token_when_not_public() -> None:
     assert client.simulate_get("/health").status_code == 401
     assert client.simulate_get("/health", headers=bearer("first-token")).status_code == 200
     assert client.simulate_get("/ping").status_code == 200
-    app.health.close()
 
 
 def test_without_tokens_everything_is_open() -> None:

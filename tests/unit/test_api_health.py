@@ -56,7 +56,6 @@ def test_ready_when_broker_and_store_answer_with_heartbeats(hub: TaskRegistry) -
     assert body["checks"]["store"]["status"] == "ok"
     assert body["modules"]["diagnostics"] == {"status": "ok"}
     assert result.headers["cache-control"] == "no-store"
-    app.health.close()
 
 
 def test_head_probes_get_the_status_without_a_body(hub: TaskRegistry) -> None:
@@ -65,7 +64,6 @@ def test_head_probes_get_the_status_without_a_body(hub: TaskRegistry) -> None:
         result = TestClient(app).simulate_head(path)
         assert result.status_code == 200, path
         assert result.content == b""
-    app.health.close()
 
 
 def test_a_heartbeat_that_is_not_json_is_an_error_entry_not_a_500(
@@ -100,7 +98,6 @@ def test_a_heartbeat_that_is_not_json_is_an_error_entry_not_a_500(
     assert "Unable to serialize" in beats["odd"]["error"]
     assert beats["money"]["balance"] == "1.5"
     assert beats["dated"]["since"] == "2026-11-29T00:00:00Z"
-    app.health.close()
 
 
 def test_a_heartbeat_that_hangs_times_out_alone_and_is_not_started_twice(
@@ -127,7 +124,6 @@ def test_a_heartbeat_that_hangs_times_out_alone_and_is_not_started_twice(
         assert calls == ["slow"]
     finally:
         release.set()
-        health.close()
 
 
 def test_a_failing_broker_is_503_with_the_reason(hub: TaskRegistry) -> None:
@@ -141,7 +137,6 @@ def test_a_failing_broker_is_503_with_the_reason(hub: TaskRegistry) -> None:
     broker = result.json["checks"]["broker"]
     assert broker["status"] == "unavailable"
     assert "ConnectionRefusedError" in broker["detail"]
-    health.close()
 
 
 def test_a_failing_store_is_503(hub: TaskRegistry, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -153,7 +148,6 @@ def test_a_failing_store_is_503(hub: TaskRegistry, monkeypatch: pytest.MonkeyPat
     report = health.check()
     assert report.status == "unavailable"
     assert report.checks["store"].status == "unavailable"
-    health.close()
 
 
 def test_a_hanging_probe_is_reported_timeout_within_the_deadline(
@@ -175,7 +169,6 @@ def test_a_hanging_probe_is_reported_timeout_within_the_deadline(
     health.check()
     assert calls == [1], "a probe still running is awaited, not started again"
     release.set()
-    health.close()
 
 
 def test_reports_are_cached_briefly(hub: TaskRegistry) -> None:
@@ -188,7 +181,6 @@ def test_reports_are_cached_briefly(hub: TaskRegistry) -> None:
     clock.now += 1.0
     assert health.check() is not first
     assert len(calls) == 2
-    health.close()
 
 
 def test_probe_rabbitmq_fails_fast_on_a_closed_port() -> None:
@@ -209,4 +201,3 @@ def test_details_never_show_secrets(hub: TaskRegistry) -> None:
     health = HealthChecker(hub, config, broker_probe=leaky)
     detail = health.check().checks["broker"].detail or ""
     assert "hunter22" not in detail and "****" in detail
-    health.close()

@@ -166,6 +166,23 @@ def test_run_in_process_prints_the_record_and_nothing_else(tmp_path: Path) -> No
     assert ok.returncode == 0 and '"result": 3' in ok.stdout
 
 
+@pytest.mark.parametrize("timeout", ["nan", "inf", "-1", "1e10"])
+def test_a_wait_timeout_out_of_range_is_a_usage_error(tmp_path: Path, timeout: str) -> None:
+    env = cli_env(tmp_path, NAGATHA_BROKER_URL="memory://", NAGATHA_RESULTS_URL="memory://")
+    done = run_cli(["run", "diagnostics.noop", "--wait", "--timeout", timeout], env)
+    assert done.returncode == 2
+    assert "is not from 0 to 86400 seconds" in done.stderr and "Traceback" not in done.stderr
+
+
+@pytest.mark.parametrize(("queue", "reason"), [("", "empty"), ("amq.q", "RabbitMQ's own")])
+def test_a_bridge_queue_rabbitmq_would_not_take_is_a_usage_error(
+    tmp_path: Path, queue: str, reason: str
+) -> None:
+    done = run_cli(["bridge", "--queue", "celery", "--queue", queue], cli_env(tmp_path))
+    assert done.returncode == 2
+    assert reason in done.stderr and "Traceback" not in done.stderr
+
+
 def test_a_host_that_does_not_resolve_is_named_as_such(tmp_path: Path) -> None:
     env = cli_env(tmp_path, NAGATHA_API_TOKENS="t-1")
     done = run_cli(["serve", "--host", "no-such-host.invalid", "--port", "8000"], env)

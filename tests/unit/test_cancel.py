@@ -200,13 +200,11 @@ def test_memory_store_cancels_only_waiting_records() -> None:
 
 
 @pytest.fixture
-def client(hub: TaskRegistry) -> Iterator[TestClient]:
+def client(hub: TaskRegistry) -> TestClient:
     config = FrameworkConfig.model_validate(
         {"broker": {"url": "memory://"}, "results": {"url": "memory://"}}
     )
-    app = create_app(config, hub)
-    yield TestClient(app)
-    app.health.close()
+    return TestClient(create_app(config, hub))
 
 
 def error_of(result: Any, status: int) -> dict[str, Any]:

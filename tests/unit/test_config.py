@@ -94,6 +94,12 @@ def test_memory_urls_select_embedded_mode(dirs: tuple[Path, Path]) -> None:
     assert load_config(env=env, home=home, cwd=cwd).config.embedded
 
 
+#: Nine levels of ten aliases each: a billion values once expanded, in ten lines.
+BILLION_LAUGHS = "modules:\n  settings:\n    x:\n      l0: &l0 [lol]\n" + "".join(
+    f"      l{i}: &l{i} [{', '.join([f'*l{i - 1}'] * 10)}]\n" for i in range(1, 10)
+)
+
+
 @pytest.mark.parametrize(
     ("env", "files", "needle"),
     [
@@ -108,6 +114,9 @@ def test_memory_urls_select_embedded_mode(dirs: tuple[Path, Path]) -> None:
         ({"NAGATHA_API_TOKENS": " , "}, {}, "a token is empty"),
         ({"NAGATHA_API_TOKENS": "a,,b"}, {}, "a token is empty"),
         ({"NAGATHA_BRIDGE_QUEUES": ","}, {}, "bridge.queues"),
+        ({"NAGATHA_BRIDGE_QUEUES": '["celery", ""]'}, {}, "a queue name is empty"),
+        ({"NAGATHA_BRIDGE_QUEUES": "amq.direct"}, {}, "names starting with 'amq.'"),
+        ({"NAGATHA_BRIDGE_DEAD_LETTER_QUEUE": "x" * 256}, {}, "longer than AMQP's 255 bytes"),
         ({"NAGATHA_BROKER_URL": "amqp://u:ab#cd@h//"}, {}, "percent-encode '/', '?' and '#'"),
         ({"NAGATHA_RESULTS_URL": "redis://u:a/b@h/0"}, {}, "percent-encode '/', '?' and '#'"),
         ({"NAGATHA_RESULTS_URL": "redis://h:6379/0?name=w@x"}, {}, "any '@' in the vhost"),
@@ -117,6 +126,14 @@ def test_memory_urls_select_embedded_mode(dirs: tuple[Path, Path]) -> None:
         ({}, {"nagatha.yaml": "- 1\n- 2\n"}, "must hold a mapping"),
         ({"NAGATHA_CONFIG": "/nonexistent/n.yaml"}, {}, "does not exist"),
         ({"NAGATHA_LOGGING_FORMAT": "xml"}, {}, "logging.format"),
+        ({"NAGATHA_API_MAX_WAIT": "inf"}, {}, "api.max_wait = 'inf' (from env"),
+        ({}, {"nagatha.yaml": BILLION_LAUGHS}, "more than 100000 values once its aliases"),
+        ({}, {"nagatha.yaml": "root:$6$salt:20228:0: 1\n"}, "unknown section (not a name)"),
+        ({"NAGATHA_API_MAX_WAIT": "1e12"}, {}, "less than or equal to 3600"),
+        ({}, {"nagatha.yaml": "api: {max_wait: .nan}"}, "finite number"),
+        ({"NAGATHA_WORKER_SHUTDOWN_GRACE": "inf"}, {}, "worker.shutdown_grace"),
+        ({"NAGATHA_BROKER_CONNECT_TIMEOUT": "1e9"}, {}, "broker.connect_timeout"),
+        ({"NAGATHA_RESULTS_SOCKET_TIMEOUT": "nan"}, {}, "results.socket_timeout"),
     ],
 )
 def test_bad_values_raise_one_line_naming_key_and_source(
@@ -195,7 +212,7 @@ def test_module_settings_secrets_are_masked_and_redacted(dirs: tuple[Path, Path]
         "modules:\n  settings:\n    ai: {api_key: sk-live-1, model: m, max_tokens: 512,"
         " clientSecret: cs-secret-3, db: {password: pw-pw-22}, api-key: sk-hyphen-4,"
         " db-password: hunter2hunter2, signing_key: s3cr3t-signing, api_keys: [sk-list-aaaa],"
-        " cache_key: name, tokens: 3}\n"
+        " cache_key: name, tokens: 3, headers: {Authorization: Bearer-abc-123456}}\n"
     )
     config = load_config(env={}, home=home, cwd=cwd).config
     shown = mask_value("modules.settings", config.modules.settings)["ai"]
@@ -211,10 +228,11 @@ def test_module_settings_secrets_are_masked_and_redacted(dirs: tuple[Path, Path]
         "tokens",  # as api.tokens
     }
     assert shown["db"] == {"password": "****"}
+    assert shown["headers"] == {"Authorization": "****"}
     assert (shown["model"], shown["max_tokens"]) == ("m", 512)
     secrets = set(secrets_of(config))
     expected = {"sk-live-1", "cs-secret-3", "pw-pw-22", "sk-hyphen-4", "hunter2hunter2"}
-    assert expected | {"s3cr3t-signing", "sk-list-aaaa"} <= secrets
+    assert expected | {"s3cr3t-signing", "sk-list-aaaa", "Bearer-abc-123456"} <= secrets
     assert "name" not in secrets  # too short to redact from every log line
 
 

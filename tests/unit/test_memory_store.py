@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from types import SimpleNamespace
 
 import pytest
@@ -37,3 +38,15 @@ def test_renew_starts_the_expiry_again_and_makes_no_record(
     assert store.get("t") is None
     store.renew("t")
     assert store.get("t") is None
+
+
+def test_a_wait_longer_than_threads_can_wait_still_wakes_on_the_final_write() -> None:
+    store = MemoryStatusStore()
+    pending = TaskRecord(task_id="t", task_name="a.b", status="pending", created_at=utcnow())
+    store.create(pending)
+    seen: list[TaskRecord | None] = []
+    waiter = threading.Thread(target=lambda: seen.append(store.wait("t", 1e12)))
+    waiter.start()
+    store.update("t", TaskStatus.SUCCESS, {"result": 1})
+    waiter.join(10)
+    assert not waiter.is_alive() and seen[0] is not None and seen[0].result == 1
