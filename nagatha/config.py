@@ -524,7 +524,8 @@ def load_config(
         path = Path(explicit).expanduser()
         label = str(path)
         if not path.is_file():
-            raise ConfigError(f"config file {label} does not exist (from --config/NAGATHA_CONFIG)")
+            problem = "is not a file" if path.exists() else "does not exist"
+            raise ConfigError(f"config file {label} {problem} (from --config/NAGATHA_CONFIG)")
         layers.append((label, _read_yaml(path, label)))
     elif (cwd / "nagatha.yaml").is_file():
         layers.append(("./nagatha.yaml", _read_yaml(cwd / "nagatha.yaml", "./nagatha.yaml")))

@@ -15,8 +15,11 @@ Two kinds of write:
 * **deferred** (:meth:`WriteBatcher.defer`): the caller goes on at once. A later write for the
   same task id that finds it still queued *absorbs* it (the deferred write's fields first, the
   later write's over them) and it is never sent on its own: a task that finishes before its
-  ``started`` write went out costs one write, not two. A deferred write that fails is logged and
-  dropped, as a failed ``started`` write always was.
+  ``started`` write went out costs one write, not two. A deferred write the store could not
+  take (unavailable) is queued again, unless a later write of its task is queued by then, and
+  the writer pauses :data:`RETRY_PAUSE` before its next batch: a task running through a Redis
+  outage still shows ``started`` once Redis is back (and cannot be cancelled as pending). One
+  the store refused for good is logged and dropped.
 
 Writes are sent in the order they were made, batch after batch, by one thread: two writes of
 one task from one process never overtake each other.
@@ -41,6 +44,8 @@ logger = logging.getLogger("nagatha.stores")
 
 #: Seconds :meth:`WriteBatcher.close` waits for the writes still queued to go out.
 CLOSE_TIMEOUT = 5.0
+#: Seconds the writer waits after a batch the store was unavailable for.
+RETRY_PAUSE = 0.5
 _STOPPED = "status writer stopped: the write was not sent"
 
 
@@ -59,14 +64,17 @@ class Write:
     #: The store's answer (for Redis: 1 written, 0 the record was already final).
     answer: int = 0
     error: StoreUnavailable | StoreRejected | None = None
+    #: A deferred write queued again after the store was unavailable (logged once).
+    requeued: bool = False
 
 
 class _Batch:
-    __slots__ = ("deferred", "done", "writes")
+    __slots__ = ("deferred", "done", "task_ids", "writes")
 
     def __init__(self) -> None:
         self.writes: list[Write] = []
         self.deferred: dict[str, Write] = {}  # task id -> its deferred write still queued
+        self.task_ids: set[str] = set()
         self.done = threading.Event()
 
 
@@ -126,6 +134,7 @@ class WriteBatcher:
                 if write.defaults is None:
                     write.defaults = earlier.defaults
             batch.writes.append(write)
+            batch.task_ids.add(write.task_id)
             if write.deferred:
                 batch.deferred[write.task_id] = write
             self._cond.notify()
@@ -140,7 +149,9 @@ class WriteBatcher:
                     batch, self._batch = self._batch, _Batch()
                 if not batch.writes:
                     return  # closing, and nothing is left to send
-                self._flush(batch)
+                if not self._flush(batch):
+                    with self._cond:  # the store is down: the next batch would fail as fast
+                        self._cond.wait_for(lambda: self._closing, RETRY_PAUSE)
         finally:
             # Also reached if the thread dies: fail what is queued rather than leave its
             # waiters blocked, and count as closed so that the store starts a new batcher.
@@ -152,7 +163,8 @@ class WriteBatcher:
             batch.done.set()
             self._closed.set()
 
-    def _flush(self, batch: _Batch) -> None:
+    def _flush(self, batch: _Batch) -> bool:
+        """Send ``batch``; return False if the store was unavailable for any of it."""
         live = [write for write in batch.writes if not write.superseded]
         # A bug in send must not leave a waiter blocked, nor pass for an answer.
         error: StoreUnavailable | None = StoreUnavailable(_STOPPED)
@@ -167,11 +179,36 @@ class WriteBatcher:
                 for write in live:
                     write.error = error
             batch.done.set()
+        unavailable = [write for write in live if isinstance(write.error, StoreUnavailable)]
+        self._requeue([write for write in unavailable if write.deferred])
         for write in live:
-            if write.deferred and write.error is not None:
+            if write.deferred and isinstance(write.error, StoreRejected):
                 logger.error(
                     "task %s: %s could not be recorded: %s",
                     write.task_id,
                     write.status.value,
                     write.error,
                 )
+        return not unavailable
+
+    def _requeue(self, writes: list[Write]) -> None:
+        """Queue deferred writes the store was unavailable for again (see the module
+        docstring); one whose task has a later write queued is left to that write."""
+        with self._cond:
+            if self._closing:
+                return
+            batch = self._batch
+            for write in writes:
+                if not write.requeued:
+                    logger.warning(
+                        "task %s: %s not recorded yet, trying again: %s",
+                        write.task_id,
+                        write.status.value,
+                        write.error,
+                    )
+                if write.task_id in batch.task_ids:
+                    continue
+                write.error, write.requeued = None, True
+                batch.writes.append(write)
+                batch.task_ids.add(write.task_id)
+                batch.deferred[write.task_id] = write

@@ -124,20 +124,52 @@ def test_a_deferred_write_already_sent_is_not_absorbed_and_keeps_its_order(
     ]
 
 
-def test_a_failed_batch_raises_for_waited_writes_and_logs_deferred_ones(
+def test_a_failed_batch_raises_for_waited_writes_and_sends_deferred_ones_later(
     batcher: WriteBatcher, sink: Sink, caplog: pytest.LogCaptureFixture
 ) -> None:
     sink.fail_with = StoreUnavailable("status store (Redis) unavailable: down")
     answers: list[object] = []
     first = in_thread(batcher, Write("a", TaskStatus.SUCCESS, {}), answers)
     assert sink.sending.wait(TIMEOUT)
-    with caplog.at_level(logging.ERROR, logger="nagatha.stores"):
+    with caplog.at_level(logging.WARNING, logger="nagatha.stores"):
         batcher.defer(Write("d", TaskStatus.STARTED, {}))
         sink.release.set()
         first.join(TIMEOUT)
-        wait_until(lambda: len(sink.batches) == 2, timeout=TIMEOUT)
-        wait_until(lambda: "task d: started could not be recorded" in caplog.text, timeout=TIMEOUT)
+        wait_until(lambda: len(sink.batches) >= 3, timeout=TIMEOUT)  # d failed, then again
+        sink.fail_with = None  # the store is back: d goes out, once
+        wait_until(lambda: sink.sent[-1][0].answer == 1, timeout=TIMEOUT)
     assert len(answers) == 1 and isinstance(answers[0], StoreUnavailable)
+    assert [batch for batch in sink.batches[1:] if batch != sink.batches[1]] == []
+    assert caplog.text.count("task d: started not recorded yet, trying again") == 1
+
+
+def test_a_deferred_write_that_failed_is_left_to_a_later_write_of_its_task() -> None:
+    batches: list[list[tuple[str, TaskStatus]]] = []
+    sending, release = threading.Event(), threading.Event()
+
+    def send(writes: list[Write]) -> None:  # the first batch fails: the store is down
+        sending.set()
+        assert release.wait(TIMEOUT)
+        batches.append([(write.task_id, write.status) for write in writes])
+        for write in writes:
+            if len(batches) == 1:
+                write.error = StoreUnavailable("status store (Redis) unavailable: down")
+            else:
+                write.answer = 1
+
+    batcher = WriteBatcher(send, "test-requeue")
+    try:
+        batcher.defer(Write("d", TaskStatus.STARTED, {"started_at": "s"}))
+        assert sending.wait(TIMEOUT)
+        answers: list[object] = []
+        outcome = in_thread(batcher, Write("d", TaskStatus.SUCCESS, {"result": 1}), answers)
+        wait_until(lambda: queued(batcher, 1), timeout=TIMEOUT)
+        release.set()
+        outcome.join(TIMEOUT)
+    finally:
+        batcher.close()
+    assert answers == [1]  # the outcome carries what the started write would have
+    assert batches == [[("d", TaskStatus.STARTED)], [("d", TaskStatus.SUCCESS)]]
 
 
 def test_a_send_that_raises_fails_its_writes_instead_of_hanging_them() -> None:

@@ -125,6 +125,7 @@ BILLION_LAUGHS = "modules:\n  settings:\n    x:\n      l0: &l0 [lol]\n" + "".joi
         ({}, {"nagatha.yaml": "api: {prot: 1}"}, "unknown key 'api.prot' (from ./nagatha.yaml)"),
         ({}, {"nagatha.yaml": "- 1\n- 2\n"}, "must hold a mapping"),
         ({"NAGATHA_CONFIG": "/nonexistent/n.yaml"}, {}, "does not exist"),
+        ({"NAGATHA_CONFIG": "/"}, {}, "config file / is not a file"),
         ({"NAGATHA_LOGGING_FORMAT": "xml"}, {}, "logging.format"),
         ({"NAGATHA_API_MAX_WAIT": "inf"}, {}, "api.max_wait = 'inf' (from env"),
         ({}, {"nagatha.yaml": BILLION_LAUGHS}, "more than 100000 values once its aliases"),
