@@ -37,8 +37,9 @@ class Cancellation(dramatiq.Middleware):
         try:
             cancelled = self.store.is_cancelled(message.message_id)
         except StoreUnavailable as exc:
-            # Its outcome cannot be recorded either until the store is back, and a cancelled
-            # record is never overwritten.
+            # Not known here to be cancelled, and Redis cannot say: run it, as every task runs
+            # through an outage. If it was cancelled, its writes replace the cancel once Redis
+            # is back, so the record tells what happened.
             logger.warning(
                 "task %s: cancel check skipped (%s); running it", message.message_id, exc
             )

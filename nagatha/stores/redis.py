@@ -205,13 +205,13 @@ class RedisStatusStore(StatusStore):
         self._create = self.client.register_script(_CREATE)
         self._cancel = self.client.register_script(_CANCEL)
 
-    def _new_client(self, client_name: str | None = None) -> redis.Redis:
+    def _new_client(self, client_name: str | None = None, *, decode: bool = True) -> redis.Redis:
         return redis.Redis.from_url(
             self._url,
             socket_timeout=self._socket_timeout,
             socket_connect_timeout=self._socket_timeout,
             health_check_interval=30,
-            decode_responses=True,
+            decode_responses=decode,
             client_name=client_name,
         )
 
@@ -224,7 +224,10 @@ class RedisStatusStore(StatusStore):
         """The listener of this process, started on first use (never one inherited by fork)."""
         name = self.waiter_client_name
         return self._own(
-            "_listener", lambda: DoneListener(lambda: self._new_client(name), f"{self.prefix}done:")
+            "_listener",
+            lambda: DoneListener(
+                lambda: self._new_client(name, decode=False), f"{self.prefix}done:"
+            ),
         )
 
     def _writer(self) -> WriteBatcher:
@@ -238,7 +241,10 @@ class RedisStatusStore(StatusStore):
         return self._own(
             "_cancels",
             lambda: CancelWatch(
-                self._new_client, self._cancels_channel, self._load_cancelled, self.ttl
+                lambda: self._new_client(decode=False),
+                self._cancels_channel,
+                self._load_cancelled,
+                self.ttl,
             ),
         )
 

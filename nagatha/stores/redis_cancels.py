@@ -4,7 +4,8 @@
 the sorted set ``<prefix>cancelled`` (score: when the mark expires, in epoch seconds) and
 publishes it on ``<prefix>cancels`` in the same script. A :class:`CancelWatch` subscribes to
 that channel and reloads the set each time it (re)subscribes, so a worker checks a task with a
-lookup in its own process. While it is not subscribed the store asks Redis instead.
+lookup in its own process. While it is not subscribed the store asks Redis about ids it does
+not know of.
 
 A worker learns of a cancel when its publish arrives, normally well under a millisecond after
 it: a task that a worker starts in that moment still runs (as with Celery's revoke). Its record
@@ -47,12 +48,13 @@ class CancelWatch(Subscriber):
         super().__init__(connect, channel)
 
     def cancelled(self, task_id: str) -> bool | None:
-        """Whether ``task_id`` is cancelled; None while the watch is not subscribed."""
-        if not self.ready:
-            return None
+        """Whether ``task_id`` is cancelled; None if unknown while the watch is not subscribed
+        (an id it knew of before is still known: a cancel is never taken back)."""
         with self._lock:
             expires = self._ids.get(task_id)
-        return expires is not None and expires > time.time()
+        if expires is not None and expires > time.time():
+            return True
+        return False if self.ready else None
 
     def on_subscribed(self) -> None:
         # Subscribed first, loaded second: a cancel published in between is in both.

@@ -4,8 +4,7 @@
 message to :meth:`Subscriber.on_message`. After a lost connection it reconnects with backoff;
 while it is not subscribed, :attr:`Subscriber.ready` is False, since publishes made meanwhile
 are missed (Redis keeps none): subclasses catch up in :meth:`Subscriber.on_subscribed`. The
-thread also publishes to a channel of its own every few seconds, so a connection that went
-silent counts as lost too.
+connection is PINGed every few seconds, so one that went silent counts as lost too.
 
 Not fork-safe by design: each process starts its own (see :attr:`Subscriber.pid`).
 """
@@ -16,7 +15,6 @@ import logging
 import os
 import threading
 import time
-import uuid
 from collections.abc import Callable
 
 import redis
@@ -27,9 +25,9 @@ logger = logging.getLogger("nagatha.stores")
 
 #: Seconds the thread blocks per read; bounds how long :meth:`Subscriber.close` takes.
 IDLE_READ = 1.0
-#: Seconds between the liveness messages the thread publishes to itself, and how long one
-#: may take to come back: a connection that went silent without closing (a dead host, a
-#: dropped route: nothing raises) is given up at most their sum (plus a read) after.
+#: Seconds between the thread's PINGs on its connection, and how long the answer may take: a
+#: connection that went silent without closing (a dead host, a dropped route: nothing
+#: raises) is given up at most their sum (plus a read) after it stopped answering.
 PING_EVERY, PING_DEADLINE = 2.0, 3.0
 #: Reconnect delay after a lost connection (doubles, capped).
 BACKOFF_FIRST, BACKOFF_CAP = 0.1, 5.0
@@ -44,8 +42,10 @@ class Subscriber:
     def __init__(
         self, connect: Callable[[], redis.Redis], channel: str, *, pattern: bool = False
     ) -> None:
-        """``connect`` builds the client whose pool gives the subscription its connection;
-        ``channel`` is a pattern (``PSUBSCRIBE``) if ``pattern``, else one channel."""
+        """``connect`` builds the client whose pool gives the subscription its connection,
+        with ``decode_responses=False``: redis-py 8 reads the answer to a PING on a
+        subscribed connection as a message only from bytes (from text it makes one of its
+        letters); ``channel`` is a pattern (``PSUBSCRIBE``) if ``pattern``, else a channel."""
         self.pid = os.getpid()
         self._connect = connect
         self._channel = channel
@@ -83,9 +83,6 @@ class Subscriber:
 
     def _run(self) -> None:
         kinds = ("pmessage", "psubscribe") if self._pattern else ("message", "subscribe")
-        # A channel of its own: what the thread publishes there must come back through the
-        # subscription, or the connection is taken for lost.
-        alive = f"nagatha-alive:{uuid.uuid4().hex}"
         delay = BACKOFF_FIRST
         while not self._closed.is_set():
             client = None
@@ -97,32 +94,30 @@ class Subscriber:
                         pubsub.psubscribe(self._channel)
                     else:
                         pubsub.subscribe(self._channel)
-                    pubsub.subscribe(alive)
-                    sent: float | None = None
+                    pinged: float | None = None
                     due = time.monotonic() + PING_EVERY
                     while not self._closed.is_set():
                         now = time.monotonic()
-                        if sent is not None and now - sent > PING_DEADLINE:
+                        if pinged is not None and now - pinged > PING_DEADLINE:
                             raise RedisConnectionError(
-                                f"no message came back within {PING_DEADLINE:g}s"
+                                f"no answer to PING within {PING_DEADLINE:g}s"
                             )
-                        if sent is None and now >= due:
-                            client.publish(alive, "1")
-                            sent = now
+                        if pinged is None and now >= due:
+                            pubsub.ping()
+                            pinged = now
                         message = pubsub.get_message(timeout=IDLE_READ)
                         if message is None:
                             continue
-                        kind, channel = message["type"], message["channel"]
-                        if channel == alive:
-                            if kind == "message":
-                                sent, due = None, time.monotonic() + PING_EVERY
+                        kind = message["type"]
+                        if kind == "pong":
+                            pinged, due = None, time.monotonic() + PING_EVERY
+                            delay = BACKOFF_FIRST  # answering: a later loss starts afresh
                         elif kind == kinds[0]:
-                            self.on_message(channel, message["data"])
+                            self.on_message(_text(message["channel"]), _text(message["data"]))
                         elif kind == kinds[1]:
                             # Also seen after redis-py reconnected and subscribed again by itself.
                             self.on_subscribed()
                             self.set_ready(True)
-                            delay = BACKOFF_FIRST
             except (RedisError, OSError) as exc:
                 logger.warning("%s lost its connection: %s", self.purpose, exc)
             except Exception:  # the thread must outlive anything; users fall back meanwhile
@@ -133,3 +128,7 @@ class Subscriber:
                     client.close()
             self._closed.wait(delay)
             delay = min(delay * 2, BACKOFF_CAP)
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode("utf-8", "surrogateescape") if isinstance(value, bytes) else value

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import re
 import threading
+import time
 import uuid
 from typing import Any
 
@@ -182,19 +183,71 @@ def test_a_watch_on_a_silent_connection_gives_up_and_catches_up(
         url = f"redis://{LOOPBACK}:{relay.port}/{db}"
         watcher = RedisStatusStore(url, prefix=results.prefix, ttl=60, socket_timeout=1)
         try:
-            task_id = str(uuid.uuid4())
-            create(canceller, task_id)
+            known, task_id = str(uuid.uuid4()), str(uuid.uuid4())
+            for each in (known, task_id):
+                create(canceller, each)
             assert not watcher.is_cancelled(task_id)
             watch = watcher._cancel_watch()
             wait_until(lambda: watch.ready, 10, message="the cancel watch subscribed")
+            canceller.cancel(known, {**CANCEL_FIELDS, "completed_at": utcnow()})
+            wait_until(lambda: watch.cancelled(known), 10, message="the published cancel")
             relay.freeze()
             canceller.cancel(task_id, {**CANCEL_FIELDS, "completed_at": utcnow()})
             limit = PING_EVERY + PING_DEADLINE + IDLE_READ + 5
             wait_until(lambda: not watch.ready, limit, message="the watch giving up")
-            assert watch.cancelled(task_id) is None  # the store asks Redis meanwhile
+            assert watch.cancelled(known) is True  # what it knew stays known
+            assert watch.cancelled(task_id) is None  # the store asks Redis about the rest
             relay.thaw()
             wait_until(lambda: watch.ready, 20, message="the watch subscribed again")
             assert watch.cancelled(task_id) is True
         finally:
             watcher.close()
             canceller.close()
+
+
+def test_a_redis_user_limited_to_the_hubs_prefix_has_all_it_needs(
+    hub_config: FrameworkConfig,
+) -> None:
+    """The ACL user ops/README describes (only the hub's keys and channels, no dangerous
+    commands): writes, waits and cancels work, and the subscriptions' liveness checks need
+    nothing more, so they stay up."""
+    results = hub_config.results
+    admin = RedisStatusStore(results.url, prefix=results.prefix)
+    user, password = f"nagatha-test-{uuid.uuid4().hex[:8]}", uuid.uuid4().hex
+    admin.client.acl_setuser(
+        user,
+        enabled=True,
+        passwords=[f"+{password}"],
+        keys=[f"{results.prefix}*"],
+        # PSUBSCRIBE needs its pattern itself granted, not only a pattern that covers it.
+        channels=[f"{results.prefix}*", f"{results.prefix}done:*"],
+        commands=["+@all", "-@dangerous", "+client|setname"],
+    )
+    db = results.url.rsplit("/", 1)[1]
+    limited = RedisStatusStore(
+        f"redis://{user}:{password}@{LOOPBACK}:6379/{db}", prefix=results.prefix, ttl=60
+    )
+    try:
+        task_id = str(uuid.uuid4())
+        create(limited, task_id)
+        waited: list[TaskRecord | None] = []
+        waiter = threading.Thread(target=lambda: waited.append(limited.wait(task_id, 30)))
+        waiter.start()
+        wait_until(lambda: limited._listener is not None and limited._listener.ready, 10)
+        limited.cancel(task_id, {**CANCEL_FIELDS, "completed_at": utcnow()})
+        waiter.join(30)
+        assert waited[0] is not None and waited[0].error == CANCELLED_ERROR
+        assert limited.is_cancelled(task_id)
+        watch = limited._cancel_watch()
+        wait_until(lambda: watch.ready, 10, message="the cancel watch subscribed")
+        # Several PING rounds: a watch whose checks failed would drop out within one.
+        deadline = time.monotonic() + 2 * (PING_EVERY + PING_DEADLINE + IDLE_READ)
+        dropped = False
+        while time.monotonic() < deadline and not dropped:
+            dropped = not watch.ready
+            time.sleep(0.05)
+        assert not dropped
+    finally:
+        limited.close()
+        admin.client.acl_deluser(user)
+        admin.close()
