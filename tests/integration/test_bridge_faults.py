@@ -373,7 +373,12 @@ def test_a_task_that_kills_its_worker_fails_as_worker_lost_and_the_rest_runs(
         assert record.status is TaskStatus.FAILURE
         assert (record.error or "").startswith("WorkerLost: a worker stopped while running it")
         with amqp_channel(amqp_url(stack.config.broker)) as channel:
-            assert channel.queue_declare("default.XQ", passive=True).method.message_count == 1
+
+            def dead_letters() -> int:
+                return int(channel.queue_declare("default.XQ", passive=True).method.message_count)
+
+            # The nack that dead-letters it comes after the answers, a moment later.
+            wait_until(lambda: dead_letters() == 1, 30, message="the poison message in XQ")
         worker.wait_for_log(r"died with exit code 9", count=3)
         assert "not run again" in worker.log()
 
