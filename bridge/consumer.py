@@ -39,14 +39,13 @@ from pika.spec import Basic
 from bridge import amqp_tables
 from bridge.answers import build_answers, build_revocations
 from bridge.dead_letters import DeadLetters, declare_dead_letter_queue
-from bridge.intake import Delivery, Intake, PartlyHandled
+from bridge.intake import SERVICE_ERRORS, Delivery, Intake, PartlyHandled
 from bridge.pidbox import Pidbox, Revoker, default_node_name
 from bridge.publisher import ConfirmedPublisher
 from bridge.queues import declare_celery_queue
 from nagatha.broker import amqp_url
-from nagatha.broker_errors import CONNECTION_ERRORS
 from nagatha.config import FrameworkConfig
-from nagatha.errors import ConfigError, ServiceUnavailable
+from nagatha.errors import ConfigError
 from nagatha.registry import TaskRegistry
 
 __all__ = ["Bridge", "run_bridge"]
@@ -58,8 +57,6 @@ logger = logging.getLogger("nagatha.bridge")
 RECONNECT_FIRST_S, RECONNECT_CAP_S = 0.5, 30.0
 #: Longest time (s) the loop waits for deliveries before checking for a stop request.
 POLL_S: Final = 1.0
-
-_CONNECTION_ERRORS: Final = (*CONNECTION_ERRORS, ServiceUnavailable)
 
 
 class Bridge:
@@ -129,7 +126,7 @@ class Bridge:
             started, handled = time.monotonic(), self._handled
             try:
                 self._session(control=index == 0)
-            except _CONNECTION_ERRORS as exc:
+            except SERVICE_ERRORS as exc:
                 if self._stop.is_set():
                     break
                 if self._handled > handled or time.monotonic() - started > RECONNECT_CAP_S:
@@ -189,7 +186,7 @@ class Bridge:
             try:  # what was handled must not be handled twice when the rest comes back
                 for index in partly.done:
                     channel.basic_ack(batch[index][0])
-            except _CONNECTION_ERRORS:
+            except SERVICE_ERRORS:
                 logger.warning("bridge: %d handled messages could not be acked", len(partly.done))
             raise partly.error from None
         channel.basic_ack(batch[-1][0], multiple=True)

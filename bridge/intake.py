@@ -67,7 +67,7 @@ from nagatha.errors import (
 from nagatha.registry import TaskRegistry, TaskSpec
 from nagatha.types import MAX_HOLD_MS, TaskRecord, utcnow
 
-__all__ = ["ENQUEUED", "Delivery", "Intake", "PartlyHandled"]
+__all__ = ["ENQUEUED", "SERVICE_ERRORS", "Delivery", "Intake", "PartlyHandled"]
 
 logger = logging.getLogger("nagatha.bridge")
 
@@ -77,7 +77,7 @@ DEAD_LETTERED: Final = "dead-lettered"
 EXPIRED: Final = "expired"
 REFUSED: Final = "refused"
 #: Errors of Redis or RabbitMQ: the batch stays unacked (anything else is a bug of ours).
-_SERVICE_ERRORS: Final = (ServiceUnavailable, *CONNECTION_ERRORS)
+SERVICE_ERRORS: Final = (ServiceUnavailable, *CONNECTION_ERRORS)
 #: Task name in the hub record of a message whose name could not be read.
 UNREADABLE_NAME: Final = "(unreadable)"
 
@@ -139,7 +139,7 @@ class Intake:
         outcomes: list[str] = []
         try:
             return self._handle(deliveries, outcomes)
-        except _SERVICE_ERRORS as exc:
+        except SERVICE_ERRORS as exc:
             done = [index for index, outcome in enumerate(outcomes) if outcome != ENQUEUED]
             raise PartlyHandled(exc, done) from exc
 
@@ -148,7 +148,7 @@ class Intake:
         for delivery in deliveries:
             try:
                 decision = self._admit(delivery)
-            except _SERVICE_ERRORS:
+            except SERVICE_ERRORS:
                 raise
             except Exception as exc:  # a bug of ours must not stop the bridge or loop forever
                 logger.exception("message from %s could not be handled", delivery.queue)
@@ -161,7 +161,7 @@ class Intake:
         if admitted:
             try:
                 self._enqueue([task for _, task in admitted])
-            except _SERVICE_ERRORS:
+            except SERVICE_ERRORS:
                 raise
             except Exception as exc:
                 logger.exception("a batch of %d tasks could not be enqueued", len(admitted))

@@ -12,13 +12,13 @@ import inspect
 import logging
 import math
 import re
-import threading
-import time
 import types
 import uuid
 from collections.abc import Callable
+from concurrent.futures import wait
 from dataclasses import dataclass
 from datetime import datetime
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +30,7 @@ from nagatha import jsontext
 from nagatha.broker import broker_address
 from nagatha.broker_errors import CONNECTION_ERRORS, broker_error_reason
 from nagatha.config import FrameworkConfig
+from nagatha.daemon import start_daemon
 from nagatha.errors import (
     BrokerUnavailable,
     InvalidArguments,
@@ -350,22 +351,15 @@ class TaskRegistry:
     def heartbeats(self, timeout: float) -> dict[str, dict[str, Any]]:
         """Every :meth:`heartbeat`, run side by side; one not back within ``timeout`` seconds
         is ``{"status": "timeout"}`` (its thread is left to finish on its own)."""
-        names = self.heartbeat_modules()
-        answers: dict[str, dict[str, Any]] = {}
-        threads = [  # daemon threads: a heartbeat that hangs never holds the process open
-            threading.Thread(
-                target=lambda name=name: answers.__setitem__(name, self.heartbeat(name)),
-                name=f"nagatha-heartbeat-{name}",
-                daemon=True,
-            )
-            for name in names
-        ]
-        deadline = time.monotonic() + timeout
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join(max(0.0, deadline - time.monotonic()))
-        return {name: answers.get(name, late_heartbeat(timeout)) for name in names}
+        beats = {
+            name: start_daemon(partial(self.heartbeat, name), f"nagatha-heartbeat-{name}")
+            for name in self.heartbeat_modules()
+        }
+        wait(beats.values(), timeout=timeout)
+        return {
+            name: beat.result() if beat.done() and not beat.exception() else late_heartbeat(timeout)
+            for name, beat in beats.items()
+        }
 
     # -- tasks ---------------------------------------------------------------------------
 
@@ -509,7 +503,7 @@ class TaskRegistry:
         record = self.store.cancel(task_id, {"error": CANCELLED_ERROR, "completed_at": utcnow()})
         if record is None:
             raise TaskNotFound(task_id)
-        if record.status is not TaskStatus.FAILURE or record.error != CANCELLED_ERROR:
+        if not record.cancelled:
             raise TaskNotCancellable(task_id, record.status.value)
         logger.info("task %s %s cancelled", task_id, record.task_name)
         return record

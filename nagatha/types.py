@@ -59,6 +59,11 @@ class TaskRecord(BaseModel):
     started_at: datetime | None = None
     completed_at: datetime | None = None
 
+    @property
+    def cancelled(self) -> bool:
+        """True if a cancel made this record final (:data:`CANCELLED_ERROR`)."""
+        return self.status is TaskStatus.FAILURE and self.error == CANCELLED_ERROR
+
 
 class TaskParameter(BaseModel):
     """One parameter of a task, read from the function's signature."""

@@ -33,6 +33,7 @@ import pika
 from nagatha.api.schemas import CheckResult, HealthReport
 from nagatha.broker import amqp_url
 from nagatha.config import BrokerConfig, FrameworkConfig, secrets_of
+from nagatha.daemon import start_daemon
 from nagatha.registry import TaskRegistry, late_heartbeat
 from nagatha.types import utcnow
 
@@ -97,20 +98,15 @@ class HealthChecker:
         running = self._inflight.get(name)
         if running is not None and not running.done():
             return running
-        future: Future[Any] = Future()
         started = time.perf_counter()
 
-        def run() -> None:
-            try:
-                value = probe()
-            except BaseException as exc:  # noqa: BLE001 - any end is the probe's answer
-                future.set_exception(exc)
-            else:
-                future.set_result(((time.perf_counter() - started) * 1000, value))
+        def timed() -> tuple[float, Any]:
+            value = probe()
+            return (time.perf_counter() - started) * 1000, value
 
-        # A daemon thread per probe (each runs once at a time): a hung heartbeat never delays
-        # the broker and store probes, nor holds the process open when it exits.
-        threading.Thread(target=run, name=f"nagatha-health-{name}", daemon=True).start()
+        # A thread per probe (each runs once at a time): a hung heartbeat never delays the
+        # broker and store probes.
+        future = start_daemon(timed, f"nagatha-health-{name}")
         self._inflight[name] = future
         return future
 

@@ -7,11 +7,7 @@ import time
 from typing import Any
 
 from nagatha.stores.base import StatusStore
-from nagatha.types import CANCELLED_ERROR, TaskRecord, TaskStatus
-
-
-def _cancelled(record: TaskRecord) -> bool:
-    return record.status is TaskStatus.FAILURE and record.error == CANCELLED_ERROR
+from nagatha.types import TaskRecord, TaskStatus
 
 
 class MemoryStatusStore(StatusStore):
@@ -56,7 +52,7 @@ class MemoryStatusStore(StatusStore):
             current = self._live(task_id)
             base = current.model_dump() if current else {"task_id": task_id, **(defaults or {})}
             if current is not None and current.status.final:
-                if not (_cancelled(current) and fields.get("started_at") is not None):
+                if not (current.cancelled and fields.get("started_at") is not None):
                     return False
                 base.update(error=None, completed_at=None)  # a run the cancel missed
             self._put(TaskRecord.model_validate({**base, **fields, "status": status}))

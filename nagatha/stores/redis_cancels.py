@@ -8,8 +8,8 @@ lookup in its own process. While it is not subscribed the store asks Redis about
 not know of.
 
 A worker learns of a cancel when its publish arrives, normally well under a millisecond after
-it: a task that a worker starts in that moment still runs (as with Celery's revoke). Its record
-stays cancelled all the same: nothing overwrites a final record.
+it: a task that a worker starts in that moment still runs (as with Celery's revoke), and its
+writes then replace the cancel in the record (see :class:`~nagatha.stores.StatusStore`).
 """
 
 from __future__ import annotations

@@ -54,7 +54,7 @@ def start_api(
     args = ["serve", "--host", "127.0.0.1", "--port", str(port), "--workers", "2", "--threads", "4"]
     process = start_process([*args, *extra], env)
     base_url = f"http://127.0.0.1:{port}"
-    wait_for_api(base_url, lambda: _check_alive(process))
+    process.wait_for_ping(base_url)
     return process, base_url
 
 
@@ -133,16 +133,11 @@ def shared_server(
         api = HubProcess([*args, "--threads", "4"], shared_env, cwd=cwd)
         started.append(api)
         base_url = f"http://127.0.0.1:{port}"
-        wait_for_api(base_url, lambda: _check_alive(api))
+        api.wait_for_ping(base_url)
         yield api, base_url
     finally:
         for process in started:
             process.stop(timeout=40)
-
-
-def _check_alive(process: HubProcess) -> None:
-    if process.process.poll() is not None:
-        raise RuntimeError(f"nagatha {process.args[0]} exited:\n{process.log()[-3000:]}")
 
 
 @pytest.fixture
