@@ -308,12 +308,19 @@ class Intake:
         return EXPIRED
 
     def _fail(self, task: CeleryTask, meta: dict[str, Any], hub_error: str) -> None:
-        """Answer a FAILURE that happened before the task ran, then fail its workflow."""
+        """Answer a FAILURE that happened before the task ran, and fail its workflow (the
+        chain before the answer, as :mod:`bridge.workflows` says)."""
         meta = {**meta}
         if task.group_id:
             meta["group_id"] = task.group_id
         if task.parent_id:
             meta["parent_id"] = task.parent_id
+        self._workflow(
+            task,
+            lambda: workflows.fail_chain(
+                task, meta["result"], rpc=self.answers.replies, **self._workflow_kwargs()
+            ),
+        )
         if not task.ignore_result:
             self.answers.celery(meta, reply_to=task.reply_to, correlation_id=task.correlation_id)
         self.answers.hub_failure(

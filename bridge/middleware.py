@@ -15,7 +15,8 @@ before_process_message     revoked, cancelled (``DELETE /tasks/{id}``) or expire
                            ``bridge.track_started``
 after_process_message      success → :func:`bridge.workflows.dispatch_success` (its ids are
                            the ``children``), then SUCCESS; a retry to come → RETRY; the final
-                           failure → FAILURE, then :func:`bridge.workflows.dispatch_failure`;
+                           failure → :func:`bridge.workflows.fail_chain`, FAILURE, then
+                           :func:`bridge.workflows.dispatch_failure`;
                            a result the status middleware refused (not JSON, not stored) →
                            FAILURE ``TypeError``, as ``/tasks/{id}`` says ``failure``
 after_skip_message         a task failed as lost (:class:`~nagatha.middleware.redelivery.
@@ -330,7 +331,17 @@ class CeleryResultsMiddleware(dramatiq.Middleware):
             self._send(task, meta, final=True)
 
     def _fail(self, task: CeleryTask, info: dict[str, Any], traceback: str | None) -> None:
-        """Answer FAILURE, then fail the workflow (chain, chord, errbacks)."""
+        """Fail the rest of the chain, answer FAILURE, then the chord part and errbacks."""
+        self._workflow(
+            task,
+            lambda: workflows.fail_chain(
+                task,
+                info,
+                traceback=traceback,
+                rpc=self.answers.replies,
+                **self._workflow_kwargs(),
+            ),
+        )
         if not task.ignore_result:
             meta = failure_meta(
                 task.task_id,
@@ -343,11 +354,7 @@ class CeleryResultsMiddleware(dramatiq.Middleware):
         self._workflow(
             task,
             lambda: workflows.dispatch_failure(
-                task,
-                info,
-                traceback=traceback,
-                rpc=self.answers.replies,
-                **self._workflow_kwargs(),
+                task, info, rpc=self.answers.replies, **self._workflow_kwargs()
             ),
         )
 

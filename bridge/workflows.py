@@ -7,10 +7,14 @@ CONTRACT (called by the worker-side result middleware, ``bridge/middleware.py``)
   ``link`` callback (several at once as one group, as Celery does) and the next ``chain``
   step as Celery task messages, completes a chord header member's join, and returns the ids
   of the tasks it published (the ``children``; a group's or chord header's member ids).
-* :func:`dispatch_failure` is called after a bridged task's final failure was stored. It
-  counts a chord header member as failed, stores FAILURE for the remaining chain steps (and
-  a chord body in them) so that ``get()`` on a chain raises instead of hanging, then
-  publishes the ``link_error`` errbacks with ``args = (task_id,) + errback.args``.
+* :func:`fail_chain` is called when a bridged task failed for good, **before** its own
+  FAILURE is stored: it stores FAILURE for the remaining chain steps (and a chord body in
+  them) so that ``get()`` on a chain raises instead of hanging. Celery stores them after
+  the task's own failure; a client whose ``get()`` raised because a parent failed could
+  then still read the chain's last result as PENDING.
+* :func:`dispatch_failure` is called after that failure was stored. It counts a chord
+  header member as failed, then publishes the ``link_error`` errbacks with
+  ``args = (task_id,) + errback.args`` (they may look the failure up).
 * :func:`dispatch_revoked` is called when a bridged task is revoked or expired instead of
   run: a chord header member still counts (REVOKED), or the chord would never complete.
 
@@ -117,7 +121,7 @@ def dispatch_success(
     return children
 
 
-def dispatch_failure(
+def fail_chain(
     task: CeleryTask,
     error: dict[str, Any],
     *,
@@ -127,15 +131,29 @@ def dispatch_failure(
     traceback: str | None = None,
     rpc: RpcReplyWriter | None = None,
 ) -> None:
-    """Fail the chord part and the rest of the chain, then publish errbacks (module doc).
+    """Store FAILURE for the rest of the task's chain, before its own (module doc).
 
     ``error`` is the exception info stored for the task (``{"exc_type", "exc_message",
     "exc_module"}``); ``traceback`` is stored with the chain steps' failures; ``rpc`` also
-    sends those failures to the steps' ``reply_to`` (``rpc://`` clients).
+    sends those failures to the steps' ``reply_to`` (``rpc://`` clients). A step that is a
+    chord header member is counted, which may complete its chord.
     """
+    _Run(task, publisher, results, redis_client, rpc).fail_chain(task.chain, error, traceback)
+
+
+def dispatch_failure(
+    task: CeleryTask,
+    error: dict[str, Any],
+    *,
+    publisher: TaskPublisher,
+    results: RedisResultWriter | None,
+    redis_client: redis.Redis | None = None,
+    rpc: RpcReplyWriter | None = None,
+) -> None:
+    """Count the failed chord part, then publish errbacks (module doc); ``error`` and
+    ``rpc`` as for :func:`fail_chain` (a chord body failed with ChordError is told too)."""
     run = _Run(task, publisher, results, redis_client, rpc)
     run.chord_part(task.task_id, task, FAILURE, error)
-    run.fail_chain(task.chain, error, traceback)
     run.errbacks(task.errbacks, task.task_id, run.root_id)
 
 

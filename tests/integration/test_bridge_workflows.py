@@ -4,8 +4,9 @@ Two layers:
 
 * **Dispatch against the real services** - a vhost of this module's own on the local
   RabbitMQ and Redis DB 15. The real client applies a canvas; the test plays the worker the
-  way ``bridge/middleware.py`` does (take the message, :func:`dispatch_success` or
-  :func:`dispatch_failure`, store the answer) with a pika publisher, and the client's
+  way ``bridge/middleware.py`` does (take the message; :func:`dispatch_success` and store
+  the answer, or :func:`fail_chain`, store it, :func:`dispatch_failure`) with a pika
+  publisher, and the client's
   ``AsyncResult``/``GroupResult`` must see what a Celery worker would have given it. Chord
   joins run on real Redis, including with Celery's own ``on_chord_part_return`` for some
   members and the bridge's for the others.
@@ -41,7 +42,7 @@ from bridge.celery_results import (
 )
 from bridge.protocol import parse_message
 from bridge.task import CeleryTask
-from bridge.workflows import dispatch_failure, dispatch_success
+from bridge.workflows import dispatch_failure, dispatch_success, fail_chain
 from nagatha.testing import HubProcess, RabbitVhost, wait_until
 
 pytestmark = pytest.mark.integration
@@ -136,6 +137,7 @@ class MiniWorker:
 
     def fail(self, task: CeleryTask, exc: Exception) -> None:
         info = exception_info(exc)
+        fail_chain(task, info, **self._services())
         meta = failure_meta(task.task_id, info, group_id=task.group_id, parent_id=task.parent_id)
         self.results.write(meta)
         dispatch_failure(task, info, **self._services())
@@ -490,6 +492,50 @@ def test_e2e_a_failing_middle_step_makes_the_chain_raise(client: CeleryClient) -
     with pytest.raises(Exception, match="2"):
         result.get(timeout=GET_TIMEOUT)
     assert result.state == "FAILURE"
+
+
+@pytest.mark.parametrize(
+    "middle",
+    ["diagnostics.fail", "no_such_module.task"],
+    ids=["fails-on-the-worker", "refused-by-the-bridge"],
+)
+def test_e2e_the_rest_of_a_chain_fails_before_the_failed_step_is_answered(
+    client: CeleryClient, redis_db: redis.Redis, middle: str
+) -> None:
+    # Celery stores the failed step first: a client whose get() raised on that parent could
+    # still read the last step as PENDING. Result channels are published in write order.
+    middle_id, last_id = str(uuid.uuid4()), str(uuid.uuid4())
+    names = {f"celery-task-meta-{middle_id}".encode(): "middle"}
+    names[f"celery-task-meta-{last_id}".encode()] = "last"
+    watch = redis_db.pubsub()
+    try:
+        watch.subscribe(*names)
+        read_messages(watch, "subscribe", len(names))
+        canvas = chain(
+            hub_sig(client, "diagnostics.add", 1, 1),
+            hub_sig(client, middle).set(task_id=middle_id),
+            hub_sig(client, "diagnostics.add", 100).set(task_id=last_id),
+        )
+        remember(client, canvas.apply_async())
+        published = read_messages(watch, "message", len(names))
+    finally:
+        watch.close()
+    order = [(names[got["channel"]], json.loads(got["data"])["status"]) for got in published]
+    assert order == [("last", "FAILURE"), ("middle", "FAILURE")]
+
+
+def read_messages(watch: Any, kind: str, count: int) -> list[dict[str, Any]]:
+    """The next ``count`` pub/sub messages of type ``kind``, in arrival order."""
+    taken: list[dict[str, Any]] = []
+
+    def all_taken() -> bool:
+        message = watch.get_message(timeout=0.5)
+        if message is not None and message["type"] == kind:
+            taken.append(message)
+        return len(taken) == count
+
+    wait_until(all_taken, timeout=GET_TIMEOUT, interval=0, message=f"{count} {kind} messages")
+    return taken
 
 
 def test_e2e_chord_keys_are_left_for_expiry_only_as_done_markers(

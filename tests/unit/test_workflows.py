@@ -34,7 +34,7 @@ from bridge.chords import exception_repr
 from bridge.outgoing import Sender, UnsupportedCanvas, saferepr
 from bridge.protocol import parse_message
 from bridge.task import CeleryTask
-from bridge.workflows import apply_signature, dispatch_failure, dispatch_success
+from bridge.workflows import apply_signature, dispatch_failure, dispatch_success, fail_chain
 
 UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 TRACE = "Traceback (most recent call last):\n  ...\nValueError: mid\n"
@@ -244,14 +244,9 @@ def bridge_success(task: CeleryTask, result: Any) -> tuple[list[str], Recorder]:
 
 def bridge_failure(task: CeleryTask, error: dict[str, Any]) -> Recorder:
     recorder = Recorder()
-    dispatch_failure(
-        task,
-        error,
-        publisher=recorder,
-        results=recorder,  # type: ignore[arg-type]
-        redis_client=None,
-        traceback=TRACE,
-    )
+    services: dict[str, Any] = {"publisher": recorder, "results": recorder, "redis_client": None}
+    fail_chain(task, error, traceback=TRACE, **services)
+    dispatch_failure(task, error, **services)
     return recorder
 
 
