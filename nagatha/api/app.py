@@ -14,11 +14,12 @@ from nagatha import __version__
 from nagatha.api import errors
 from nagatha.api.auth import TokenAuth
 from nagatha.api.health import HealthChecker
+from nagatha.api.metrics import MetricsCollector
 from nagatha.api.middleware import AccessLog, BodyLimit, RequestId
 from nagatha.api.openapi import build_openapi
 from nagatha.api.resources.catalog import ModulesResource, TasksResource
 from nagatha.api.resources.health import HealthResource
-from nagatha.api.resources.system import OpenApiResource, PingResource
+from nagatha.api.resources.system import MetricsResource, OpenApiResource, PingResource
 from nagatha.api.resources.tasks import RunTaskResource, TaskStatusResource
 from nagatha.api.routes import Route, build_routes
 from nagatha.config import FrameworkConfig
@@ -78,6 +79,7 @@ def create_app(
             api.max_wait,
             max_waiters=None if config.embedded else max(1, api.threads - 1),
         ),
+        "metrics": MetricsResource(MetricsCollector(registry, config)),
         "openapi": OpenApiResource(document),
     }
     app = HubApp(

@@ -21,7 +21,6 @@ RabbitMQ and Redis.
 
 from __future__ import annotations
 
-import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import Future, wait
@@ -30,6 +29,7 @@ from typing import Any
 
 import pika
 
+from nagatha.api.reuse import Reused
 from nagatha.api.schemas import CheckResult, HealthReport
 from nagatha.broker import amqp_url
 from nagatha.config import BrokerConfig, FrameworkConfig, secrets_of
@@ -45,15 +45,19 @@ DEFAULT_TIMEOUT = 2.0
 DEFAULT_CACHE = 1.5
 
 
-def probe_rabbitmq(config: BrokerConfig, timeout: float) -> None:
-    """Open and close one AMQP connection to ``config.url``; raise if that fails."""
+def probe_parameters(config: BrokerConfig, timeout: float) -> pika.URLParameters:
+    """Connection parameters for a probe of ``config.url``: one attempt, ``timeout`` each step."""
     params = pika.URLParameters(amqp_url(config))
     params.connection_attempts = 1
     params.socket_timeout = timeout
     params.stack_timeout = timeout
     params.blocked_connection_timeout = timeout
-    connection = pika.BlockingConnection(params)
-    connection.close()
+    return params
+
+
+def probe_rabbitmq(config: BrokerConfig, timeout: float) -> None:
+    """Open and close one AMQP connection to ``config.url``; raise if that fails."""
+    pika.BlockingConnection(probe_parameters(config, timeout)).close()
 
 
 class HealthChecker:
@@ -71,8 +75,6 @@ class HealthChecker:
     ) -> None:
         self.registry = registry
         self.timeout = timeout
-        self.cache_seconds = cache_seconds
-        self._clock = clock
         self._secrets = secrets_of(config)
         if broker_probe is not None:
             self._broker_probe = broker_probe
@@ -80,19 +82,12 @@ class HealthChecker:
             self._broker_probe = lambda: "in-process broker (memory://)"
         else:
             self._broker_probe = lambda: probe_rabbitmq(config.broker, timeout)
-        self._lock = threading.Lock()
-        self._cached: tuple[float, HealthReport] | None = None
+        self._report = Reused(self._probe_all, cache_seconds, clock)
         self._inflight: dict[str, Future[Any]] = {}
 
     def check(self) -> HealthReport:
         """The current report (a cached one if younger than ``cache_seconds``)."""
-        with self._lock:
-            now = self._clock()
-            if self._cached is not None and now < self._cached[0]:
-                return self._cached[1]
-            report = self._probe_all()
-            self._cached = (self._clock() + self.cache_seconds, report)
-            return report
+        return self._report.get()
 
     def _submit(self, name: str, probe: Probe) -> Future[Any]:
         running = self._inflight.get(name)

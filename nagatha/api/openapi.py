@@ -35,7 +35,8 @@ def _models(
                 found[(operation.body, "validation")] = None
             replies = {**common_replies(protects(route.path)), **operation.replies}
             for reply in replies.values():
-                found[(reply.model, "serialization")] = None
+                if reply.model is not None:
+                    found[(reply.model, "serialization")] = None
     return list(found)
 
 
@@ -105,7 +106,9 @@ def build_openapi(
 def _response(reply: Reply, refs: Mapping[Any, Any], *, body: bool) -> dict[str, Any]:
     """One documented response; a HEAD response has the status and headers only."""
     response: dict[str, Any] = {"description": reply.description}
-    if body:
+    if body and reply.model is None:
+        response["content"] = {reply.media_type: {"schema": {"type": "string"}}}
+    elif body:
         schema = refs[(reply.model, "serialization")]
         response["content"] = {"application/json": {"schema": schema}}
     return response

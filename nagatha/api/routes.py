@@ -30,10 +30,12 @@ from nagatha.types import TaskRecord, TaskRequest
 
 @dataclass(frozen=True)
 class Reply:
-    """One documented response: what it means and the model of its JSON body."""
+    """One documented response: what it means and the model of its JSON body (None: a text
+    body of type ``media_type``)."""
 
     description: str
-    model: type[BaseModel] = ErrorBody
+    model: type[BaseModel] | None = ErrorBody
+    media_type: str = "text/plain"
 
 
 @dataclass(frozen=True)
@@ -244,6 +246,25 @@ def build_routes(api: ApiConfig) -> tuple[Route, ...]:
             (
                 _status_operation("getStatus", "Alias of `GET /tasks/{task_id}`.", api.max_wait),
                 _cancel_operation("cancelStatus", "Alias of `DELETE /tasks/{task_id}`."),
+            ),
+        ),
+        Route(
+            "/metrics",
+            "metrics",
+            (
+                Operation(
+                    "GET",
+                    "metrics",
+                    "The whole hub (all workers) as Prometheus metrics: task events, run "
+                    "times, queue depths and consumers.",
+                    {
+                        200: Reply(
+                            "Prometheus text format (OpenMetrics if the `Accept` header asks "
+                            "for it); a dependency that did not answer has `nagatha_up` 0.",
+                            None,
+                        )
+                    },
+                ),
             ),
         ),
         Route(

@@ -14,6 +14,8 @@ Rules every implementation keeps:
 * An update for an id without a record creates one from ``defaults`` (a message that reached a
   worker without passing through the hub's producer still gets a record).
 * Records expire ``ttl`` seconds after their last write or :meth:`StatusStore.renew`.
+* A write that changes a record's status, and a cancel, count the event in
+  :meth:`StatusStore.metrics` in the same step; a final one also the run time.
 * :meth:`StatusStore.cancel` makes only a record that waits to run (``pending`` or
   ``retrying``) final, and :meth:`StatusStore.is_cancelled` knows its id from then on.
 """
@@ -27,6 +29,7 @@ from typing import Any
 
 from pydantic_core import to_jsonable_python
 
+from nagatha.metrics import TaskMetrics
 from nagatha.types import TaskRecord, TaskStatus
 
 
@@ -125,6 +128,11 @@ class StatusStore(abc.ABC):
 
         Meant to be cheap: implementations keep the ids in the process where they can.
         """
+
+    @abc.abstractmethod
+    def metrics(self) -> TaskMetrics:
+        """The task metrics counted so far (:mod:`nagatha.metrics`), for every process that
+        writes to this store."""
 
     @abc.abstractmethod
     def ping(self) -> None:

@@ -6,6 +6,7 @@ import threading
 import time
 from typing import Any
 
+from nagatha.metrics import EVENT_OF_STATUS, MetricsFields, TaskMetrics
 from nagatha.stores.base import StatusStore
 from nagatha.types import TaskRecord, TaskStatus
 
@@ -18,6 +19,7 @@ class MemoryStatusStore(StatusStore):
         self._records: dict[str, tuple[float, TaskRecord]] = {}
         self._redeliveries: dict[str, int] = {}
         self._cancelled: dict[str, float] = {}  # task id -> when the mark expires
+        self._metrics = MetricsFields()
         self._changed = threading.Condition()
 
     def _live(self, task_id: str) -> TaskRecord | None:
@@ -39,6 +41,7 @@ class MemoryStatusStore(StatusStore):
             if self._live(record.task_id) is not None:
                 return False
             self._put(record)
+            self._metrics.count("submitted", record.task_name)
             return True
 
     def update(
@@ -55,8 +58,23 @@ class MemoryStatusStore(StatusStore):
                 if not (current.cancelled and fields.get("started_at") is not None):
                     return False
                 base.update(error=None, completed_at=None)  # a run the cancel missed
-            self._put(TaskRecord.model_validate({**base, **fields, "status": status}))
+            record = TaskRecord.model_validate({**base, **fields, "status": status})
+            self._put(record)
+            self._count(current, record, starts=fields.get("started_at") is not None)
             return True
+
+    def _count(self, before: TaskRecord | None, after: TaskRecord, *, starts: bool) -> None:
+        """Count as the Redis store's script does (:mod:`nagatha.stores.redis`)."""
+        changes = before is None or before.status is not after.status
+        if starts and before is not None and before.started_at == after.started_at:
+            starts = False
+        if starts or (changes and after.status is TaskStatus.STARTED):
+            self._metrics.count("started", after.task_name)
+        if changes and after.status is not TaskStatus.STARTED:
+            self._metrics.count(EVENT_OF_STATUS[after.status], after.task_name)
+        if changes and after.status.final and after.started_at and after.completed_at:
+            runtime = after.completed_at - after.started_at
+            self._metrics.observe(after.task_name, runtime.total_seconds())
 
     def get(self, task_id: str) -> TaskRecord | None:
         with self._changed:
@@ -101,12 +119,17 @@ class MemoryStatusStore(StatusStore):
             )
             self._put(record)
             self._cancelled[task_id] = time.monotonic() + self.ttl
+            self._metrics.count("cancelled", record.task_name)
             return record
 
     def is_cancelled(self, task_id: str) -> bool:
         with self._changed:
             expires = self._cancelled.get(task_id)
             return expires is not None and expires >= time.monotonic()
+
+    def metrics(self) -> TaskMetrics:
+        with self._changed:
+            return TaskMetrics.from_fields(self._metrics.fields)
 
     def ping(self) -> None:
         return None

@@ -9,6 +9,8 @@ Key layout (``prefix`` from ``results.prefix``, default ``nagatha:``):
 * ``<prefix>done:<id>`` - pub/sub channel; the final write publishes the status there so that
   waiters wake at once instead of polling. Each process listens with one ``PSUBSCRIBE
   <prefix>done:*`` connection (see :mod:`nagatha.stores.redis_waiter`).
+* ``<prefix>metrics`` - hash of task metrics (event counts, run times), written by the same
+  scripts as the records (see :mod:`nagatha.stores.redis_metrics`).
 * ``<prefix>cancelled`` - sorted set of cancelled task ids, scored by when the mark expires
   (epoch seconds); ``<prefix>cancels`` - pub/sub channel each cancel is published on. Workers
   keep the ids in the process (see :mod:`nagatha.stores.redis_cancels`).
@@ -40,22 +42,31 @@ from redis.exceptions import (
 )
 
 from nagatha.errors import StoreRejected, StoreUnavailable
+from nagatha.metrics import TaskMetrics
 from nagatha.stores.base import StatusStore, decode_fields, encode_fields
 from nagatha.stores.batching import Write, WriteBatcher
 from nagatha.stores.redis_cancels import CancelWatch
+from nagatha.stores.redis_metrics import LUA
 from nagatha.stores.redis_waiter import DoneListener
 from nagatha.types import CANCELLED_ERROR, TaskRecord, TaskStatus
 
-# KEYS[1] record hash, KEYS[2] done channel. ARGV[1] ttl, ARGV[2] new status (JSON), ARGV[3]
-# 1 if final, ARGV[4] JSON object field -> JSON text, optional ARGV[5] the same for the defaults.
+# KEYS[1] record hash, KEYS[2] done channel, KEYS[3] the metrics hash. ARGV[1] ttl, ARGV[2]
+# new status (JSON), ARGV[3] 1 if final, ARGV[4] JSON object field -> JSON text, optional
+# ARGV[5] the same for the defaults.
 # The values are kept as the strings they decode to (never re-encoded by cjson, which would
 # make an empty list and an empty object alike). Returns 1 written, 0 already final, -1 no
 # record and no defaults sent (nothing written). A final record is never rewritten, except a
-# cancelled one by a write that carries started_at (see StatusStore's rules).
+# cancelled one by a write that carries started_at (see StatusStore's rules). Metrics: a write
+# carrying a started_at the record did not have counts `started` (a final write may have
+# absorbed the started one), a change to another status counts its event, a final one also
+# the run time.
 _UPDATE = (
-    """
+    LUA
+    + """
 local current = redis.call('HGET', KEYS[1], 'status')
 local fields = cjson.decode(ARGV[4])
+local starts = fields['started_at'] and fields['started_at'] ~= 'null'
+  and fields['started_at'] ~= redis.call('HGET', KEYS[1], 'started_at')
 local pairs_ = {}
 local n = 0
 if current == '"success"' or current == '"failure"' then
@@ -91,15 +102,32 @@ redis.call('EXPIRE', KEYS[1], tonumber(ARGV[1]))
 if ARGV[3] == '1' then
   redis.call('PUBLISH', KEYS[2], ARGV[2])
 end
+local changes = current ~= ARGV[2]
+if starts or changes then
+  local name = redis.call('HGET', KEYS[1], 'task_name') or 'null'
+  if starts or (changes and ARGV[2] == '"started"') then
+    count(KEYS[3], 'started', name)
+  end
+  if changes and ARGV[2] ~= '"started"' then
+    count(KEYS[3], EVENT_OF_STATUS[ARGV[2]], name)
+  end
+  if changes and ARGV[3] == '1' then
+    local times = redis.call('HMGET', KEYS[1], 'started_at', 'completed_at')
+    observe(KEYS[3], name, times[1], times[2])
+  end
+end
 return 1
 """
 )
 
 # KEYS[1] record hash, KEYS[2] its done channel, KEYS[3] the cancelled set, KEYS[4] the
-# cancels channel. ARGV[1] ttl, ARGV[2] JSON object field -> JSON text, ARGV[3] now (epoch s),
-# ARGV[4] the task id. Only a record waiting to run is cancelled; returns the record's fields
-# as they are afterwards (none: no record).
-_CANCEL = """
+# cancels channel, KEYS[5] the metrics hash. ARGV[1] ttl, ARGV[2] JSON object field -> JSON
+# text, ARGV[3] now (epoch s), ARGV[4] the task id. Only a record waiting to run is cancelled
+# (counted as the event `cancelled`); returns the record's fields as they are afterwards (none:
+# no record).
+_CANCEL = (
+    LUA
+    + """
 local current = redis.call('HGET', KEYS[1], 'status')
 if not current then
   return {}
@@ -119,21 +147,31 @@ if current == '"pending"' or current == '"retrying"' then
   redis.call('EXPIRE', KEYS[3], ttl)
   redis.call('PUBLISH', KEYS[2], '"failure"')
   redis.call('PUBLISH', KEYS[4], ARGV[4])
+  count(KEYS[5], 'cancelled', redis.call('HGET', KEYS[1], 'task_name') or 'null')
 end
 return redis.call('HGETALL', KEYS[1])
 """
+)
 
-# KEYS[1] record hash. ARGV[1] ttl, then field/value pairs.
-_CREATE = """
+# KEYS[1] record hash, KEYS[2] the metrics hash. ARGV[1] ttl, then field/value pairs.
+_CREATE = (
+    LUA
+    + """
 if redis.call('EXISTS', KEYS[1]) == 1 then
   return 0
 end
+local name = 'null'
 for j = 2, #ARGV, 2 do
   redis.call('HSET', KEYS[1], ARGV[j], ARGV[j + 1])
+  if ARGV[j] == 'task_name' then
+    name = ARGV[j + 1]
+  end
 end
 redis.call('EXPIRE', KEYS[1], tonumber(ARGV[1]))
+count(KEYS[2], 'submitted', name)
 return 1
 """
+)
 
 
 #: Longest script argument sent (a record's fields as JSON): Redis refuses a bulk string over
@@ -276,6 +314,10 @@ class RedisStatusStore(StatusStore):
     def _cancels_channel(self) -> str:
         return f"{self.prefix}cancels"
 
+    @property
+    def _metrics_key(self) -> str:
+        return f"{self.prefix}metrics"
+
     def create(self, record: TaskRecord) -> bool:
         return self._create_all([record])[0]
 
@@ -287,13 +329,14 @@ class RedisStatusStore(StatusStore):
         calls: list[list[str | int]] = [
             [
                 self._key(record.task_id),
+                self._metrics_key,
                 self.ttl,
                 *_flatten(encode_fields(record.model_dump(exclude_none=True))),
             ]
             for record in records
         ]
         try:
-            answers = self._run(self._create, calls, keys=1)
+            answers = self._run(self._create, calls, keys=2)
         except RedisError as exc:
             raise _unavailable(exc) from None
         for answer in answers:
@@ -352,7 +395,7 @@ class RedisStatusStore(StatusStore):
                 write.error = exc
             else:
                 sendable.append(write)
-        for write, answer in zip(sendable, self._run(self._update, calls, keys=2), strict=True):
+        for write, answer in zip(sendable, self._run(self._update, calls, keys=3), strict=True):
             if isinstance(answer, Exception):
                 write.error = _error_of(answer)
             else:
@@ -393,6 +436,7 @@ class RedisStatusStore(StatusStore):
         return [
             self._key(write.task_id),
             self._channel(write.task_id),
+            self._metrics_key,
             self.ttl,
             f'"{write.status.value}"',
             "1" if write.status.final else "0",
@@ -458,6 +502,7 @@ class RedisStatusStore(StatusStore):
             self._channel(task_id),
             self._cancelled_key,
             self._cancels_channel,
+            self._metrics_key,
         ]
         args: list[str | int] = [
             self.ttl,
@@ -470,6 +515,14 @@ class RedisStatusStore(StatusStore):
         except RedisError as exc:
             raise _unavailable(exc) from None
         return decode_fields(dict(zip(raw[::2], raw[1::2], strict=True))) if raw else None
+
+    def metrics(self) -> TaskMetrics:
+        """See :meth:`StatusStore.metrics`: one read of ``<prefix>metrics``."""
+        try:
+            fields = self.client.hgetall(self._metrics_key)
+        except RedisError as exc:
+            raise _unavailable(exc) from None
+        return TaskMetrics.from_fields(fields)  # type: ignore[arg-type]
 
     def is_cancelled(self, task_id: str) -> bool:
         """See :meth:`StatusStore.is_cancelled`: a lookup in this process once its watch is

@@ -346,6 +346,11 @@ def test_a_closed_broker_port_gives_503_and_leaves_no_record(
         assert health.status_code == 503
         assert health.json()["checks"]["broker"]["status"] == "unavailable"
         assert health.json()["checks"]["store"]["status"] == "ok"
+        metrics = down.get("/metrics")  # 200: a failed scrape would hide the store's counts
+        assert metrics.status_code == 200
+        assert 'nagatha_up{dependency="broker"} 0.0' in metrics.text
+        assert "nagatha_task_events_total{" in metrics.text
+        assert "nagatha_queue_messages{" not in metrics.text
     assert client.get("/health").status_code == 200, "the healthy API beside it is unaffected"
 
 
@@ -362,6 +367,10 @@ def test_a_closed_redis_port_gives_503_quickly(
         assert time.monotonic() - started < 10
         assert health.status_code == 503
         assert health.json()["checks"]["store"]["status"] == "unavailable"
+        metrics = down.get("/metrics")
+        assert metrics.status_code == 200
+        assert 'nagatha_up{dependency="store"} 0.0' in metrics.text
+        assert 'nagatha_queue_messages{queue="default"}' in metrics.text
 
 
 # -- serving ---------------------------------------------------------------------------------

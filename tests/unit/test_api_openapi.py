@@ -71,6 +71,7 @@ def test_every_route_and_method_of_the_router_is_documented(api: dict[str, Any])
         "/tasks/run",
         "/tasks/{task_id}",
         "/status/{task_id}",
+        "/metrics",
         "/openapi.json",
     }
 
@@ -145,3 +146,11 @@ def test_answers_conform_to_their_documented_schemas() -> None:
         assert str(result.status_code) in responses, (path, result.status_code)
         ref = responses[str(result.status_code)]["content"]["application/json"]["schema"]
         jsonschema.validate(result.json, {**ref, "components": doc["components"]})
+
+
+def test_the_metrics_answer_is_the_documented_text() -> None:
+    app = make_app()
+    result = TestClient(app).simulate_get("/metrics")
+    content = document(app)["paths"]["/metrics"]["get"]["responses"]["200"]["content"]
+    assert list(content) == [result.headers["content-type"].split(";")[0]]
+    assert content["text/plain"]["schema"] == {"type": "string"}

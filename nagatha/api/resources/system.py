@@ -1,4 +1,4 @@
-"""``GET /ping`` (liveness, touches nothing) and ``GET /openapi.json``."""
+"""``GET /ping`` (liveness, touches nothing), ``GET /metrics`` and ``GET /openapi.json``."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ from typing import Any
 import falcon
 
 from nagatha import __version__
+from nagatha.api.metrics import MetricsCollector
 from nagatha.api.resources import send
 from nagatha.api.schemas import Ping
 
@@ -20,6 +21,18 @@ class PingResource:
         send(resp, Ping(version=__version__))
 
     on_head = on_get  # probes that only look at the status (Falcon sends no body for HEAD)
+
+
+class MetricsResource:
+    """Prometheus metrics of the whole hub (:mod:`nagatha.api.metrics`)."""
+
+    def __init__(self, collector: MetricsCollector) -> None:
+        self.collector = collector
+
+    def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
+        """Answer the exposition in the format the ``Accept`` header asks for."""
+        resp.data, resp.content_type = self.collector.render(req.get_header("Accept"))
+        resp.cache_control = ["no-store"]
 
 
 class OpenApiResource:

@@ -1,0 +1,125 @@
+"""Task metrics: what happened to each task name, counted by the status store for every worker.
+
+The store counts an *event* each time a record changes status (``submitted`` when it is
+created, then ``started``, ``retried``, ``succeeded``, ``failed``) or is cancelled
+(``cancelled``), and observes the *run time* (``completed_at - started_at``) of each run that
+ended. Counting happens in the same step as the write (one Lua script in Redis), so the counts
+are those of all workers, API replicas and bridges together, and a write that changes nothing
+(a duplicate delivery, a record already final) counts nothing. They are events, not tasks: a
+task that was retried twice counts three ``started``.
+
+Counts are kept as ``field -> number`` pairs (a Redis hash; a dict in memory), fields named
+``<kind>\\t<task name as JSON>``: the six events, ``runtime_sum`` (seconds) and
+``runtime:<i>`` (runs whose time fell in bucket ``i`` of :data:`RUNTIME_BUCKETS`, the last
+one past every bound). A Celery client may send any task name, so at most :data:`MAX_FIELDS`
+fields are kept: past that, new names are counted under :data:`OTHER`.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from nagatha.types import TaskStatus
+
+EVENTS = ("submitted", "started", "retried", "succeeded", "failed", "cancelled")
+#: The event a record's move to each status counts.
+EVENT_OF_STATUS = {
+    TaskStatus.PENDING: "submitted",
+    TaskStatus.STARTED: "started",
+    TaskStatus.RETRYING: "retried",
+    TaskStatus.SUCCESS: "succeeded",
+    TaskStatus.FAILURE: "failed",
+}
+#: Upper bounds in seconds of the run-time histogram's buckets (``le``); +Inf follows.
+RUNTIME_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5, 10, 30, 60, 300, 1800)
+#: Most fields kept; a task name first seen past it is counted as :data:`OTHER`.
+MAX_FIELDS = 10_000
+OTHER = "(other)"
+RUNTIME_SUM = "runtime_sum"
+
+
+def field_name(kind: str, task_name: str | None) -> str:
+    """The field counting ``kind`` for ``task_name`` (the name as the store encodes it)."""
+    return f"{kind}\t{json.dumps(task_name)}"
+
+
+def bucket_of(seconds: float) -> int:
+    """Index of the run-time bucket of ``seconds`` (``len(RUNTIME_BUCKETS)``: past all)."""
+    for index, bound in enumerate(RUNTIME_BUCKETS):
+        if seconds <= bound:
+            return index
+    return len(RUNTIME_BUCKETS)
+
+
+@dataclass
+class Runtime:
+    """Run times of one task name: runs per bucket (not cumulative) and their sum."""
+
+    buckets: list[int] = field(default_factory=lambda: [0] * (len(RUNTIME_BUCKETS) + 1))
+    total: float = 0.0
+
+    @property
+    def count(self) -> int:
+        return sum(self.buckets)
+
+
+@dataclass
+class TaskMetrics:
+    """A snapshot of the counts: ``events[(task, event)]`` and ``runtimes[task]``."""
+
+    events: dict[tuple[str, str], int] = field(default_factory=dict)
+    runtimes: dict[str, Runtime] = field(default_factory=dict)
+
+    @classmethod
+    def from_fields(cls, fields: Mapping[str, str | float]) -> TaskMetrics:
+        """Decode the stored fields; a field that does not decode is left out."""
+        metrics = cls()
+        for name, value in fields.items():
+            kind, _, encoded = name.partition("\t")
+            try:
+                task = json.loads(encoded)
+                number = float(value)
+            except ValueError:
+                continue
+            if not isinstance(task, str) or not math.isfinite(number):
+                continue
+            if kind in EVENTS:
+                metrics.events[(task, kind)] = int(number)
+            elif kind == RUNTIME_SUM:
+                metrics.runtimes.setdefault(task, Runtime()).total = number
+            elif kind.startswith("runtime:") and kind[8:].isdigit():
+                index = int(kind[8:])
+                if index <= len(RUNTIME_BUCKETS):
+                    metrics.runtimes.setdefault(task, Runtime()).buckets[index] = int(number)
+        return metrics
+
+
+class MetricsFields:
+    """The fields kept in memory, as the Redis store keeps them (not thread-safe: the
+    memory store calls it under its lock)."""
+
+    def __init__(self) -> None:
+        self.fields: dict[str, float] = {}
+
+    def count(self, event: str, task_name: str | None) -> None:
+        """Count one ``event`` of ``task_name``."""
+        self._add(self._label(event, task_name), event, 1)
+
+    def observe(self, task_name: str | None, seconds: float) -> None:
+        """Record one run of ``task_name`` that took ``seconds`` (negative: left out)."""
+        if seconds < 0:
+            return
+        label = self._label(RUNTIME_SUM, task_name)
+        self._add(label, RUNTIME_SUM, seconds)
+        self._add(label, f"runtime:{bucket_of(seconds)}", 1)
+
+    def _label(self, kind: str, task_name: str | None) -> str | None:
+        known = field_name(kind, task_name) in self.fields
+        return task_name if known or len(self.fields) < MAX_FIELDS else OTHER
+
+    def _add(self, task_name: str | None, kind: str, amount: float) -> None:
+        name = field_name(kind, task_name)
+        self.fields[name] = self.fields.get(name, 0) + amount

@@ -1,0 +1,151 @@
+"""Task metrics counted by the status stores: Redis (in its Lua scripts) and memory, alike.
+
+Each test runs the same writes on a :class:`RedisStatusStore` against the real Redis (own
+prefix) and on a :class:`MemoryStatusStore`, and expects the same counts from both.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from nagatha.metrics import MAX_FIELDS, OTHER, RUNTIME_BUCKETS, bucket_of
+from nagatha.stores import MemoryStatusStore, RedisStatusStore
+from nagatha.stores.base import StatusStore
+from nagatha.testing import RedisPrefix
+from nagatha.types import CANCELLED_ERROR, TaskRecord, TaskStatus, utcnow
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(params=["redis", "memory"])
+def store(request: pytest.FixtureRequest) -> Iterator[StatusStore]:
+    if request.param == "memory":
+        yield MemoryStatusStore(ttl=120)
+        return
+    prefix: RedisPrefix = request.getfixturevalue("redis_prefix")
+    created = RedisStatusStore(prefix.url, prefix=prefix.prefix, ttl=120)
+    yield created
+    created.close()
+
+
+def pending(task_id: str, task_name: str = "m.t") -> TaskRecord:
+    return TaskRecord(
+        task_id=task_id, task_name=task_name, status=TaskStatus.PENDING, created_at=utcnow()
+    )
+
+
+def run(store: StatusStore, task_id: str, started: datetime, completed: datetime) -> None:
+    store.update(task_id, TaskStatus.STARTED, {"started_at": started})
+    store.update(task_id, TaskStatus.SUCCESS, {"result": 1, "completed_at": completed})
+
+
+def test_each_change_of_status_counts_its_event_once(store: StatusStore) -> None:
+    assert store.create(pending("a"))
+    assert not store.create(pending("a"))
+    now = utcnow()
+    store.update("a", TaskStatus.STARTED, {"started_at": now})
+    store.update("a", TaskStatus.STARTED, {"started_at": now})  # a redelivery's write
+    store.update("a", TaskStatus.RETRYING, {"retries": 1})
+    store.update("a", TaskStatus.STARTED, {"started_at": now})
+    store.update("a", TaskStatus.FAILURE, {"error": "E: x", "completed_at": now})
+    store.update("a", TaskStatus.SUCCESS, {"completed_at": now})  # refused: already final
+    assert store.metrics().events == {
+        ("m.t", "submitted"): 1,
+        ("m.t", "started"): 2,
+        ("m.t", "retried"): 1,
+        ("m.t", "failed"): 1,
+    }
+
+
+def test_a_start_counts_once_also_when_the_outcome_carries_it(store: StatusStore) -> None:
+    # A worker's every write of an attempt carries its started_at; a task that ends before its
+    # deferred started write went out is written once, as the outcome.
+    now, later = utcnow(), utcnow() + timedelta(seconds=0.2)
+    store.create(pending("absorbed"))
+    store.update("absorbed", TaskStatus.SUCCESS, {"started_at": now, "completed_at": later})
+    store.create(pending("both"))
+    store.update("both", TaskStatus.STARTED, {"started_at": now})
+    store.update("both", TaskStatus.SUCCESS, {"started_at": now, "completed_at": later})
+    metrics = store.metrics()
+    assert metrics.events[("m.t", "started")] == metrics.events[("m.t", "succeeded")] == 2
+    assert metrics.runtimes["m.t"].count == 2
+
+
+def test_a_cancel_counts_cancelled_and_a_run_it_missed_counts_too(store: StatusStore) -> None:
+    store.create(pending("c"))
+    fields = {"error": CANCELLED_ERROR, "completed_at": utcnow()}
+    store.cancel("c", fields)
+    store.cancel("c", fields)
+    store.create(pending("late"))
+    store.cancel("late", fields)
+    run(store, "late", utcnow(), utcnow())
+    events = store.metrics().events
+    assert events[("m.t", "cancelled")] == 2
+    assert events[("m.t", "started")] == events[("m.t", "succeeded")] == 1
+    assert ("m.t", "failed") not in events
+
+
+@pytest.mark.parametrize(
+    ("started", "completed"),
+    [
+        ("2026-11-29T10:00:00.100000", "2026-11-29T10:00:00.400000"),
+        ("2027-12-31T23:59:59.750000", "2028-01-01T00:00:00.500000"),
+        ("2028-02-28T12:00:00", "2028-03-01T12:00:00"),  # a leap day between
+        ("2026-11-29T10:00:01", "2026-11-29T10:00:01"),
+    ],
+)
+def test_run_times_are_measured_across_days_and_fall_in_their_bucket(
+    store: StatusStore, started: str, completed: str
+) -> None:
+    begin, end = (datetime.fromisoformat(text).replace(tzinfo=UTC) for text in (started, completed))
+    store.create(pending("r"))
+    run(store, "r", begin, end)
+    runtime = store.metrics().runtimes["m.t"]
+    seconds = (end - begin).total_seconds()
+    assert runtime.total == pytest.approx(seconds, abs=1e-6)
+    assert runtime.count == 1 and runtime.buckets[bucket_of(seconds)] == 1
+
+
+def test_an_end_without_a_start_counts_no_run_time(store: StatusStore) -> None:
+    store.create(pending("x"))
+    store.update("x", TaskStatus.FAILURE, {"error": "E: x", "completed_at": utcnow()})
+    store.create(pending("y"))
+    later = utcnow()
+    run(store, "y", later, later - timedelta(seconds=1))  # clocks of two hosts disagreeing
+    metrics = store.metrics()
+    assert metrics.events[("m.t", "failed")] == 1
+    assert metrics.events[("m.t", "succeeded")] == 1
+    assert "m.t" not in metrics.runtimes
+
+
+def test_a_record_made_from_defaults_counts_under_its_task_name(store: StatusStore) -> None:
+    defaults = {"task_name": "bridged.task", "created_at": utcnow()}
+    now = utcnow()
+    store.update("d", TaskStatus.STARTED, {"started_at": now}, defaults)
+    store.update("d", TaskStatus.SUCCESS, {"completed_at": now + timedelta(seconds=2)})
+    metrics = store.metrics()
+    assert metrics.events == {("bridged.task", "started"): 1, ("bridged.task", "succeeded"): 1}
+    assert metrics.runtimes["bridged.task"].buckets[RUNTIME_BUCKETS.index(2.5)] == 1
+
+
+def test_past_the_field_limit_only_known_names_keep_their_own_counts(
+    store: StatusStore,
+) -> None:
+    store.create(pending("k", "known.task"))
+    filler = {f"filler\t{index}": 1 for index in range(MAX_FIELDS)}
+    if isinstance(store, RedisStatusStore):
+        store.client.hset(f"{store.prefix}metrics", mapping=filler)
+    else:
+        store._metrics.fields.update(filler)
+    store.create(pending("k2", "known.task"))
+    store.create(pending("n", "new.task"))
+    run(store, "n", utcnow(), utcnow())
+    metrics = store.metrics()
+    assert metrics.events[("known.task", "submitted")] == 2
+    assert metrics.events[(OTHER, "submitted")] == 1
+    assert metrics.events[(OTHER, "succeeded")] == 1
+    assert ("new.task", "submitted") not in metrics.events
+    assert list(metrics.runtimes) == [OTHER]
