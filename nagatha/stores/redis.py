@@ -63,10 +63,11 @@ from nagatha.types import CANCELLED_ERROR, TaskRecord, TaskStatus
 _UPDATE = (
     LUA
     + """
-local current = redis.call('HGET', KEYS[1], 'status')
+local before = redis.call('HMGET', KEYS[1], 'status', 'started_at', 'task_name')
+local current = before[1]
 local fields = cjson.decode(ARGV[4])
-local starts = fields['started_at'] and fields['started_at'] ~= 'null'
-  and fields['started_at'] ~= redis.call('HGET', KEYS[1], 'started_at')
+local started_at = fields['started_at'] or before[2]
+local starts = fields['started_at'] and started_at ~= 'null' and started_at ~= before[2]
 local pairs_ = {}
 local n = 0
 if current == '"success"' or current == '"failure"' then
@@ -104,7 +105,7 @@ if ARGV[3] == '1' then
 end
 local changes = current ~= ARGV[2]
 if starts or changes then
-  local name = redis.call('HGET', KEYS[1], 'task_name') or 'null'
+  local name = before[3] or redis.call('HGET', KEYS[1], 'task_name') or 'null'
   if starts or (changes and ARGV[2] == '"started"') then
     count(KEYS[3], 'started', name)
   end
@@ -112,8 +113,8 @@ if starts or changes then
     count(KEYS[3], EVENT_OF_STATUS[ARGV[2]], name)
   end
   if changes and ARGV[3] == '1' then
-    local times = redis.call('HMGET', KEYS[1], 'started_at', 'completed_at')
-    observe(KEYS[3], name, times[1], times[2])
+    local completed_at = fields['completed_at'] or redis.call('HGET', KEYS[1], 'completed_at')
+    observe(KEYS[3], name, started_at, completed_at)
   end
 end
 return 1

@@ -25,8 +25,8 @@ LUA = f"""
 local EVENT_OF_STATUS = {{{_EVENTS}}}
 local BUCKETS = {{{", ".join(repr(bound) for bound in RUNTIME_BUCKETS)}}}
 local function label(key, kind, name)
-  if redis.call('HEXISTS', key, kind .. '\\t' .. name) == 1
-      or redis.call('HLEN', key) < {MAX_FIELDS} then
+  if redis.call('HLEN', key) < {MAX_FIELDS}
+      or redis.call('HEXISTS', key, kind .. '\\t' .. name) == 1 then
     return name
   end
   return {json.dumps(json.dumps(OTHER))}
