@@ -211,7 +211,7 @@ def test_sigterm_to_the_api_finishes_in_flight_requests(
     worker = start_worker(processes=1, threads=4)
     load = HttpLoad(base, interval=0.05).start()
     # Long polls that are certainly inside the API when SIGTERM arrives.
-    slow = [fault_hub.submit("diagnostics.sleep", kwargs={"seconds": 2.0}) for _ in range(3)]
+    slow = [fault_hub.submit("diagnostics.sleep", kwargs={"seconds": 4.0}) for _ in range(3)]
     polls: list[httpx.Response | str] = []
 
     def poll(task_id: str) -> None:
@@ -219,9 +219,9 @@ def test_sigterm_to_the_api_finishes_in_flight_requests(
 
     threads = [threading.Thread(target=poll, args=(r.task_id,)) for r in slow]
     try:
-        wait_accepted(load, 20)
-        for thread in threads:
+        for thread in threads:  # started first: connected long before the SIGTERM below
             thread.start()
+        wait_accepted(load, 20)
         wait_until(lambda: len(load.ids) >= 25, 30, message="25 accepted")
         term_at = time.monotonic()
         api.signal(signal.SIGTERM)

@@ -134,7 +134,8 @@ def test_a_result_held_when_the_worker_is_stopped_is_redelivered_not_acked(
     env = {**fault_env, "NAGATHA_WORKER_SHUTDOWN_GRACE": str(SHUTDOWN_GRACE)}
     # Given a worker holding two finished results because Redis is down
     first = start_worker(processes=1, threads=2, env=env)
-    ids = [fault_hub.submit("diagnostics.sleep", kwargs={"seconds": 1.0}).task_id for _ in range(2)]
+    # 3 s: still running when Redis is killed, however late this test sees them start
+    ids = [fault_hub.submit("diagnostics.sleep", kwargs={"seconds": 3.0}).task_id for _ in range(2)]
     wait_until(lambda: count_status(store, ids, "started") == 2, 30, message="both started")
     redis_private.kill()
     down_at = time.monotonic()

@@ -484,10 +484,11 @@ def test_replay_of_an_unknown_id_exits_1(stack: HubStack) -> None:
 
 
 def test_a_bridge_killed_under_load_loses_nothing(stack: HubStack, client: CeleryClient) -> None:
-    # Given a bridge busy with a backlog
-    bridge = stack.start_bridge()
+    # Given a bridge busy with a backlog (queued first: a bridge consuming while the client
+    # sends could keep up and leave nothing queued to kill it over)
     total = 1500
     results = [client.send("diagnostics.add", args=[i, i]) for i in range(total)]
+    bridge = stack.start_bridge()
     taken = wait_until(
         lambda: (n := _hub_records(stack)) >= 100 and n, GET_TIMEOUT, message="100 taken"
     )

@@ -10,7 +10,7 @@ import pytest
 
 from nagatha.config import load_config
 from nagatha.hub import create_hub
-from nagatha.testing import HubProcess, RabbitVhost, rabbitmqctl
+from nagatha.testing import HubProcess, RabbitVhost, rabbitmqctl, wait_until
 from nagatha.types import TaskStatus
 
 pytestmark = pytest.mark.integration
@@ -59,7 +59,8 @@ def test_a_retry_refused_by_a_full_delay_queue_is_held_then_runs(
         held = rf"task {task_id} flaky.once: the retry could not be enqueued"
         worker.wait_for_log(held, timeout=60)
         # Held: neither acked nor recorded as retrying; the broker still holds the attempt.
-        assert hub.get_task_status(task_id).status is TaskStatus.STARTED
+        # (The deferred started write may land just after the log line.)
+        wait_until(lambda: hub.get_task_status(task_id).status is TaskStatus.STARTED, 30)
         rabbitmqctl("clear_policy", "-p", vhost.name, policy)
         policy_set = False
         record = hub.wait_for(task_id, 60, strict=True)

@@ -47,10 +47,10 @@ BODY = """
     def register_tasks(registry):
         registry.register_task("stop", "record", record)
         registry.register_task("stop", "held", held)
-        registry.register_task("stop", "failing", failing, max_retries=1, min_backoff=300,
-                               max_backoff=300)
+        registry.register_task("stop", "failing", failing, max_retries=1, min_backoff=2000,
+                               max_backoff=2000)
         registry.register_task("stop", "failing_when_released", failing_when_released,
-                               max_retries=1, min_backoff=300, max_backoff=300)
+                               max_retries=1, min_backoff=2000, max_backoff=2000)
 """
 
 
@@ -71,7 +71,7 @@ def drained(hub: TaskRegistry) -> None:
 
 
 def test_a_waiting_task_is_cancelled_at_once_and_never_runs(hub: TaskRegistry) -> None:
-    record = hub.submit("stop.record", kwargs={"tag": "late"}, delay_ms=300)
+    record = hub.submit("stop.record", kwargs={"tag": "late"}, delay_ms=2000)
     cancelled = hub.cancel(record.task_id)
     assert cancelled.status is TaskStatus.FAILURE
     assert cancelled.error == CANCELLED_ERROR
@@ -84,7 +84,7 @@ def test_a_waiting_task_is_cancelled_at_once_and_never_runs(hub: TaskRegistry) -
 
 
 def test_cancel_is_idempotent(hub: TaskRegistry) -> None:
-    task_id = hub.submit("stop.record", kwargs={"tag": "twice"}, delay_ms=300).task_id
+    task_id = hub.submit("stop.record", kwargs={"tag": "twice"}, delay_ms=2000).task_id
     assert hub.cancel(task_id) == hub.cancel(task_id)
 
 
@@ -215,7 +215,7 @@ def error_of(result: Any, status: int) -> dict[str, Any]:
 
 
 def test_delete_cancels_and_answers_the_record(hub: TaskRegistry, client: TestClient) -> None:
-    task_id = hub.submit("stop.record", kwargs={"tag": "http"}, delay_ms=300).task_id
+    task_id = hub.submit("stop.record", kwargs={"tag": "http"}, delay_ms=2000).task_id
     for path in (f"/tasks/{task_id}", f"/status/{task_id}"):  # the second: idempotent, alias
         result = client.simulate_delete(path)
         assert result.status_code == 200, result.text

@@ -369,8 +369,8 @@ def test_a_heartbeat_that_hangs_is_a_timeout_alone(monkeypatch: pytest.MonkeyPat
     slow = types.SimpleNamespace(heartbeat=lambda: release.wait(30) and {"status": "late"})
     monkeypatch.setitem(hub._module_objects, "slow", slow)
     try:
-        beats = hub.heartbeats(0.3)
-        assert beats["slow"] == {"status": "timeout", "detail": "no answer within 0.3s"}
+        beats = hub.heartbeats(2)  # the healthy ones answer in time on a loaded machine too
+        assert beats["slow"] == {"status": "timeout", "detail": "no answer within 2s"}
         assert beats["echo_bot"] == {"status": "ok"}
     finally:
         release.set()
