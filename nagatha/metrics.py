@@ -9,7 +9,8 @@ are those of all workers, API replicas and bridges together, and a write that ch
 task that was retried twice counts three ``started``.
 
 Counts are kept as ``field -> number`` pairs (a Redis hash; a dict in memory), fields named
-``<kind>\\t<task name as JSON>``: the six events, ``runtime_sum`` (seconds) and
+``<kind>\\t<task name as JSON>``: the six events, ``runtime_us`` (the run times' sum in
+microseconds: an integer, added exactly) and
 ``runtime:<i>`` (runs whose time fell in bucket ``i`` of :data:`RUNTIME_BUCKETS`, the last
 one past every bound). A Celery client may send any task name, so at most :data:`MAX_FIELDS`
 fields are kept: past that, new names are counted under :data:`OTHER`.
@@ -21,6 +22,8 @@ import json
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
 
 from nagatha.types import TaskStatus
 
@@ -38,7 +41,17 @@ RUNTIME_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5, 10, 30
 #: Most fields kept; a task name first seen past it is counted as :data:`OTHER`.
 MAX_FIELDS = 10_000
 OTHER = "(other)"
-RUNTIME_SUM = "runtime_sum"
+RUNTIME_SUM = "runtime_us"
+
+
+def run_time(fields: Mapping[str, Any]) -> float | None:
+    """Seconds from ``started_at`` to ``completed_at`` in an outcome's fields (a worker's
+    writes carry both); None if one is missing or the clocks disagree (negative)."""
+    started, completed = fields.get("started_at"), fields.get("completed_at")
+    if not isinstance(started, datetime) or not isinstance(completed, datetime):
+        return None
+    seconds = (completed - started).total_seconds()
+    return seconds if seconds >= 0 else None
 
 
 def field_name(kind: str, task_name: str | None) -> str:
@@ -89,7 +102,7 @@ class TaskMetrics:
             if kind in EVENTS:
                 metrics.events[(task, kind)] = int(number)
             elif kind == RUNTIME_SUM:
-                metrics.runtimes.setdefault(task, Runtime()).total = number
+                metrics.runtimes.setdefault(task, Runtime()).total = number / 1e6
             elif kind.startswith("runtime:") and kind[8:].isdigit():
                 index = int(kind[8:])
                 if index <= len(RUNTIME_BUCKETS):
@@ -102,24 +115,22 @@ class MetricsFields:
     memory store calls it under its lock)."""
 
     def __init__(self) -> None:
-        self.fields: dict[str, float] = {}
+        self.fields: dict[str, int] = {}
 
     def count(self, event: str, task_name: str | None) -> None:
         """Count one ``event`` of ``task_name``."""
         self._add(self._label(event, task_name), event, 1)
 
     def observe(self, task_name: str | None, seconds: float) -> None:
-        """Record one run of ``task_name`` that took ``seconds`` (negative: left out)."""
-        if seconds < 0:
-            return
+        """Record one run of ``task_name`` that took ``seconds``."""
         label = self._label(RUNTIME_SUM, task_name)
-        self._add(label, RUNTIME_SUM, seconds)
+        self._add(label, RUNTIME_SUM, round(seconds * 1e6))
         self._add(label, f"runtime:{bucket_of(seconds)}", 1)
 
     def _label(self, kind: str, task_name: str | None) -> str | None:
         known = field_name(kind, task_name) in self.fields
         return task_name if known or len(self.fields) < MAX_FIELDS else OTHER
 
-    def _add(self, task_name: str | None, kind: str, amount: float) -> None:
+    def _add(self, task_name: str | None, kind: str, amount: int) -> None:
         name = field_name(kind, task_name)
         self.fields[name] = self.fields.get(name, 0) + amount

@@ -6,7 +6,7 @@ import threading
 import time
 from typing import Any
 
-from nagatha.metrics import EVENT_OF_STATUS, MetricsFields, TaskMetrics
+from nagatha.metrics import EVENT_OF_STATUS, MetricsFields, TaskMetrics, run_time
 from nagatha.stores.base import StatusStore
 from nagatha.types import TaskRecord, TaskStatus
 
@@ -60,21 +60,22 @@ class MemoryStatusStore(StatusStore):
                 base.update(error=None, completed_at=None)  # a run the cancel missed
             record = TaskRecord.model_validate({**base, **fields, "status": status})
             self._put(record)
-            self._count(current, record, starts=fields.get("started_at") is not None)
+            self._count(current, record, fields)
             return True
 
-    def _count(self, before: TaskRecord | None, after: TaskRecord, *, starts: bool) -> None:
+    def _count(self, before: TaskRecord | None, after: TaskRecord, fields: dict[str, Any]) -> None:
         """Count as the Redis store's script does (:mod:`nagatha.stores.redis`)."""
         changes = before is None or before.status is not after.status
-        if starts and before is not None and before.started_at == after.started_at:
-            starts = False
+        starts = fields.get("started_at") is not None and (
+            before is None or before.started_at != after.started_at
+        )
         if starts or (changes and after.status is TaskStatus.STARTED):
             self._metrics.count("started", after.task_name)
         if changes and after.status is not TaskStatus.STARTED:
             self._metrics.count(EVENT_OF_STATUS[after.status], after.task_name)
-        if changes and after.status.final and after.started_at and after.completed_at:
-            runtime = after.completed_at - after.started_at
-            self._metrics.observe(after.task_name, runtime.total_seconds())
+        seconds = run_time(fields) if changes and after.status.final else None
+        if seconds is not None:
+            self._metrics.observe(after.task_name, seconds)
 
     def get(self, task_id: str) -> TaskRecord | None:
         with self._changed:

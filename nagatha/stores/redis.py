@@ -42,7 +42,7 @@ from redis.exceptions import (
 )
 
 from nagatha.errors import StoreRejected, StoreUnavailable
-from nagatha.metrics import TaskMetrics
+from nagatha.metrics import TaskMetrics, bucket_of, run_time
 from nagatha.stores.base import StatusStore, decode_fields, encode_fields
 from nagatha.stores.batching import Write, WriteBatcher
 from nagatha.stores.redis_cancels import CancelWatch
@@ -51,23 +51,24 @@ from nagatha.stores.redis_waiter import DoneListener
 from nagatha.types import CANCELLED_ERROR, TaskRecord, TaskStatus
 
 # KEYS[1] record hash, KEYS[2] done channel, KEYS[3] the metrics hash. ARGV[1] ttl, ARGV[2]
-# new status (JSON), ARGV[3] 1 if final, ARGV[4] JSON object field -> JSON text, optional
-# ARGV[5] the same for the defaults.
+# new status (JSON), ARGV[3] 1 if final, ARGV[4] JSON object field -> JSON text, ARGV[5] and
+# ARGV[6] the run time in microseconds and its bucket (empty: none), optional ARGV[7] JSON
+# object field -> JSON text for the defaults.
 # The values are kept as the strings they decode to (never re-encoded by cjson, which would
 # make an empty list and an empty object alike). Returns 1 written, 0 already final, -1 no
 # record and no defaults sent (nothing written). A final record is never rewritten, except a
 # cancelled one by a write that carries started_at (see StatusStore's rules). Metrics: a write
 # carrying a started_at the record did not have counts `started` (a final write may have
 # absorbed the started one), a change to another status counts its event, a final one also
-# the run time.
+# the run time (worked out from the write's timestamps by the caller).
 _UPDATE = (
     LUA
     + """
 local before = redis.call('HMGET', KEYS[1], 'status', 'started_at', 'task_name')
 local current = before[1]
 local fields = cjson.decode(ARGV[4])
-local started_at = fields['started_at'] or before[2]
-local starts = fields['started_at'] and started_at ~= 'null' and started_at ~= before[2]
+local started_at = fields['started_at']
+local starts = started_at and started_at ~= 'null' and started_at ~= before[2]
 local pairs_ = {}
 local n = 0
 if current == '"success"' or current == '"failure"' then
@@ -82,10 +83,10 @@ if current == '"success"' or current == '"failure"' then
   n = 4
 end
 if not current then
-  if not ARGV[5] then
+  if not ARGV[7] then
     return -1
   end
-  for field, value in pairs(cjson.decode(ARGV[5])) do
+  for field, value in pairs(cjson.decode(ARGV[7])) do
     pairs_[n + 1] = field
     pairs_[n + 2] = value
     n = n + 2
@@ -112,9 +113,8 @@ if starts or changes then
   if changes and ARGV[2] ~= '"started"' then
     count(KEYS[3], EVENT_OF_STATUS[ARGV[2]], name)
   end
-  if changes and ARGV[3] == '1' then
-    local completed_at = fields['completed_at'] or redis.call('HGET', KEYS[1], 'completed_at')
-    observe(KEYS[3], name, started_at, completed_at)
+  if changes and ARGV[5] ~= '' then
+    observe(KEYS[3], name, ARGV[5], ARGV[6])
   end
 end
 return 1
@@ -434,6 +434,7 @@ class RedisStatusStore(StatusStore):
             raise StoreRejected(
                 f"the record is too large for Redis (over {MAX_ARGUMENT_CHARS >> 20} MiB as JSON)"
             )
+        seconds = run_time(write.fields) if write.status.final else None
         return [
             self._key(write.task_id),
             self._channel(write.task_id),
@@ -441,7 +442,10 @@ class RedisStatusStore(StatusStore):
             self.ttl,
             f'"{write.status.value}"',
             "1" if write.status.final else "0",
-            *encoded,
+            encoded[0],
+            "" if seconds is None else round(seconds * 1e6),
+            "" if seconds is None else bucket_of(seconds),
+            *encoded[1:],
         ]
 
     @staticmethod

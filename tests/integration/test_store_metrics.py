@@ -38,8 +38,10 @@ def pending(task_id: str, task_name: str = "m.t") -> TaskRecord:
 
 
 def run(store: StatusStore, task_id: str, started: datetime, completed: datetime) -> None:
+    """Write a run as a worker does: every write of the attempt carries its start."""
     store.update(task_id, TaskStatus.STARTED, {"started_at": started})
-    store.update(task_id, TaskStatus.SUCCESS, {"result": 1, "completed_at": completed})
+    outcome = {"result": 1, "started_at": started, "completed_at": completed}
+    store.update(task_id, TaskStatus.SUCCESS, outcome)
 
 
 def test_each_change_of_status_counts_its_event_once(store: StatusStore) -> None:
@@ -125,7 +127,9 @@ def test_a_record_made_from_defaults_counts_under_its_task_name(store: StatusSto
     defaults = {"task_name": "bridged.task", "created_at": utcnow()}
     now = utcnow()
     store.update("d", TaskStatus.STARTED, {"started_at": now}, defaults)
-    store.update("d", TaskStatus.SUCCESS, {"completed_at": now + timedelta(seconds=2)})
+    store.update(
+        "d", TaskStatus.SUCCESS, {"started_at": now, "completed_at": now + timedelta(seconds=2)}
+    )
     metrics = store.metrics()
     assert metrics.events == {("bridged.task", "started"): 1, ("bridged.task", "succeeded"): 1}
     assert metrics.runtimes["bridged.task"].buckets[RUNTIME_BUCKETS.index(2.5)] == 1

@@ -22,6 +22,7 @@ from nagatha.metrics import (
     MAX_FIELDS,
     OTHER,
     RUNTIME_BUCKETS,
+    RUNTIME_SUM,
     MetricsFields,
     TaskMetrics,
     bucket_of,
@@ -74,7 +75,7 @@ def test_a_run_time_on_a_bound_falls_in_that_bucket() -> None:
 def test_stored_fields_decode_and_what_does_not_decode_is_left_out() -> None:
     fields: dict[str, str | float] = {
         field_name("started", "m.t"): "3",
-        field_name("runtime_sum", "m.t"): "0.75",
+        field_name(RUNTIME_SUM, "m.t"): "750000",  # microseconds
         field_name(f"runtime:{len(RUNTIME_BUCKETS)}", "m.t"): "2",
         field_name("started", 'we"ird\n'): "1",
         "started\tnot json": "1",
