@@ -9,10 +9,11 @@ joined at exit, would.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from concurrent.futures import Future
-from threading import Thread
-from typing import TypeVar
+from threading import Lock, Thread
+from typing import Any, TypeVar
 
 T = TypeVar("T")
 
@@ -32,3 +33,33 @@ def start_daemon(call: Callable[[], T], name: str) -> Future[T]:
 
     Thread(target=run, name=name, daemon=True).start()
     return future
+
+
+class Probes:
+    """Named calls on daemon threads (:func:`start_daemon`), at most one running per name.
+
+    Starting a name whose last call still runs returns that call's future instead of a new
+    thread: a dependency that hangs costs one thread, however often it is asked about. Each
+    future's result is ``(milliseconds the call took, its value)``.
+    """
+
+    def __init__(self, prefix: str) -> None:
+        self._prefix = prefix
+        self._lock = Lock()
+        self._running: dict[str, Future[tuple[float, Any]]] = {}
+
+    def start(self, name: str, call: Callable[[], Any]) -> Future[tuple[float, Any]]:
+        """The future of ``call`` under ``name``: the one still running, else a new one."""
+        with self._lock:
+            running = self._running.get(name)
+            if running is not None and not running.done():
+                return running
+            started = time.perf_counter()
+
+            def timed() -> tuple[float, Any]:
+                value = call()
+                return (time.perf_counter() - started) * 1000, value
+
+            future = start_daemon(timed, f"{self._prefix}-{name}")
+            self._running[name] = future
+            return future

@@ -12,8 +12,10 @@ Counts are kept as ``field -> number`` pairs (a Redis hash; a dict in memory), f
 ``<kind>\\t<task name as JSON>``: the six events, ``runtime_us`` (the run times' sum in
 microseconds: an integer, added exactly) and
 ``runtime:<i>`` (runs whose time fell in bucket ``i`` of :data:`RUNTIME_BUCKETS`, the last
-one past every bound). A Celery client may send any task name, so at most :data:`MAX_FIELDS`
-fields are kept: past that, new names are counted under :data:`OTHER`.
+one past every bound). A Celery client or a stray message may name any task: names the
+process's registry does not know are counted as :data:`UNREGISTERED`
+(:meth:`~nagatha.stores.base.StatusStore.metric_name`), and past :data:`MAX_FIELDS` fields new
+names are counted under :data:`OTHER`.
 """
 
 from __future__ import annotations
@@ -41,6 +43,8 @@ RUNTIME_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5, 10, 30
 #: Most fields kept; a task name first seen past it is counted as :data:`OTHER`.
 MAX_FIELDS = 10_000
 OTHER = "(other)"
+#: What a task name no module registered is counted as (a Celery client may send any name).
+UNREGISTERED = "(unregistered)"
 RUNTIME_SUM = "runtime_us"
 
 

@@ -33,7 +33,7 @@ from nagatha.api.reuse import Reused
 from nagatha.api.schemas import CheckResult, HealthReport
 from nagatha.broker import amqp_url
 from nagatha.config import BrokerConfig, FrameworkConfig, secrets_of
-from nagatha.daemon import start_daemon
+from nagatha.daemon import Probes
 from nagatha.registry import TaskRegistry, late_heartbeat
 from nagatha.types import utcnow
 
@@ -83,35 +83,21 @@ class HealthChecker:
         else:
             self._broker_probe = lambda: probe_rabbitmq(config.broker, timeout)
         self._report = Reused(self._probe_all, cache_seconds, clock)
-        self._inflight: dict[str, Future[Any]] = {}
+        self._probes = Probes("nagatha-health")
 
     def check(self) -> HealthReport:
         """The current report (a cached one if younger than ``cache_seconds``)."""
         return self._report.get()
 
-    def _submit(self, name: str, probe: Probe) -> Future[Any]:
-        running = self._inflight.get(name)
-        if running is not None and not running.done():
-            return running
-        started = time.perf_counter()
-
-        def timed() -> tuple[float, Any]:
-            value = probe()
-            return (time.perf_counter() - started) * 1000, value
-
+    def _probe_all(self) -> HealthReport:
         # A thread per probe (each runs once at a time): a hung heartbeat never delays the
         # broker and store probes.
-        future = start_daemon(timed, f"nagatha-health-{name}")
-        self._inflight[name] = future
-        return future
-
-    def _probe_all(self) -> HealthReport:
         futures = {
-            "broker": self._submit("broker", self._broker_probe),
-            "store": self._submit("store", self.registry.store.ping),
+            "broker": self._probes.start("broker", self._broker_probe),
+            "store": self._probes.start("store", self.registry.store.ping),
         }
         beats = {
-            name: self._submit(f"module {name}", partial(self.registry.heartbeat, name))
+            name: self._probes.start(f"module {name}", partial(self.registry.heartbeat, name))
             for name in self.registry.heartbeat_modules()
         }
         wait([*futures.values(), *beats.values()], timeout=self.timeout)

@@ -12,8 +12,8 @@ metric                             type       labels and meaning
 ``nagatha_task_events_total``      counter    ``task``, ``event``: submitted, started,
                                               retried, succeeded, failed, cancelled
 ``nagatha_task_runtime_seconds``   histogram  ``task``: started to success/failure, per run
-``nagatha_queue_messages``         gauge      ``queue``: messages ready (a hub queue, its
-                                              ``.DQ`` delayed and ``.XQ`` dead letters, the
+``nagatha_queue_messages``         gauge      ``queue``: messages ready, not those workers
+                                              hold (a hub queue, its ``.DQ`` and ``.XQ``, the
                                               bridge's Celery and dead-letter queues)
 ``nagatha_queue_consumers``        gauge      ``queue``: consumers (worker processes, bridge
                                               connections); RabbitMQ only
@@ -23,15 +23,18 @@ metric                             type       labels and meaning
 
 A dependency that does not answer leaves its metrics out and sets its ``nagatha_up`` to 0;
 the answer is still 200 (a failed scrape would hide the rest). Registered tasks are reported
-with zero counts before their first event. RabbitMQ is probed within ``timeout`` seconds, the
-store within its socket timeout (``results``); one collection is shared by the requests of
-``cache_seconds``, as for ``/health``.
+with zero counts before their first event. Redis and RabbitMQ are read in parallel on daemon
+threads with one deadline (``timeout``); one that has not answered by then is reported down
+(its thread, if still running, is waited for at the next collection rather than started
+again); one collection is shared by the requests of ``cache_seconds``, as for ``/health``.
 """
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import Future, wait
 from typing import Any
 
 import pika
@@ -45,9 +48,11 @@ from nagatha import __version__
 from nagatha.api.health import DEFAULT_TIMEOUT, probe_parameters
 from nagatha.api.reuse import Reused
 from nagatha.config import BrokerConfig, FrameworkConfig
-from nagatha.errors import NagathaError
+from nagatha.daemon import Probes
 from nagatha.metrics import EVENTS, RUNTIME_BUCKETS, TaskMetrics
 from nagatha.registry import TaskRegistry
+
+logger = logging.getLogger("nagatha.api")
 
 #: ``queue -> (messages ready, consumers or None)``.
 QueueDepths = dict[str, tuple[int, int | None]]
@@ -99,6 +104,8 @@ class MetricsCollector:
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.registry = registry
+        self.timeout = timeout
+        self._probes = Probes("nagatha-metrics")
         self._bridge_queues = [*config.bridge.queues, config.bridge.dead_letter_queue]
         if queue_probe is not None:
             self._queue_probe = queue_probe
@@ -126,22 +133,22 @@ class MetricsCollector:
         return list(dict.fromkeys([*named, *self._bridge_queues]))
 
     def _collect(self) -> Iterator[Metric]:
+        # Both reads on daemon threads, one deadline: a hung Redis or RabbitMQ (connected but
+        # silent) costs one thread, not one gunicorn thread per scrape.
+        queues = self.queues()
+        store = self._probes.start("store", self.registry.store.metrics)
+        broker = self._probes.start("broker", lambda: self._queue_probe(queues))
+        wait([store, broker], timeout=self.timeout)
         up = GaugeMetricFamily(
             "nagatha_up", "1 if the dependency answered this scrape.", labels=["dependency"]
         )
-        try:
-            metrics = self.registry.store.metrics()
-        except NagathaError:
-            up.add_metric(["store"], 0)
-        else:
-            up.add_metric(["store"], 1)
+        metrics = _value_of(store)
+        up.add_metric(["store"], 0 if metrics is None else 1)
+        if metrics is not None:
             yield from self._task_families(metrics)
-        try:
-            depths = self._queue_probe(self.queues())
-        except (NagathaError, pika.exceptions.AMQPError, OSError):
-            up.add_metric(["broker"], 0)
-        else:
-            up.add_metric(["broker"], 1)
+        depths = _value_of(broker)
+        up.add_metric(["broker"], 0 if depths is None else 1)
+        if depths is not None:
             yield from _queue_families(depths)
         yield up
         info = GaugeMetricFamily("nagatha_build_info", "The hub's version.", labels=["version"])
@@ -174,6 +181,18 @@ class MetricsCollector:
                 cumulative.append((bound, float(total)))
             histogram.add_metric([task], cumulative, runtime.total)
         return counter, histogram
+
+
+def _value_of(future: Future[tuple[float, Any]]) -> Any:
+    """A probe's value; None if it has not answered or it raised (its type logged at DEBUG:
+    a message may hold a URL, /health reports it with secrets masked)."""
+    if not future.done():
+        return None
+    error = future.exception()
+    if error is not None:
+        logger.debug("metrics: a probe failed: %s", type(error).__name__)
+        return None
+    return future.result()[1]
 
 
 def _queue_families(depths: QueueDepths) -> Iterable[Metric]:

@@ -24,12 +24,12 @@ from __future__ import annotations
 
 import abc
 import json
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from typing import Any
 
 from pydantic_core import to_jsonable_python
 
-from nagatha.metrics import TaskMetrics
+from nagatha.metrics import UNREGISTERED, TaskMetrics
 from nagatha.types import TaskRecord, TaskStatus
 
 
@@ -45,6 +45,17 @@ def decode_fields(raw: dict[str, str]) -> TaskRecord:
 
 class StatusStore(abc.ABC):
     """Where status records live. Every method may raise ``StoreUnavailable``."""
+
+    #: The task names :meth:`metrics` counts under their own name: the registry's, set by
+    #: :class:`~nagatha.registry.TaskRegistry`. None (no registry): every name.
+    counted_names: Collection[str] | None = None
+
+    def metric_name(self, task_name: str | None) -> str | None:
+        """The name a write for ``task_name`` is counted under: itself if counted, else
+        :data:`~nagatha.metrics.UNREGISTERED`."""
+        if self.counted_names is None or task_name in self.counted_names:
+            return task_name
+        return UNREGISTERED
 
     @abc.abstractmethod
     def create(self, record: TaskRecord) -> bool:

@@ -41,7 +41,7 @@ class MemoryStatusStore(StatusStore):
             if self._live(record.task_id) is not None:
                 return False
             self._put(record)
-            self._metrics.count("submitted", record.task_name)
+            self._metrics.count("submitted", self.metric_name(record.task_name))
             return True
 
     def update(
@@ -64,18 +64,26 @@ class MemoryStatusStore(StatusStore):
             return True
 
     def _count(self, before: TaskRecord | None, after: TaskRecord, fields: dict[str, Any]) -> None:
-        """Count as the Redis store's script does (:mod:`nagatha.stores.redis`)."""
-        changes = before is None or before.status is not after.status
-        starts = fields.get("started_at") is not None and (
-            before is None or before.started_at != after.started_at
+        """Count as the Redis store's script does (:mod:`nagatha.stores.redis`); here every
+        started write is a write of its own (nothing absorbs it)."""
+        # A cancelled record that a write got past (a run the cancel missed) changes too.
+        changes = before is None or before.status is not after.status or before.cancelled
+        starts = after.status is TaskStatus.STARTED and (
+            changes
+            or (
+                fields.get("started_at") is not None
+                and before is not None
+                and before.started_at != after.started_at
+            )
         )
-        if starts or (changes and after.status is TaskStatus.STARTED):
-            self._metrics.count("started", after.task_name)
+        name = self.metric_name(after.task_name)
+        if starts:
+            self._metrics.count("started", name)
         if changes and after.status is not TaskStatus.STARTED:
-            self._metrics.count(EVENT_OF_STATUS[after.status], after.task_name)
+            self._metrics.count(EVENT_OF_STATUS[after.status], name)
         seconds = run_time(fields) if changes and after.status.final else None
         if seconds is not None:
-            self._metrics.observe(after.task_name, seconds)
+            self._metrics.observe(name, seconds)
 
     def get(self, task_id: str) -> TaskRecord | None:
         with self._changed:

@@ -52,25 +52,25 @@ from nagatha.types import CANCELLED_ERROR, TaskRecord, TaskStatus
 
 # KEYS[1] record hash, KEYS[2] done channel, KEYS[3] the metrics hash. ARGV[1] ttl, ARGV[2]
 # new status (JSON), ARGV[3] 1 if final, ARGV[4] JSON object field -> JSON text, ARGV[5] and
-# ARGV[6] the run time in microseconds and its bucket (empty: none), optional ARGV[7] JSON
-# object field -> JSON text for the defaults.
-# The values are kept as the strings they decode to (never re-encoded by cjson, which would
-# make an empty list and an empty object alike). Returns 1 written, 0 already final, -1 no
-# record and no defaults sent (nothing written). A final record is never rewritten, except a
-# cancelled one by a write that carries started_at (see StatusStore's rules). Metrics: a write
-# carrying a started_at the record did not have counts `started` (a final write may have
-# absorbed the started one), a change to another status counts its event, a final one also
-# the run time (worked out from the write's timestamps by the caller).
+# ARGV[6] the run time in microseconds and its bucket (empty: none), ARGV[7] 1 if the write
+# carries a start (a started write, or one that absorbed it), ARGV[8] the name to count under
+# (JSON; empty: the record's), optional ARGV[9] JSON object field -> JSON text for the
+# defaults. The values are kept as the strings they decode to (never re-encoded by cjson,
+# which would make an empty list and an empty object alike). Returns 1 written, 0 already
+# final, -1 no record and no defaults sent (nothing written). A final record is never
+# rewritten, except a cancelled one by a write that carries started_at (see StatusStore's
+# rules). Metrics: a start counts `started` unless it is the same start written again (the
+# same started_at); a change of status (or of a cancelled record) counts its event and, for an
+# outcome, the run time.
 _UPDATE = (
     LUA
     + """
 local before = redis.call('HMGET', KEYS[1], 'status', 'started_at', 'task_name')
 local current = before[1]
 local fields = cjson.decode(ARGV[4])
-local started_at = fields['started_at']
-local starts = started_at and started_at ~= 'null' and started_at ~= before[2]
 local pairs_ = {}
 local n = 0
+local changes = current ~= ARGV[2]
 if current == '"success"' or current == '"failure"' then
   -- A cancelled record gives way to a run the cancel missed (its writes carry started_at).
   if current ~= '"failure"' or redis.call('HGET', KEYS[1], 'error') ~= [["""
@@ -81,12 +81,13 @@ if current == '"success"' or current == '"failure"' then
   end
   pairs_ = {'error', 'null', 'completed_at', 'null'}
   n = 4
+  changes = true
 end
 if not current then
-  if not ARGV[7] then
+  if not ARGV[9] then
     return -1
   end
-  for field, value in pairs(cjson.decode(ARGV[7])) do
+  for field, value in pairs(cjson.decode(ARGV[9])) do
     pairs_[n + 1] = field
     pairs_[n + 2] = value
     n = n + 2
@@ -104,10 +105,14 @@ redis.call('EXPIRE', KEYS[1], tonumber(ARGV[1]))
 if ARGV[3] == '1' then
   redis.call('PUBLISH', KEYS[2], ARGV[2])
 end
-local changes = current ~= ARGV[2]
+local starts = ARGV[7] == '1'
+  and (changes or (fields['started_at'] and fields['started_at'] ~= before[2]))
 if starts or changes then
-  local name = before[3] or redis.call('HGET', KEYS[1], 'task_name') or 'null'
-  if starts or (changes and ARGV[2] == '"started"') then
+  local name = ARGV[8]
+  if name == '' then
+    name = before[3] or redis.call('HGET', KEYS[1], 'task_name') or 'null'
+  end
+  if starts then
     count(KEYS[3], 'started', name)
   end
   if changes and ARGV[2] ~= '"started"' then
@@ -154,22 +159,23 @@ return redis.call('HGETALL', KEYS[1])
 """
 )
 
-# KEYS[1] record hash, KEYS[2] the metrics hash. ARGV[1] ttl, then field/value pairs.
+# KEYS[1] record hash, KEYS[2] the metrics hash. ARGV[1] ttl, ARGV[2] the name to count
+# `submitted` under (JSON; empty: the record's), then field/value pairs.
 _CREATE = (
     LUA
     + """
 if redis.call('EXISTS', KEYS[1]) == 1 then
   return 0
 end
-local name = 'null'
-for j = 2, #ARGV, 2 do
+local name = ARGV[2]
+for j = 3, #ARGV, 2 do
   redis.call('HSET', KEYS[1], ARGV[j], ARGV[j + 1])
-  if ARGV[j] == 'task_name' then
+  if ARGV[j] == 'task_name' and name == '' then
     name = ARGV[j + 1]
   end
 end
 redis.call('EXPIRE', KEYS[1], tonumber(ARGV[1]))
-count(KEYS[2], 'submitted', name)
+count(KEYS[2], 'submitted', name == '' and 'null' or name)
 return 1
 """
 )
@@ -332,6 +338,7 @@ class RedisStatusStore(StatusStore):
                 self._key(record.task_id),
                 self._metrics_key,
                 self.ttl,
+                self._label(record.task_name),
                 *_flatten(encode_fields(record.model_dump(exclude_none=True))),
             ]
             for record in records
@@ -435,6 +442,7 @@ class RedisStatusStore(StatusStore):
                 f"the record is too large for Redis (over {MAX_ARGUMENT_CHARS >> 20} MiB as JSON)"
             )
         seconds = run_time(write.fields) if write.status.final else None
+        starts = write.status is TaskStatus.STARTED or write.absorbed
         return [
             self._key(write.task_id),
             self._channel(write.task_id),
@@ -445,8 +453,16 @@ class RedisStatusStore(StatusStore):
             encoded[0],
             "" if seconds is None else round(seconds * 1e6),
             "" if seconds is None else bucket_of(seconds),
+            "1" if starts else "0",
+            self._label((write.defaults or {}).get("task_name")),
             *encoded[1:],
         ]
+
+    def _label(self, task_name: str | None) -> str:
+        """The name (JSON) a write counts under if not its record's: see
+        :meth:`StatusStore.metric_name`; empty when it is the record's own."""
+        counted = self.metric_name(task_name)
+        return "" if counted == task_name else json.dumps(counted)
 
     @staticmethod
     def _defaults(task_id: str, defaults: dict[str, Any] | None) -> str:

@@ -20,21 +20,31 @@ _EVENTS = ", ".join(
     for status, event in EVENT_OF_STATUS.items()
 )
 
+# redis.pcall: counting never fails the status write it follows (a metrics key of another
+# type, an ACL without HINCRBY): the record is written already, and a script does not roll back.
 LUA = f"""
 local EVENT_OF_STATUS = {{{_EVENTS}}}
 local function label(key, kind, name)
-  if redis.call('HLEN', key) < {MAX_FIELDS}
-      or redis.call('HEXISTS', key, kind .. '\\t' .. name) == 1 then
+  local size = redis.pcall('HLEN', key)
+  if type(size) ~= 'number' then
+    return nil
+  end
+  if size < {MAX_FIELDS} or redis.pcall('HEXISTS', key, kind .. '\\t' .. name) == 1 then
     return name
   end
   return {json.dumps(json.dumps(OTHER))}
 end
 local function count(key, event, name)
-  redis.call('HINCRBY', key, event .. '\\t' .. label(key, event, name), 1)
+  name = label(key, event, name)
+  if name then
+    redis.pcall('HINCRBY', key, event .. '\\t' .. name, 1)
+  end
 end
 local function observe(key, name, micros, bucket)
   name = label(key, '{RUNTIME_SUM}', name)
-  redis.call('HINCRBY', key, '{RUNTIME_SUM}\\t' .. name, micros)
-  redis.call('HINCRBY', key, 'runtime:' .. bucket .. '\\t' .. name, 1)
+  if name then
+    redis.pcall('HINCRBY', key, '{RUNTIME_SUM}\\t' .. name, micros)
+    redis.pcall('HINCRBY', key, 'runtime:' .. bucket .. '\\t' .. name, 1)
+  end
 end
 """

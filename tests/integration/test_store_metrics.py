@@ -11,9 +11,11 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from nagatha.metrics import MAX_FIELDS, OTHER, RUNTIME_BUCKETS, bucket_of
+from nagatha.errors import StoreUnavailable
+from nagatha.metrics import MAX_FIELDS, OTHER, RUNTIME_BUCKETS, UNREGISTERED, bucket_of
 from nagatha.stores import MemoryStatusStore, RedisStatusStore
 from nagatha.stores.base import StatusStore
+from nagatha.stores.batching import Write
 from nagatha.testing import RedisPrefix
 from nagatha.types import CANCELLED_ERROR, TaskRecord, TaskStatus, utcnow
 
@@ -62,18 +64,55 @@ def test_each_change_of_status_counts_its_event_once(store: StatusStore) -> None
     }
 
 
-def test_a_start_counts_once_also_when_the_outcome_carries_it(store: StatusStore) -> None:
-    # A worker's every write of an attempt carries its started_at; a task that ends before its
-    # deferred started write went out is written once, as the outcome.
+def test_a_start_counts_once_though_every_write_of_the_run_carries_it(
+    store: StatusStore,
+) -> None:
     now, later = utcnow(), utcnow() + timedelta(seconds=0.2)
-    store.create(pending("absorbed"))
-    store.update("absorbed", TaskStatus.SUCCESS, {"started_at": now, "completed_at": later})
-    store.create(pending("both"))
-    store.update("both", TaskStatus.STARTED, {"started_at": now})
-    store.update("both", TaskStatus.SUCCESS, {"started_at": now, "completed_at": later})
+    store.create(pending("r"))
+    run(store, "r", now, later)
     metrics = store.metrics()
-    assert metrics.events[("m.t", "started")] == metrics.events[("m.t", "succeeded")] == 2
-    assert metrics.runtimes["m.t"].count == 2
+    assert metrics.events[("m.t", "started")] == metrics.events[("m.t", "succeeded")] == 1
+    assert metrics.runtimes["m.t"].count == 1
+
+
+def test_two_runs_at_once_count_two_starts(store: StatusStore) -> None:
+    # A worker that lost its connection mid-run finishes while RabbitMQ's redelivery runs
+    # on another: two starts, one outcome (the first; the second is refused).
+    first, second = utcnow(), utcnow() + timedelta(seconds=1)
+    store.create(pending("twice"))
+    store.update("twice", TaskStatus.STARTED, {"started_at": first})
+    store.update("twice", TaskStatus.STARTED, {"started_at": second})
+    outcome = {"result": 1, "started_at": first, "completed_at": second}
+    store.update("twice", TaskStatus.SUCCESS, outcome)  # the first run's, carrying its start
+    events = store.metrics().events
+    assert events[("m.t", "started")] == 2
+    assert events[("m.t", "succeeded")] == 1
+
+
+def test_an_outcome_that_absorbed_its_start_counts_the_start(redis_prefix: RedisPrefix) -> None:
+    # Only the Redis store defers started writes: one still queued when the outcome comes is
+    # absorbed into it and never sent.
+    store = RedisStatusStore(redis_prefix.url, prefix=redis_prefix.prefix, ttl=120)
+    try:
+        now = utcnow()
+        for task_id, status, outcome in (
+            ("ok", TaskStatus.SUCCESS, {"result": 1}),
+            ("missed", TaskStatus.FAILURE, {"error": "ValueError: x"}),
+        ):
+            store.create(pending(task_id))
+            if task_id == "missed":  # the cancel came as the run began
+                store.cancel(task_id, {"error": CANCELLED_ERROR, "completed_at": now})
+            fields = {**outcome, "started_at": now, "completed_at": now}
+            write = Write(task_id, status, fields, {"task_name": "m.t"})
+            write.absorbed = True
+            store._send([write])
+            assert write.error is None and write.answer == 1
+        metrics = store.metrics()
+        assert metrics.events[("m.t", "started")] == 2
+        assert metrics.events[("m.t", "succeeded")] == metrics.events[("m.t", "failed")] == 1
+        assert metrics.runtimes["m.t"].count == 2
+    finally:
+        store.close()
 
 
 def test_a_cancel_counts_cancelled_and_a_run_it_missed_counts_too(store: StatusStore) -> None:
@@ -81,13 +120,30 @@ def test_a_cancel_counts_cancelled_and_a_run_it_missed_counts_too(store: StatusS
     fields = {"error": CANCELLED_ERROR, "completed_at": utcnow()}
     store.cancel("c", fields)
     store.cancel("c", fields)
-    store.create(pending("late"))
-    store.cancel("late", fields)
-    run(store, "late", utcnow(), utcnow())
-    events = store.metrics().events
-    assert events[("m.t", "cancelled")] == 2
-    assert events[("m.t", "started")] == events[("m.t", "succeeded")] == 1
-    assert ("m.t", "failed") not in events
+    for task_id, status in (("late", TaskStatus.SUCCESS), ("failing", TaskStatus.FAILURE)):
+        store.create(pending(task_id))
+        store.cancel(task_id, fields)
+        now = utcnow()
+        store.update(task_id, TaskStatus.STARTED, {"started_at": now})
+        store.update(task_id, status, {"error": None, "started_at": now, "completed_at": now})
+    metrics = store.metrics()
+    assert metrics.events[("m.t", "cancelled")] == 3
+    assert metrics.events[("m.t", "started")] == 2
+    assert metrics.events[("m.t", "succeeded")] == metrics.events[("m.t", "failed")] == 1
+    assert metrics.runtimes["m.t"].count == 2
+
+
+def test_names_no_module_registered_count_as_unregistered(store: StatusStore) -> None:
+    store.counted_names = {"m.t"}
+    store.create(pending("known"))
+    store.create(pending("odd", "no_such.task"))
+    defaults = {"task_name": "x" * 200, "created_at": utcnow()}  # a Celery client's name
+    store.update("stray", TaskStatus.FAILURE, {"error": "NotRegistered: x"}, defaults)
+    assert store.metrics().events == {
+        ("m.t", "submitted"): 1,
+        (UNREGISTERED, "submitted"): 1,
+        (UNREGISTERED, "failed"): 1,
+    }
 
 
 @pytest.mark.parametrize(
@@ -153,3 +209,21 @@ def test_past_the_field_limit_only_known_names_keep_their_own_counts(
     assert metrics.events[(OTHER, "succeeded")] == 1
     assert ("new.task", "submitted") not in metrics.events
     assert list(metrics.runtimes) == [OTHER]
+
+
+def test_a_metrics_key_redis_refuses_never_fails_a_status_write(
+    redis_prefix: RedisPrefix,
+) -> None:
+    store = RedisStatusStore(redis_prefix.url, prefix=redis_prefix.prefix, ttl=120)
+    try:
+        store.client.set(f"{store.prefix}metrics", "not a hash")  # WRONGTYPE for HINCRBY
+        assert store.create(pending("w"))
+        now = utcnow()
+        assert store.update("w", TaskStatus.STARTED, {"started_at": now})
+        assert store.update("w", TaskStatus.SUCCESS, {"started_at": now, "completed_at": now})
+        record = store.get("w")
+        assert record is not None and record.status is TaskStatus.SUCCESS
+        with pytest.raises(StoreUnavailable):
+            store.metrics()
+    finally:
+        store.close()

@@ -6,6 +6,7 @@ The Redis store's counting (the same fields, in Lua) is ``tests/integration/test
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator, Sequence
 from typing import Any
 
@@ -23,6 +24,7 @@ from nagatha.metrics import (
     OTHER,
     RUNTIME_BUCKETS,
     RUNTIME_SUM,
+    UNREGISTERED,
     MetricsFields,
     TaskMetrics,
     bucket_of,
@@ -155,12 +157,13 @@ def test_an_unavailable_store_is_reported_in_a_200_with_the_queues(
     assert not any(name.startswith("nagatha_task_") for name, _ in found)
 
 
-def test_odd_task_names_are_escaped_as_labels(hub: TaskRegistry) -> None:
-    name = 'a"b\\c\nd'  # a Celery client may send any name; the bridge records it
-    defaults = {"task_name": name, "created_at": utcnow()}
-    hub.store.update("odd", TaskStatus.STARTED, {"started_at": utcnow()}, defaults)
+def test_names_no_module_registered_count_as_one_label(hub: TaskRegistry) -> None:
+    odd = 'a"b\\c\nd'  # a Celery client or a stray message may name anything
+    defaults = {"task_name": odd, "created_at": utcnow()}
+    hub.store.update("odd", TaskStatus.FAILURE, {"error": "NotRegistered: x"}, defaults)
     found = samples(TestClient(create_app(memory_config(), hub)).simulate_get("/metrics").text)
-    assert found[event(name, "started")] == 1
+    assert found[event(UNREGISTERED, "failed")] == 1
+    assert not [labels for _, labels in found if ("task", odd) in labels]
 
 
 def test_openmetrics_is_answered_when_asked_for(hub: TaskRegistry) -> None:
@@ -200,3 +203,27 @@ def test_one_collection_serves_the_requests_of_the_cache_period(hub: TaskRegistr
     found = samples(first.decode())
     assert found[("nagatha_queue_consumers", (("queue", "celery"),))] == 2
     assert found[("nagatha_queue_messages", (("queue", "default"),))] == 7
+
+
+def test_a_dependency_that_hangs_is_down_at_the_deadline_and_not_asked_twice(
+    hub: TaskRegistry,
+) -> None:
+    release, calls, now = threading.Event(), [], [0.0]
+
+    def hangs(queues: Sequence[str]) -> QueueDepths:  # RabbitMQ connected but silent
+        calls.append(queues)
+        release.wait(30)
+        return {}
+
+    collector = MetricsCollector(
+        hub, memory_config(), timeout=2, queue_probe=hangs, clock=lambda: now[0]
+    )
+    try:
+        found = samples(collector.render(None)[0].decode())
+        assert found[("nagatha_up", (("dependency", "broker"),))] == 0
+        assert found[("nagatha_up", (("dependency", "store"),))] == 1
+        now[0] += 10  # past the cache: the hung probe is awaited again, not started again
+        collector.render(None)
+        assert len(calls) == 1
+    finally:
+        release.set()
