@@ -82,6 +82,23 @@ class Runtime:
     def count(self) -> int:
         return sum(self.buckets)
 
+    @property
+    def mean(self) -> float | None:
+        """Mean seconds per run (None without runs)."""
+        return self.total / self.count if self.count else None
+
+    def at_most(self, fraction: float) -> float | None:
+        """The smallest bucket bound that ``fraction`` of the runs took at most (seconds);
+        None without runs or when that is past the last bound."""
+        wanted, seen = fraction * self.count, 0
+        if not self.count:
+            return None
+        for bound, count in zip(RUNTIME_BUCKETS, self.buckets, strict=False):
+            seen += count
+            if seen >= wanted:
+                return bound
+        return None
+
 
 @dataclass
 class TaskMetrics:

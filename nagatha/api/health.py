@@ -31,7 +31,7 @@ import pika
 
 from nagatha.api.reuse import Reused
 from nagatha.api.schemas import CheckResult, HealthReport
-from nagatha.broker import amqp_url
+from nagatha.broker import probe_parameters
 from nagatha.config import BrokerConfig, FrameworkConfig, secrets_of
 from nagatha.daemon import Probes
 from nagatha.registry import TaskRegistry, late_heartbeat
@@ -43,16 +43,6 @@ Probe = Callable[[], Any]
 DEFAULT_TIMEOUT = 2.0
 #: Seconds a report is reused.
 DEFAULT_CACHE = 1.5
-
-
-def probe_parameters(config: BrokerConfig, timeout: float) -> pika.URLParameters:
-    """Connection parameters for a probe of ``config.url``: one attempt, ``timeout`` each step."""
-    params = pika.URLParameters(amqp_url(config))
-    params.connection_attempts = 1
-    params.socket_timeout = timeout
-    params.stack_timeout = timeout
-    params.blocked_connection_timeout = timeout
-    return params
 
 
 def probe_rabbitmq(config: BrokerConfig, timeout: float) -> None:

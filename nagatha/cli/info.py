@@ -1,4 +1,5 @@
-"""``nagatha list``, ``nagatha modules`` and ``nagatha config``: what the hub knows."""
+"""``nagatha list``, ``nagatha modules``, ``nagatha stats`` and ``nagatha config``: what the
+hub knows."""
 
 from __future__ import annotations
 
@@ -7,8 +8,18 @@ import json
 import click
 
 from nagatha.cli.context import CliContext, pass_context
-from nagatha.cli.output import cell, console, emit_json, show_modules, show_tasks, table
+from nagatha.cli.output import (
+    cell,
+    console,
+    emit_json,
+    show_modules,
+    show_stats,
+    show_tasks,
+    table,
+)
 from nagatha.config import mask_value
+from nagatha.errors import BrokerUnavailable, StoreUnavailable
+from nagatha.monitoring import StateReader
 
 
 @click.command("list")
@@ -41,6 +52,28 @@ def _modules(obj: CliContext, as_json: bool) -> None:
         emit_json({"modules": modules})
     else:
         show_modules(modules)
+
+
+@click.command("stats")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@pass_context
+def stats_command(obj: CliContext, as_json: bool) -> None:
+    """Show what every task did (events, runs, times) and what waits in each queue.
+
+    Counts are the whole hub's (every worker, API and bridge, from Redis), as
+    GET /metrics reports them; queue depths come from RabbitMQ (messages ready, consumers).
+    Exits 3 after printing what it could read if Redis or RabbitMQ did not answer in 2 s.
+    """
+    state = StateReader(obj.hub(), obj.config).read()
+    document = state.document()
+    if as_json:
+        emit_json(document)
+    else:
+        show_stats(document)
+    if state.tasks is None:
+        raise StoreUnavailable("status store (Redis) did not answer within 2 s: no task counts")
+    if state.queues is None:
+        raise BrokerUnavailable("broker (RabbitMQ) did not answer within 2 s: no queue depths")
 
 
 @click.command("config")
@@ -81,4 +114,4 @@ def config_command(obj: CliContext, key: str | None, as_json: bool) -> None:
     console().print(grid)
 
 
-COMMANDS = [list_command, modules_command, config_command]
+COMMANDS = [list_command, modules_command, stats_command, config_command]

@@ -126,3 +126,47 @@ def show_modules(modules: Iterable[ModuleMetadata]) -> None:
             cell(module.error or ""),
         )
     console().print(grid)
+
+
+def show_stats(document: dict[str, Any]) -> None:
+    """``nagatha stats``: a table of tasks (events, runs, times), one of queues."""
+    out = console()
+    if document["tasks"] is not None:
+        grid = table(
+            "task",
+            "submitted",
+            "started",
+            "retried",
+            "succeeded",
+            "failed",
+            "cancelled",
+            "runs",
+            "mean",
+            "p95 at most",
+        )
+        for row in document["tasks"]:
+            grid.add_row(
+                cell(row["task"]),
+                *(str(row[name]) for name in ("submitted", "started", "retried", "succeeded")),
+                f"[red]{row['failed']}[/red]" if row["failed"] else "0",
+                str(row["cancelled"]),
+                str(row["runs"]),
+                _duration(row["mean_seconds"]),
+                _duration(row["p95_at_most_seconds"], past=row["runs"] > 0),
+            )
+        out.print(grid)
+    if document["queues"] is not None:
+        grid = table("queue", "messages ready", "consumers")
+        for row in document["queues"]:
+            consumers = "" if row["consumers"] is None else str(row["consumers"])
+            grid.add_row(cell(row["queue"]), str(row["messages"]), consumers)
+        out.print(grid)
+
+
+def _duration(seconds: float | None, *, past: bool = False) -> str:
+    """``1.2 ms``, ``3.4 s``; None is ``-`` (no runs), or past the last bucket with ``past``."""
+    if seconds is None:
+        return "> 30 min" if past else "-"
+    if seconds < 1:
+        return f"{seconds * 1000:.3g} ms"
+    return f"{seconds:.3g} s"

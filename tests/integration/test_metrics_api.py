@@ -7,13 +7,14 @@ Redis) and RabbitMQ's queues. The same endpoint with a dependency down is in
 
 from __future__ import annotations
 
+import json
 import uuid
 
 import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from nagatha.testing import HubProcess, RabbitVhost, amqp_channel, free_port
+from nagatha.testing import HubProcess, RabbitVhost, amqp_channel, free_port, run_cli
 
 pytestmark = pytest.mark.integration
 
@@ -69,6 +70,7 @@ def test_one_api_reports_the_work_of_the_workers_and_the_queues(
             )
             assert api.delete(later.json()["status_url"]).status_code == 200
             found = scrape(api)
+            stats = run_cli(["stats", "--json"], env)  # the same state, for a shell
     finally:
         with amqp_channel(vhost.url) as channel:
             channel.queue_delete(celery_queue)
@@ -86,3 +88,32 @@ def test_one_api_reports_the_work_of_the_workers_and_the_queues(
     assert queue("nagatha_queue_messages", absent) not in found
     assert found[("nagatha_up", (("dependency", "broker"),))] == 1
     assert found[("nagatha_up", (("dependency", "store"),))] == 1
+    assert stats.returncode == 0, stats.stderr
+    document = json.loads(stats.stdout)
+    rows = {row["task"]: row for row in document["tasks"]}
+    assert (rows["diagnostics.add"]["succeeded"], rows["diagnostics.add"]["runs"]) == (2, 2)
+    assert rows["diagnostics.noop"]["cancelled"] == 1
+    assert rows["diagnostics.add"]["p95_at_most_seconds"] is not None
+    depths = {row["queue"]: row for row in document["queues"]}
+    assert depths[celery_queue] == {"queue": celery_queue, "messages": 2, "consumers": 0}
+    assert (document["store"], document["broker"]) == ("ok", "ok")
+
+
+def test_stats_prints_what_it_can_read_and_exits_3_without_rabbitmq(
+    hub_env: dict[str, str],
+) -> None:
+    env = {**hub_env, "NAGATHA_BROKER_URL": f"amqp://guest:guest@127.0.0.1:{free_port()}/x"}
+    done = run_cli(["stats", "--json"], env)
+    assert done.returncode == 3
+    assert done.stderr.strip() == (
+        "error: broker (RabbitMQ) did not answer within 2 s: no queue depths"
+    )
+    document = json.loads(done.stdout)
+    assert (document["store"], document["broker"], document["queues"]) == (
+        "ok",
+        "unavailable",
+        None,
+    )
+    assert {row["task"] for row in document["tasks"]} >= {"diagnostics.add", "echo_bot.echo"}
+    table = run_cli(["stats"], env)
+    assert table.returncode == 3 and "diagnostics.add" in table.stdout

@@ -15,7 +15,7 @@ from falcon.testing import TestClient
 from prometheus_client.parser import text_string_to_metric_families
 
 from nagatha.api import create_app
-from nagatha.api.metrics import MetricsCollector, QueueDepths
+from nagatha.api.metrics import MetricsCollector
 from nagatha.config import FrameworkConfig
 from nagatha.errors import StoreUnavailable
 from nagatha.hub import create_hub
@@ -26,10 +26,12 @@ from nagatha.metrics import (
     RUNTIME_SUM,
     UNREGISTERED,
     MetricsFields,
+    Runtime,
     TaskMetrics,
     bucket_of,
     field_name,
 )
+from nagatha.monitoring import QueueDepths
 from nagatha.registry import TaskRegistry
 from nagatha.types import TaskStatus, utcnow
 from nagatha.worker import start_embedded_worker
@@ -227,3 +229,15 @@ def test_a_dependency_that_hangs_is_down_at_the_deadline_and_not_asked_twice(
         assert len(calls) == 1
     finally:
         release.set()
+
+
+def test_the_95th_percentile_is_bounded_by_the_bucket_it_falls_in() -> None:
+    runtime = Runtime(total=0.276)
+    runtime.buckets[bucket_of(0.004)] += 19
+    runtime.buckets[bucket_of(0.2)] += 1
+    assert runtime.mean == pytest.approx(0.0138)
+    assert runtime.at_most(0.95) == 0.005
+    assert runtime.at_most(1.0) == 0.25
+    runtime.buckets[-1] += 100  # past the last bound
+    assert runtime.at_most(0.95) is None
+    assert Runtime().mean is None and Runtime().at_most(0.95) is None
