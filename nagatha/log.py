@@ -9,7 +9,7 @@ from collections.abc import Iterable
 from datetime import UTC, datetime
 
 from nagatha.config import MASK, LoggingConfig
-from nagatha.errors import ConfigError
+from nagatha.errors import ConfigError, NagathaError
 
 _HANDLER_NAME = "nagatha"
 #: Dramatiq warns on every non-None return without its Results middleware; the hub keeps
@@ -42,6 +42,19 @@ class RedactingFilter(logging.Filter):
         if redacted != message:
             record.msg, record.args = redacted, None
         return True
+
+
+def describe_error(error: BaseException, secrets: Iterable[str]) -> str:
+    """``Type: message`` of ``error`` for people (``/health``, ``nagatha stats``; the hub's
+    own errors by their message, written for people already): every secret replaced with
+    ``****``, at most 300 characters."""
+    if isinstance(error, NagathaError):
+        text = str(error)
+    else:
+        text = f"{type(error).__name__}: {error}".strip().rstrip(":")
+    for secret in secrets:
+        text = text.replace(secret, MASK)
+    return text[:300]
 
 
 class JsonFormatter(logging.Formatter):

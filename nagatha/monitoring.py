@@ -13,29 +13,28 @@ hold unacknowledged, such as delayed tasks a worker took from ``.DQ``) and consu
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, wait
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import pika
 import pika.exceptions
 
 from nagatha.broker import probe_parameters
-from nagatha.config import BrokerConfig, FrameworkConfig
+from nagatha.config import BrokerConfig, FrameworkConfig, secrets_of
 from nagatha.daemon import Probes
+from nagatha.log import describe_error
 from nagatha.metrics import EVENTS, Runtime, TaskMetrics
 from nagatha.registry import TaskRegistry
-
-logger = logging.getLogger("nagatha.monitoring")
 
 #: ``queue -> (messages ready, consumers or None when the broker cannot tell)``.
 QueueDepths = dict[str, tuple[int, int | None]]
 QueueProbe = Callable[[Sequence[str]], QueueDepths]
 
-#: Seconds a read of the store and the broker may take together.
-DEFAULT_TIMEOUT = 2.0
+#: Seconds a read of the store and the broker may take together (RabbitMQ: a connection and
+#: one passive declare per queue).
+DEFAULT_TIMEOUT = 5.0
 
 
 def rabbitmq_queue_depths(
@@ -74,11 +73,15 @@ class HubState:
     queues: QueueDepths | None
     #: Every registered task name, for reports that list tasks before their first event.
     registered: list[str]
+    #: Why a half is missing, by ``store``/``broker``: ``(status, detail)`` as ``/health``
+    #: says it (``timeout`` or ``unavailable``; the detail with secrets masked).
+    problems: dict[str, tuple[str, str]] = field(default_factory=dict)
 
     def document(self) -> dict[str, Any]:
         """The state as JSON (``nagatha stats --json``): per task its event counts, runs,
         mean and 95th-percentile bound in seconds; per queue its messages and consumers;
-        ``store``/``broker`` ``ok`` or ``unavailable`` (then ``tasks``/``queues`` are null)."""
+        ``checks`` of ``store`` and ``broker`` as ``GET /health`` has them (``status`` ``ok``,
+        ``timeout`` or ``unavailable`` with a ``detail``; then ``tasks``/``queues`` are null)."""
         return {
             "tasks": None if self.tasks is None else _task_rows(self.tasks, self.registered),
             "queues": None
@@ -87,9 +90,14 @@ class HubState:
                 {"queue": name, "messages": ready, "consumers": consumers}
                 for name, (ready, consumers) in self.queues.items()
             ],
-            "store": "unavailable" if self.tasks is None else "ok",
-            "broker": "unavailable" if self.queues is None else "ok",
+            "checks": {name: self._check(name) for name in ("store", "broker")},
         }
+
+    def _check(self, name: str) -> dict[str, str]:
+        if name not in self.problems:
+            return {"status": "ok"}
+        status, detail = self.problems[name]
+        return {"status": status, "detail": detail}
 
 
 def _task_rows(metrics: TaskMetrics, registered: list[str]) -> list[dict[str, Any]]:
@@ -122,6 +130,7 @@ class StateReader:
     ) -> None:
         self.registry = registry
         self.timeout = timeout
+        self._secrets = secrets_of(config)
         self._probes = Probes("nagatha-state")
         self._bridge_queues = [*config.bridge.queues, config.bridge.dead_letter_queue]
         if queue_probe is not None:
@@ -144,20 +153,21 @@ class StateReader:
         store = self._probes.start("store", self.registry.store.metrics)
         broker = self._probes.start("broker", lambda: self._queue_probe(queues))
         wait([store, broker], timeout=self.timeout)
+        problems = {}
+        for name, future in (("store", store), ("broker", broker)):
+            problem = self._problem_of(future)
+            if problem is not None:
+                problems[name] = problem
         return HubState(
-            tasks=_value_of(store),
-            queues=_value_of(broker),
+            tasks=None if "store" in problems else store.result()[1],
+            queues=None if "broker" in problems else broker.result()[1],
             registered=sorted(task.name for task in self.registry.list_tasks()),
+            problems=problems,
         )
 
-
-def _value_of(future: Future[tuple[float, Any]]) -> Any:
-    """A read's value; None if it has not answered or it raised (its type logged at DEBUG:
-    a message may hold a URL, ``/health`` reports it with secrets masked)."""
-    if not future.done():
-        return None
-    error = future.exception()
-    if error is not None:
-        logger.debug("a read of the hub's state failed: %s", type(error).__name__)
-        return None
-    return future.result()[1]
+    def _problem_of(self, future: Future[tuple[float, Any]]) -> tuple[str, str] | None:
+        """Why a read gave nothing, as ``(status, detail)``; None if it answered."""
+        if not future.done():
+            return "timeout", f"no answer within {self.timeout:g}s"
+        error = future.exception()
+        return None if error is None else ("unavailable", describe_error(error, self._secrets))

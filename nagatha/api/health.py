@@ -34,6 +34,7 @@ from nagatha.api.schemas import CheckResult, HealthReport
 from nagatha.broker import probe_parameters
 from nagatha.config import BrokerConfig, FrameworkConfig, secrets_of
 from nagatha.daemon import Probes
+from nagatha.log import describe_error
 from nagatha.registry import TaskRegistry, late_heartbeat
 from nagatha.types import utcnow
 
@@ -106,7 +107,7 @@ class HealthChecker:
             return CheckResult(status="timeout", detail=f"no answer within {self.timeout:g}s")
         error = future.exception()
         if error is not None:
-            return CheckResult(status="unavailable", detail=self._describe(error))
+            return CheckResult(status="unavailable", detail=describe_error(error, self._secrets))
         latency_ms, value = future.result()
         detail = value if isinstance(value, str) else None
         return CheckResult(status="ok", detail=detail, latency_ms=round(latency_ms, 1))
@@ -115,9 +116,3 @@ class HealthChecker:
         if not future.done():
             return late_heartbeat(self.timeout)
         return dict(future.result()[1])  # heartbeat() never raises
-
-    def _describe(self, error: BaseException) -> str:
-        text = f"{type(error).__name__}: {error}".strip().rstrip(":")
-        for secret in self._secrets:
-            text = text.replace(secret, "****")
-        return text[:300]

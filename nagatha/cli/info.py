@@ -19,7 +19,7 @@ from nagatha.cli.output import (
 )
 from nagatha.config import mask_value
 from nagatha.errors import BrokerUnavailable, StoreUnavailable
-from nagatha.monitoring import StateReader
+from nagatha.monitoring import DEFAULT_TIMEOUT, StateReader
 
 
 @click.command("list")
@@ -55,25 +55,40 @@ def _modules(obj: CliContext, as_json: bool) -> None:
 
 
 @click.command("stats")
+@click.option(
+    "--timeout",
+    type=click.FloatRange(0.1, 600),
+    default=DEFAULT_TIMEOUT,
+    show_default=True,
+    help="Seconds to wait for Redis and RabbitMQ.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 @pass_context
-def stats_command(obj: CliContext, as_json: bool) -> None:
+def stats_command(obj: CliContext, timeout: float, as_json: bool) -> None:
     """Show what every task did (events, runs, times) and what waits in each queue.
 
     Counts are the whole hub's (every worker, API and bridge, from Redis), as
     GET /metrics reports them; queue depths come from RabbitMQ (messages ready, consumers).
-    Exits 3 after printing what it could read if Redis or RabbitMQ did not answer in 2 s.
+    Exits 3 after printing what it could read if Redis or RabbitMQ did not answer.
     """
-    state = StateReader(obj.hub(), obj.config).read()
+    if obj.config.embedded:
+        raise click.UsageError(
+            "stats reads RabbitMQ and Redis (broker.url is memory://); "
+            "an embedded hub (`nagatha serve --embedded`) answers GET /metrics itself"
+        )
+    state = StateReader(obj.hub(), obj.config, timeout=timeout).read()
     document = state.document()
     if as_json:
         emit_json(document)
     else:
         show_stats(document)
-    if state.tasks is None:
-        raise StoreUnavailable("status store (Redis) did not answer within 2 s: no task counts")
-    if state.queues is None:
-        raise BrokerUnavailable("broker (RabbitMQ) did not answer within 2 s: no queue depths")
+    if state.problems:
+        shows = {"store": ("Redis", "task counts"), "broker": ("RabbitMQ", "queue depths")}
+        reasons = "; ".join(
+            f"{shows[name][0]}: {detail} ({shows[name][1]} not shown)"
+            for name, (_, detail) in state.problems.items()
+        )
+        raise (StoreUnavailable if "store" in state.problems else BrokerUnavailable)(reasons)
 
 
 @click.command("config")

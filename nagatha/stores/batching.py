@@ -16,7 +16,8 @@ Two kinds of write:
   same task id that finds it still queued *absorbs* it (the deferred write's fields first, the
   later write's over them) and it is never sent on its own: a task that finishes before its
   ``started`` write went out costs one write, not two. A deferred write the store could not
-  take (unavailable) is queued again, unless a later write of its task is queued by then, and
+  take (unavailable) is queued again, or absorbed the same way by a later write of its task
+  queued by then, and
   the writer pauses :data:`RETRY_PAUSE` before its next batch: a task running through a Redis
   outage still shows ``started`` once Redis is back (and cannot be cancelled as pending). One
   the store refused for good is logged and dropped.
@@ -193,7 +194,7 @@ class WriteBatcher:
 
     def _requeue(self, writes: list[Write]) -> None:
         """Queue deferred writes the store was unavailable for again (see the module
-        docstring); one whose task has a later write queued is left to that write."""
+        docstring); one whose task has a later write queued is absorbed into that write."""
         with self._cond:
             if self._closing:
                 return
@@ -207,6 +208,11 @@ class WriteBatcher:
                         write.error,
                     )
                 if write.task_id in batch.task_ids:
+                    later = next(w for w in batch.writes if w.task_id == write.task_id)
+                    later.fields = {**write.fields, **later.fields}
+                    later.absorbed = True  # it carries the start now (metrics count it)
+                    if later.defaults is None:
+                        later.defaults = write.defaults
                     continue
                 write.error, write.requeued = None, True
                 batch.writes.append(write)

@@ -68,13 +68,10 @@ class MemoryStatusStore(StatusStore):
         started write is a write of its own (nothing absorbs it)."""
         # A cancelled record that a write got past (a run the cancel missed) changes too.
         changes = before is None or before.status is not after.status or before.cancelled
-        starts = after.status is TaskStatus.STARTED and (
-            changes
-            or (
-                fields.get("started_at") is not None
-                and before is not None
-                and before.started_at != after.started_at
-            )
+        starts = (
+            after.status is TaskStatus.STARTED
+            and fields.get("started_at") is not None
+            and (before is None or before.started_at != after.started_at)
         )
         name = self.metric_name(after.task_name)
         if starts:

@@ -59,9 +59,9 @@ from nagatha.types import CANCELLED_ERROR, TaskRecord, TaskStatus
 # which would make an empty list and an empty object alike). Returns 1 written, 0 already
 # final, -1 no record and no defaults sent (nothing written). A final record is never
 # rewritten, except a cancelled one by a write that carries started_at (see StatusStore's
-# rules). Metrics: a start counts `started` unless it is the same start written again (the
-# same started_at); a change of status (or of a cancelled record) counts its event and, for an
-# outcome, the run time.
+# rules). Metrics: a write carrying a start counts `started` unless the record has that
+# start already (the same started_at: a write sent again); a change of status (or of a
+# cancelled record) counts its event and, for an outcome, the run time.
 _UPDATE = (
     LUA
     + """
@@ -105,8 +105,8 @@ redis.call('EXPIRE', KEYS[1], tonumber(ARGV[1]))
 if ARGV[3] == '1' then
   redis.call('PUBLISH', KEYS[2], ARGV[2])
 end
-local starts = ARGV[7] == '1'
-  and (changes or (fields['started_at'] and fields['started_at'] ~= before[2]))
+local starts = ARGV[7] == '1' and fields['started_at'] and fields['started_at'] ~= 'null'
+  and fields['started_at'] ~= before[2]
 if starts or changes then
   local name = ARGV[8]
   if name == '' then
@@ -462,7 +462,7 @@ class RedisStatusStore(StatusStore):
         """The name (JSON) a write counts under if not its record's: see
         :meth:`StatusStore.metric_name`; empty when it is the record's own."""
         counted = self.metric_name(task_name)
-        return "" if counted == task_name else json.dumps(counted)
+        return "" if task_name is None or counted == task_name else json.dumps(counted)
 
     @staticmethod
     def _defaults(task_id: str, defaults: dict[str, Any] | None) -> str:

@@ -49,11 +49,11 @@ def run(store: StatusStore, task_id: str, started: datetime, completed: datetime
 def test_each_change_of_status_counts_its_event_once(store: StatusStore) -> None:
     assert store.create(pending("a"))
     assert not store.create(pending("a"))
-    now = utcnow()
+    now, again = utcnow(), utcnow() + timedelta(seconds=1)
     store.update("a", TaskStatus.STARTED, {"started_at": now})
-    store.update("a", TaskStatus.STARTED, {"started_at": now})  # a redelivery's write
+    store.update("a", TaskStatus.STARTED, {"started_at": now})  # the same write sent again
     store.update("a", TaskStatus.RETRYING, {"retries": 1})
-    store.update("a", TaskStatus.STARTED, {"started_at": now})
+    store.update("a", TaskStatus.STARTED, {"started_at": again})
     store.update("a", TaskStatus.FAILURE, {"error": "E: x", "completed_at": now})
     store.update("a", TaskStatus.SUCCESS, {"completed_at": now})  # refused: already final
     assert store.metrics().events == {
@@ -115,6 +115,24 @@ def test_an_outcome_that_absorbed_its_start_counts_the_start(redis_prefix: Redis
         store.close()
 
 
+def test_a_start_sent_again_inside_its_outcome_counts_once(redis_prefix: RedisPrefix) -> None:
+    # Redis applied a started write but the pipeline's answer was lost (a dropped
+    # connection): the batcher sends the start again, absorbed into the outcome.
+    store = RedisStatusStore(redis_prefix.url, prefix=redis_prefix.prefix, ttl=120)
+    try:
+        now = utcnow()
+        store.create(pending("blip"))
+        store._send([Write("blip", TaskStatus.STARTED, {"started_at": now})])
+        outcome = {"result": 1, "started_at": now, "completed_at": now}
+        write = Write("blip", TaskStatus.SUCCESS, outcome, {"task_name": "m.t"})
+        write.absorbed = True
+        store._send([write])
+        events = store.metrics().events
+        assert events[("m.t", "started")] == events[("m.t", "succeeded")] == 1
+    finally:
+        store.close()
+
+
 def test_a_cancel_counts_cancelled_and_a_run_it_missed_counts_too(store: StatusStore) -> None:
     store.create(pending("c"))
     fields = {"error": CANCELLED_ERROR, "completed_at": utcnow()}
@@ -136,11 +154,13 @@ def test_a_cancel_counts_cancelled_and_a_run_it_missed_counts_too(store: StatusS
 def test_names_no_module_registered_count_as_unregistered(store: StatusStore) -> None:
     store.counted_names = {"m.t"}
     store.create(pending("known"))
+    store.update("known", TaskStatus.STARTED, {"started_at": utcnow()})  # no defaults: its name
     store.create(pending("odd", "no_such.task"))
     defaults = {"task_name": "x" * 200, "created_at": utcnow()}  # a Celery client's name
     store.update("stray", TaskStatus.FAILURE, {"error": "NotRegistered: x"}, defaults)
     assert store.metrics().events == {
         ("m.t", "submitted"): 1,
+        ("m.t", "started"): 1,
         (UNREGISTERED, "submitted"): 1,
         (UNREGISTERED, "failed"): 1,
     }

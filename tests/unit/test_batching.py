@@ -143,14 +143,16 @@ def test_a_failed_batch_raises_for_waited_writes_and_sends_deferred_ones_later(
     assert caplog.text.count("task d: started not recorded yet, trying again") == 1
 
 
-def test_a_deferred_write_that_failed_is_left_to_a_later_write_of_its_task() -> None:
+def test_a_deferred_write_that_failed_is_absorbed_by_a_later_write_of_its_task() -> None:
     batches: list[list[tuple[str, TaskStatus]]] = []
+    sent: list[Write] = []
     sending, release = threading.Event(), threading.Event()
 
     def send(writes: list[Write]) -> None:  # the first batch fails: the store is down
         sending.set()
         assert release.wait(TIMEOUT)
         batches.append([(write.task_id, write.status) for write in writes])
+        sent.extend(writes)
         for write in writes:
             if len(batches) == 1:
                 write.error = StoreUnavailable("status store (Redis) unavailable: down")
@@ -170,6 +172,9 @@ def test_a_deferred_write_that_failed_is_left_to_a_later_write_of_its_task() -> 
         batcher.close()
     assert answers == [1]  # the outcome carries what the started write would have
     assert batches == [[("d", TaskStatus.STARTED)], [("d", TaskStatus.SUCCESS)]]
+    outcome_write = sent[-1]
+    assert outcome_write.fields == {"started_at": "s", "result": 1}
+    assert outcome_write.absorbed  # the store counts the start with it
 
 
 def test_a_send_that_raises_fails_its_writes_instead_of_hanging_them() -> None:
