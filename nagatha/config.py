@@ -435,13 +435,23 @@ def _read_env(env: Mapping[str, str]) -> tuple[dict[str, dict[str, Any]], dict[s
                 if name in env:
                     values.setdefault(section, {})[key] = env[name]
                     sources[f"{section}.{key}"] = f"env {name}"
+    # NAGATHA_MODULES_SETTINGS (a JSON object) merges into the files' settings key by key, as
+    # the nested keys below do; text that is no JSON object is left for validation to refuse.
+    modules = values.get("modules", {})
+    if isinstance(modules.get("settings"), str):
+        try:
+            parsed = json.loads(modules["settings"])
+        except ValueError:
+            parsed = None
+        if isinstance(parsed, dict):
+            modules["settings"] = parsed
     # Deeper keys of modules.settings: NAGATHA_MODULES__SETTINGS__AI__API_KEY=... sets
     # settings.ai.api_key (lower case; the value read as JSON, else kept as text).
     nested = f"{ENV_PREFIX}MODULES__SETTINGS__"
     for name in sorted(n for n in env if n.upper().startswith(nested)):
         path = [part.lower() for part in name[len(nested) :].split("__")]
         modules = values.setdefault("modules", {})
-        # NAGATHA_MODULES_SETTINGS, if given too, comes first.
+        # NAGATHA_MODULES_SETTINGS, if given too, comes first (if it is no object: refused).
         if len(path) < 2 or not all(path) or isinstance(modules.get("settings"), str):
             continue
         # A secret stays text: "12345678" must not become a number nobody redacts.

@@ -267,6 +267,25 @@ def test_module_settings_from_env_json_and_nested_keys(dirs: tuple[Path, Path]) 
     assert config.modules.settings == {"ai": {"api_key": "sk-json"}}
 
 
+def test_env_json_settings_merge_with_the_file_and_nested_keys_go_on_top(
+    dirs: tuple[Path, Path],
+) -> None:
+    home, cwd = dirs
+    (cwd / "nagatha.yaml").write_text(
+        "modules:\n  settings:\n    ai: {base_url: u, model: m}\n    other: {x: 1}\n"
+    )
+    env = {
+        "NAGATHA_MODULES_SETTINGS": '{"ai": {"model": "m2", "tasks": {"chat": {"x": 1}}}}',
+        "NAGATHA_MODULES__SETTINGS__AI__TASKS__CHAT__MAX_RETRIES": "3",
+    }
+    loaded = load_config(env=env, home=home, cwd=cwd)
+    assert loaded.config.modules.settings == {
+        "ai": {"base_url": "u", "model": "m2", "tasks": {"chat": {"x": 1, "max_retries": 3}}},
+        "other": {"x": 1},
+    }
+    assert loaded.sources["modules.settings"].startswith("env NAGATHA_MODULES")
+
+
 def test_a_bad_module_settings_value_is_never_echoed(dirs: tuple[Path, Path]) -> None:
     home, cwd = dirs
     with pytest.raises(ConfigError) as info:
