@@ -5,7 +5,6 @@ from __future__ import annotations
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import dramatiq
-import pika
 from dramatiq.brokers.rabbitmq import RabbitmqBroker
 from dramatiq.brokers.stub import StubBroker
 from dramatiq.middleware import (
@@ -46,17 +45,6 @@ def amqp_url(config: BrokerConfig) -> str:
     # kombu spells the default vhost "//"; pika reads that as the empty vhost.
     path = "/%2F" if parts.path == "//" else parts.path
     return urlunsplit(parts._replace(path=path, query=urlencode(query)))
-
-
-def probe_parameters(config: BrokerConfig, timeout: float) -> pika.URLParameters:
-    """Connection parameters for a short-lived check of ``config.url`` (``/health``,
-    ``/metrics``, ``nagatha stats``): one attempt, ``timeout`` seconds for each step."""
-    params = pika.URLParameters(amqp_url(config))
-    params.connection_attempts = 1
-    params.socket_timeout = timeout
-    params.stack_timeout = timeout
-    params.blocked_connection_timeout = timeout
-    return params
 
 
 def broker_address(config: BrokerConfig) -> str:

@@ -10,10 +10,13 @@ joined at exit, would.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from concurrent.futures import Future
 from threading import Lock, Thread
 from typing import Any, TypeVar
+
+from nagatha.log import describe_error
+from nagatha.types import CheckResult
 
 T = TypeVar("T")
 
@@ -63,3 +66,19 @@ class Probes:
             future = start_daemon(timed, f"{self._prefix}-{name}")
             self._running[name] = future
             return future
+
+
+def check_of(
+    future: Future[tuple[float, Any]], timeout: float, secrets: Iterable[str]
+) -> tuple[CheckResult, Any]:
+    """What became of a :class:`Probes` call by its deadline: a :class:`CheckResult`
+    (``timeout``; ``unavailable`` with the error, secrets masked; ``ok`` with the latency, and
+    the value as detail if it is text) and the call's value (None unless ``ok``)."""
+    if not future.done():
+        return CheckResult(status="timeout", detail=f"no answer within {timeout:g}s"), None
+    error = future.exception()
+    if error is not None:
+        return CheckResult(status="unavailable", detail=describe_error(error, secrets)), None
+    latency_ms, value = future.result()
+    detail = value if isinstance(value, str) else None
+    return CheckResult(status="ok", detail=detail, latency_ms=round(latency_ms, 1)), value

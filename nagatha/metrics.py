@@ -45,7 +45,8 @@ MAX_FIELDS = 10_000
 OTHER = "(other)"
 #: What a task name no module registered is counted as (a Celery client may send any name).
 UNREGISTERED = "(unregistered)"
-RUNTIME_SUM = "runtime_us"
+#: Field kinds of the run times: their sum in microseconds, and runs per bucket (``<kind><i>``).
+RUNTIME_SUM, RUNTIME_BUCKET = "runtime_us", "runtime:"
 
 
 def run_time(fields: Mapping[str, Any]) -> float | None:
@@ -124,34 +125,8 @@ class TaskMetrics:
                 metrics.events[(task, kind)] = int(number)
             elif kind == RUNTIME_SUM:
                 metrics.runtimes.setdefault(task, Runtime()).total = number / 1e6
-            elif kind.startswith("runtime:") and kind[8:].isdigit():
-                index = int(kind[8:])
+            elif kind.startswith(RUNTIME_BUCKET) and kind[len(RUNTIME_BUCKET) :].isdigit():
+                index = int(kind[len(RUNTIME_BUCKET) :])
                 if index <= len(RUNTIME_BUCKETS):
                     metrics.runtimes.setdefault(task, Runtime()).buckets[index] = int(number)
         return metrics
-
-
-class MetricsFields:
-    """The fields kept in memory, as the Redis store keeps them (not thread-safe: the
-    memory store calls it under its lock)."""
-
-    def __init__(self) -> None:
-        self.fields: dict[str, int] = {}
-
-    def count(self, event: str, task_name: str | None) -> None:
-        """Count one ``event`` of ``task_name``."""
-        self._add(self._label(event, task_name), event, 1)
-
-    def observe(self, task_name: str | None, seconds: float) -> None:
-        """Record one run of ``task_name`` that took ``seconds``."""
-        label = self._label(RUNTIME_SUM, task_name)
-        self._add(label, RUNTIME_SUM, round(seconds * 1e6))
-        self._add(label, f"runtime:{bucket_of(seconds)}", 1)
-
-    def _label(self, kind: str, task_name: str | None) -> str | None:
-        known = field_name(kind, task_name) in self.fields
-        return task_name if known or len(self.fields) < MAX_FIELDS else OTHER
-
-    def _add(self, task_name: str | None, kind: str, amount: int) -> None:
-        name = field_name(kind, task_name)
-        self.fields[name] = self.fields.get(name, 0) + amount

@@ -14,55 +14,24 @@ hold unacknowledged, such as delayed tasks a worker took from ``.DQ``) and consu
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from concurrent.futures import Future, wait
+from concurrent.futures import wait
 from dataclasses import dataclass, field
 from typing import Any
 
-import pika
-import pika.exceptions
+from dramatiq.brokers.stub import StubBroker
 
-from nagatha.broker import probe_parameters
-from nagatha.config import BrokerConfig, FrameworkConfig, secrets_of
-from nagatha.daemon import Probes
-from nagatha.log import describe_error
+from nagatha.broker_probes import QueueDepths, rabbitmq_queue_depths, stub_queue_depths
+from nagatha.config import FrameworkConfig, secrets_of
+from nagatha.daemon import Probes, check_of
 from nagatha.metrics import EVENTS, Runtime, TaskMetrics
 from nagatha.registry import TaskRegistry
+from nagatha.types import CheckResult
 
-#: ``queue -> (messages ready, consumers or None when the broker cannot tell)``.
-QueueDepths = dict[str, tuple[int, int | None]]
 QueueProbe = Callable[[Sequence[str]], QueueDepths]
 
 #: Seconds a read of the store and the broker may take together (RabbitMQ: a connection and
 #: one passive declare per queue).
 DEFAULT_TIMEOUT = 5.0
-
-
-def rabbitmq_queue_depths(
-    config: BrokerConfig, queues: Sequence[str], timeout: float
-) -> QueueDepths:
-    """Passively declare each of ``queues`` on one fresh connection; a queue that does not
-    exist (yet) is left out. Raises the connection's error if RabbitMQ does not answer."""
-    depths: QueueDepths = {}
-    connection = pika.BlockingConnection(probe_parameters(config, timeout))
-    try:
-        channel = connection.channel()
-        for queue in queues:
-            try:
-                frame = channel.queue_declare(queue, passive=True)
-            except pika.exceptions.ChannelClosedByBroker:  # 404: RabbitMQ closes the channel
-                channel = connection.channel()
-                continue
-            depths[queue] = (frame.method.message_count, frame.method.consumer_count)
-    finally:
-        connection.close()
-    return depths
-
-
-def stub_queue_depths(broker: Any, queues: Sequence[str]) -> QueueDepths:
-    """The embedded broker's queues (in this process): messages only, consumers unknown."""
-    return {
-        queue: (broker.queues[queue].qsize(), None) for queue in queues if queue in broker.queues
-    }
 
 
 @dataclass(frozen=True)
@@ -73,15 +42,15 @@ class HubState:
     queues: QueueDepths | None
     #: Every registered task name, for reports that list tasks before their first event.
     registered: list[str]
-    #: Why a half is missing, by ``store``/``broker``: ``(status, detail)`` as ``/health``
-    #: says it (``timeout`` or ``unavailable``; the detail with secrets masked).
-    problems: dict[str, tuple[str, str]] = field(default_factory=dict)
+    #: ``store`` and ``broker`` as probed (``ok``, ``timeout``, ``unavailable`` and why).
+    checks: dict[str, CheckResult] = field(default_factory=dict)
 
     def document(self) -> dict[str, Any]:
         """The state as JSON (``nagatha stats --json``): per task its event counts, runs,
-        mean and 95th-percentile bound in seconds; per queue its messages and consumers;
-        ``checks`` of ``store`` and ``broker`` as ``GET /health`` has them (``status`` ``ok``,
-        ``timeout`` or ``unavailable`` with a ``detail``; then ``tasks``/``queues`` are null)."""
+        mean and 95th-percentile bound in seconds (null: no runs, or past the last bound when
+        ``runs`` > 0); per queue its messages and consumers; ``checks`` of ``store`` and
+        ``broker`` as ``GET /health`` has them (``tasks``/``queues`` are null for one not
+        ``ok``)."""
         return {
             "tasks": None if self.tasks is None else _task_rows(self.tasks, self.registered),
             "queues": None
@@ -90,14 +59,8 @@ class HubState:
                 {"queue": name, "messages": ready, "consumers": consumers}
                 for name, (ready, consumers) in self.queues.items()
             ],
-            "checks": {name: self._check(name) for name in ("store", "broker")},
+            "checks": {name: check.model_dump(mode="json") for name, check in self.checks.items()},
         }
-
-    def _check(self, name: str) -> dict[str, str]:
-        if name not in self.problems:
-            return {"status": "ok"}
-        status, detail = self.problems[name]
-        return {"status": status, "detail": detail}
 
 
 def _task_rows(metrics: TaskMetrics, registered: list[str]) -> list[dict[str, Any]]:
@@ -133,10 +96,11 @@ class StateReader:
         self._secrets = secrets_of(config)
         self._probes = Probes("nagatha-state")
         self._bridge_queues = [*config.bridge.queues, config.bridge.dead_letter_queue]
+        broker = registry.broker
         if queue_probe is not None:
             self._queue_probe = queue_probe
-        elif config.embedded:
-            self._queue_probe = lambda queues: stub_queue_depths(registry.broker, queues)
+        elif isinstance(broker, StubBroker):  # the embedded hub's, in this process
+            self._queue_probe = lambda queues: stub_queue_depths(broker, queues)
         else:
             self._queue_probe = lambda queues: rabbitmq_queue_depths(config.broker, queues, timeout)
 
@@ -153,21 +117,12 @@ class StateReader:
         store = self._probes.start("store", self.registry.store.metrics)
         broker = self._probes.start("broker", lambda: self._queue_probe(queues))
         wait([store, broker], timeout=self.timeout)
-        problems = {}
+        checks, values = {}, {}
         for name, future in (("store", store), ("broker", broker)):
-            problem = self._problem_of(future)
-            if problem is not None:
-                problems[name] = problem
+            checks[name], values[name] = check_of(future, self.timeout, self._secrets)
         return HubState(
-            tasks=None if "store" in problems else store.result()[1],
-            queues=None if "broker" in problems else broker.result()[1],
+            tasks=values["store"],
+            queues=values["broker"],
             registered=sorted(task.name for task in self.registry.list_tasks()),
-            problems=problems,
+            checks=checks,
         )
-
-    def _problem_of(self, future: Future[tuple[float, Any]]) -> tuple[str, str] | None:
-        """Why a read gave nothing, as ``(status, detail)``; None if it answered."""
-        if not future.done():
-            return "timeout", f"no answer within {self.timeout:g}s"
-        error = future.exception()
-        return None if error is None else ("unavailable", describe_error(error, self._secrets))

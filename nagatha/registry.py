@@ -245,7 +245,7 @@ class TaskRegistry:
         self.store = store
         self.config = config
         self._tasks: dict[str, TaskSpec] = {}
-        store.counted_names = self._tasks.keys()  # metrics: other names count as unregistered
+        store.count_names(self._tasks.keys())  # metrics: other names count as unregistered
         self._modules: dict[str, ModuleMetadata] = {}
         self._module_objects: dict[str, types.ModuleType] = {}
         self._module_configs: dict[str, dict[str, Any]] = {}

@@ -119,3 +119,11 @@ class TaskRequest(BaseModel):
         description="run no earlier than this many ms from now (at most 25 minutes: a worker "
         "holds a delayed task unacknowledged, within RabbitMQ's consumer_timeout)",
     )
+
+
+class CheckResult(BaseModel):
+    """The state of one dependency when it was probed (``GET /health``, ``nagatha stats``)."""
+
+    status: Literal["ok", "unavailable", "timeout"]
+    detail: str | None = None
+    latency_ms: float | None = None

@@ -27,16 +27,13 @@ from concurrent.futures import Future, wait
 from functools import partial
 from typing import Any
 
-import pika
-
 from nagatha.api.reuse import Reused
-from nagatha.api.schemas import CheckResult, HealthReport
-from nagatha.broker import probe_parameters
-from nagatha.config import BrokerConfig, FrameworkConfig, secrets_of
-from nagatha.daemon import Probes
-from nagatha.log import describe_error
+from nagatha.api.schemas import HealthReport
+from nagatha.broker_probes import probe_rabbitmq
+from nagatha.config import FrameworkConfig, secrets_of
+from nagatha.daemon import Probes, check_of
 from nagatha.registry import TaskRegistry, late_heartbeat
-from nagatha.types import utcnow
+from nagatha.types import CheckResult, utcnow
 
 Probe = Callable[[], Any]
 
@@ -44,11 +41,6 @@ Probe = Callable[[], Any]
 DEFAULT_TIMEOUT = 2.0
 #: Seconds a report is reused.
 DEFAULT_CACHE = 1.5
-
-
-def probe_rabbitmq(config: BrokerConfig, timeout: float) -> None:
-    """Open and close one AMQP connection to ``config.url``; raise if that fails."""
-    pika.BlockingConnection(probe_parameters(config, timeout)).close()
 
 
 class HealthChecker:
@@ -103,14 +95,7 @@ class HealthChecker:
         )
 
     def _result(self, future: Future[Any]) -> CheckResult:
-        if not future.done():
-            return CheckResult(status="timeout", detail=f"no answer within {self.timeout:g}s")
-        error = future.exception()
-        if error is not None:
-            return CheckResult(status="unavailable", detail=describe_error(error, self._secrets))
-        latency_ms, value = future.result()
-        detail = value if isinstance(value, str) else None
-        return CheckResult(status="ok", detail=detail, latency_ms=round(latency_ms, 1))
+        return check_of(future, self.timeout, self._secrets)[0]
 
     def _heartbeat(self, future: Future[Any]) -> dict[str, Any]:
         if not future.done():

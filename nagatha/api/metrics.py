@@ -40,9 +40,10 @@ from prometheus_client.utils import floatToGoString
 
 from nagatha import __version__
 from nagatha.api.reuse import Reused
+from nagatha.broker_probes import QueueDepths
 from nagatha.config import FrameworkConfig
 from nagatha.metrics import EVENTS, RUNTIME_BUCKETS, TaskMetrics
-from nagatha.monitoring import DEFAULT_TIMEOUT, HubState, QueueDepths, QueueProbe, StateReader
+from nagatha.monitoring import DEFAULT_TIMEOUT, HubState, QueueProbe, StateReader
 from nagatha.registry import TaskRegistry
 
 #: Seconds one collection is reused.

@@ -107,7 +107,7 @@ def _response(reply: Reply, refs: Mapping[Any, Any], *, body: bool) -> dict[str,
     """One documented response; a HEAD response has the status and headers only."""
     response: dict[str, Any] = {"description": reply.description}
     if body and reply.model is None:
-        response["content"] = {reply.media_type: {"schema": {"type": "string"}}}
+        response["content"] = {kind: {"schema": {"type": "string"}} for kind in reply.media_types}
     elif body:
         schema = refs[(reply.model, "serialization")]
         response["content"] = {"application/json": {"schema": schema}}

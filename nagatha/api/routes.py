@@ -31,11 +31,11 @@ from nagatha.types import TaskRecord, TaskRequest
 @dataclass(frozen=True)
 class Reply:
     """One documented response: what it means and the model of its JSON body (None: a text
-    body of type ``media_type``)."""
+    body, of one of ``media_types`` as the request's ``Accept`` asks)."""
 
     description: str
     model: type[BaseModel] | None = ErrorBody
-    media_type: str = "text/plain"
+    media_types: tuple[str, ...] = ("text/plain",)
 
 
 @dataclass(frozen=True)
@@ -262,6 +262,7 @@ def build_routes(api: ApiConfig) -> tuple[Route, ...]:
                             "Prometheus text format (OpenMetrics if the `Accept` header asks "
                             "for it); a dependency that did not answer has `nagatha_up` 0.",
                             None,
+                            ("text/plain", "application/openmetrics-text"),
                         )
                     },
                 ),

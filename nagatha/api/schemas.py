@@ -11,7 +11,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
-from nagatha.types import ModuleMetadata, TaskInfo, TaskStatus
+from nagatha.types import CheckResult, ModuleMetadata, TaskInfo, TaskStatus
 
 
 class Ping(BaseModel):
@@ -19,14 +19,6 @@ class Ping(BaseModel):
 
     status: Literal["ok"] = "ok"
     version: str
-
-
-class CheckResult(BaseModel):
-    """The state of one dependency probed by ``GET /health``."""
-
-    status: Literal["ok", "unavailable", "timeout"]
-    detail: str | None = None
-    latency_ms: float | None = None
 
 
 class HealthReport(BaseModel):

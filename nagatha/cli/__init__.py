@@ -1,7 +1,8 @@
 """The ``nagatha`` command line (Click).
 
-Commands live one concern per file (``tasks.py``: run/status, ``info.py``: list/modules/
-config, ``worker.py``); errors become one line and an exit code (``errors.py``).
+Commands live one concern per file (``tasks.py``: run/status/cancel, ``info.py``:
+list/modules/stats/config, ``worker.py``); errors become one line and an exit code
+(``errors.py``).
 """
 
 from __future__ import annotations

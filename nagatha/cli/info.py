@@ -16,9 +16,10 @@ from nagatha.cli.output import (
     show_stats,
     show_tasks,
     table,
+    unanswered,
 )
 from nagatha.config import mask_value
-from nagatha.errors import BrokerUnavailable, StoreUnavailable
+from nagatha.errors import ServiceUnavailable
 from nagatha.monitoring import DEFAULT_TIMEOUT, StateReader
 
 
@@ -82,13 +83,9 @@ def stats_command(obj: CliContext, timeout: float, as_json: bool) -> None:
         emit_json(document)
     else:
         show_stats(document)
-    if state.problems:
-        shows = {"store": ("Redis", "task counts"), "broker": ("RabbitMQ", "queue depths")}
-        reasons = "; ".join(
-            f"{shows[name][0]}: {detail} ({shows[name][1]} not shown)"
-            for name, (_, detail) in state.problems.items()
-        )
-        raise (StoreUnavailable if "store" in state.problems else BrokerUnavailable)(reasons)
+    problems = unanswered(document)
+    if problems:
+        raise ServiceUnavailable(problems)
 
 
 @click.command("config")

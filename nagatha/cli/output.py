@@ -13,6 +13,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from nagatha.metrics import RUNTIME_BUCKETS
 from nagatha.types import ModuleMetadata, TaskInfo, TaskRecord
 
 _STATUS_STYLE = {
@@ -163,10 +164,26 @@ def show_stats(document: dict[str, Any]) -> None:
         out.print(grid)
 
 
+def unanswered(document: dict[str, Any]) -> str | None:
+    """One line for what ``nagatha stats`` could not read (None: it read everything)."""
+    shown = {"store": ("Redis", "task counts"), "broker": ("RabbitMQ", "queue depths")}
+    return (
+        "; ".join(
+            f"{shown[name][0]}: {check['detail']} ({shown[name][1]} not shown)"
+            for name, check in document["checks"].items()
+            if check["status"] != "ok"
+        )
+        or None
+    )
+
+
 def _duration(seconds: float | None, *, past: bool = False) -> str:
-    """``1.2 ms``, ``3.4 s``; None is ``-`` (no runs), or past the last bucket with ``past``."""
+    """``1.2 ms``, ``3.4 s``, ``30 min``; None is ``-`` (no runs), or more than the last
+    bucket's bound with ``past``."""
     if seconds is None:
-        return "> 30 min" if past else "-"
+        return f"> {_duration(RUNTIME_BUCKETS[-1])}" if past else "-"
     if seconds < 1:
         return f"{seconds * 1000:.3g} ms"
-    return f"{seconds:.3g} s"
+    if seconds < 60:
+        return f"{seconds:.3g} s"
+    return f"{seconds / 60:.3g} min"

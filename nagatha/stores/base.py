@@ -46,13 +46,21 @@ def decode_fields(raw: dict[str, str]) -> TaskRecord:
 class StatusStore(abc.ABC):
     """Where status records live. Every method may raise ``StoreUnavailable``."""
 
-    #: The task names :meth:`metrics` counts under their own name: the registry's, set by
-    #: :class:`~nagatha.registry.TaskRegistry`. None (no registry): every name.
+    #: The task names :meth:`metrics` counts under their own name (:meth:`count_names`).
+    #: None (no registry): every name.
     counted_names: Collection[str] | None = None
+
+    def count_names(self, names: Collection[str]) -> None:
+        """Count writes for ``names`` under their own name and any other as unregistered;
+        :class:`~nagatha.registry.TaskRegistry` passes a live view of its task names."""
+        self.counted_names = names
 
     def metric_name(self, task_name: str | None) -> str | None:
         """The name a write for ``task_name`` is counted under: itself if counted, else
-        :data:`~nagatha.metrics.UNREGISTERED`."""
+        :data:`~nagatha.metrics.UNREGISTERED`. Writes that name their task (a create, an
+        update with ``defaults``) are counted so; an update without ``defaults`` and a
+        cancel count under the record's stored name (the hub's own writers always pass
+        ``defaults``; a cancellable record was made by a submit of a registered task)."""
         if self.counted_names is None or task_name in self.counted_names:
             return task_name
         return UNREGISTERED

@@ -17,10 +17,9 @@ Two kinds of write:
   later write's over them) and it is never sent on its own: a task that finishes before its
   ``started`` write went out costs one write, not two. A deferred write the store could not
   take (unavailable) is queued again, or absorbed the same way by a later write of its task
-  queued by then, and
-  the writer pauses :data:`RETRY_PAUSE` before its next batch: a task running through a Redis
-  outage still shows ``started`` once Redis is back (and cannot be cancelled as pending). One
-  the store refused for good is logged and dropped.
+  queued by then, and the writer pauses :data:`RETRY_PAUSE` before its next batch: a task
+  running through a Redis outage still shows ``started`` once Redis is back (and cannot be
+  cancelled as pending). One the store refused for good is logged and dropped.
 
 Writes are sent in the order they were made, batch after batch, by one thread: two writes of
 one task from one process never overtake each other.
@@ -130,10 +129,7 @@ class WriteBatcher:
             batch = self._batch
             earlier = batch.deferred.pop(write.task_id, None)
             if earlier is not None:
-                earlier.superseded = write.absorbed = True
-                write.fields = {**earlier.fields, **write.fields}
-                if write.defaults is None:
-                    write.defaults = earlier.defaults
+                _absorb(earlier, write)
             batch.writes.append(write)
             batch.task_ids.add(write.task_id)
             if write.deferred:
@@ -208,13 +204,18 @@ class WriteBatcher:
                         write.error,
                     )
                 if write.task_id in batch.task_ids:
-                    later = next(w for w in batch.writes if w.task_id == write.task_id)
-                    later.fields = {**write.fields, **later.fields}
-                    later.absorbed = True  # it carries the start now (metrics count it)
-                    if later.defaults is None:
-                        later.defaults = write.defaults
+                    _absorb(write, next(w for w in batch.writes if w.task_id == write.task_id))
                     continue
                 write.error, write.requeued = None, True
                 batch.writes.append(write)
                 batch.task_ids.add(write.task_id)
                 batch.deferred[write.task_id] = write
+
+
+def _absorb(earlier: Write, later: Write) -> None:
+    """Make ``later`` carry ``earlier`` (its fields under the later ones); ``earlier`` is
+    not sent on its own."""
+    earlier.superseded = later.absorbed = True
+    later.fields = {**earlier.fields, **later.fields}
+    if later.defaults is None:
+        later.defaults = earlier.defaults

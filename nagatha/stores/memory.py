@@ -6,7 +6,17 @@ import threading
 import time
 from typing import Any
 
-from nagatha.metrics import EVENT_OF_STATUS, MetricsFields, TaskMetrics, run_time
+from nagatha.metrics import (
+    EVENT_OF_STATUS,
+    MAX_FIELDS,
+    OTHER,
+    RUNTIME_BUCKET,
+    RUNTIME_SUM,
+    TaskMetrics,
+    bucket_of,
+    field_name,
+    run_time,
+)
 from nagatha.stores.base import StatusStore
 from nagatha.types import TaskRecord, TaskStatus
 
@@ -60,11 +70,18 @@ class MemoryStatusStore(StatusStore):
                 base.update(error=None, completed_at=None)  # a run the cancel missed
             record = TaskRecord.model_validate({**base, **fields, "status": status})
             self._put(record)
-            self._count(current, record, fields)
+            self._count(current, record, fields, (defaults or {}).get("task_name"))
             return True
 
-    def _count(self, before: TaskRecord | None, after: TaskRecord, fields: dict[str, Any]) -> None:
-        """Count as the Redis store's script does (:mod:`nagatha.stores.redis`); here every
+    def _count(
+        self,
+        before: TaskRecord | None,
+        after: TaskRecord,
+        fields: dict[str, Any],
+        named: str | None,
+    ) -> None:
+        """Count as the Redis store's script does (:mod:`nagatha.stores.redis`), under
+        :meth:`metric_name` of the name the write gave, else the record's own; here every
         started write is a write of its own (nothing absorbs it)."""
         # A cancelled record that a write got past (a run the cancel missed) changes too.
         changes = before is None or before.status is not after.status or before.cancelled
@@ -73,7 +90,7 @@ class MemoryStatusStore(StatusStore):
             and fields.get("started_at") is not None
             and (before is None or before.started_at != after.started_at)
         )
-        name = self.metric_name(after.task_name)
+        name = after.task_name if named is None else self.metric_name(named)
         if starts:
             self._metrics.count("started", name)
         if changes and after.status is not TaskStatus.STARTED:
@@ -139,3 +156,29 @@ class MemoryStatusStore(StatusStore):
 
     def ping(self) -> None:
         return None
+
+
+class MetricsFields:
+    """The metrics fields (:mod:`nagatha.metrics`) kept in memory as the Redis store's script
+    keeps them in its hash (not thread-safe: the store calls it under its lock)."""
+
+    def __init__(self) -> None:
+        self.fields: dict[str, int] = {}
+
+    def count(self, event: str, task_name: str | None) -> None:
+        """Count one ``event`` of ``task_name``."""
+        self._add(self._label(event, task_name), event, 1)
+
+    def observe(self, task_name: str | None, seconds: float) -> None:
+        """Record one run of ``task_name`` that took ``seconds``."""
+        label = self._label(RUNTIME_SUM, task_name)
+        self._add(label, RUNTIME_SUM, round(seconds * 1e6))
+        self._add(label, f"{RUNTIME_BUCKET}{bucket_of(seconds)}", 1)
+
+    def _label(self, kind: str, task_name: str | None) -> str | None:
+        known = field_name(kind, task_name) in self.fields
+        return task_name if known or len(self.fields) < MAX_FIELDS else OTHER
+
+    def _add(self, task_name: str | None, kind: str, amount: int) -> None:
+        name = field_name(kind, task_name)
+        self.fields[name] = self.fields.get(name, 0) + amount

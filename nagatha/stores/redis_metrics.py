@@ -1,10 +1,11 @@
-"""Task metrics in Redis: the Lua the status scripts count with, and reading the counts back.
+"""Task metrics in Redis: the Lua the status scripts count with.
 
 One hash, ``<prefix>metrics``, holds the fields :mod:`nagatha.metrics` describes; it never
 expires (Prometheus counters only grow; losing Redis's data is a counter reset, which
 Prometheus handles). The status scripts of :mod:`nagatha.stores.redis` start with
 :data:`LUA` and call ``count(key, event, name)`` and ``observe(key, name, microseconds,
-bucket)`` where ``name`` is the record's ``task_name`` field as stored (JSON text); the run
+bucket)`` where ``name`` is the name to count under, as JSON text (the record's
+``task_name`` as stored, or what the writer chose: see ``StatusStore.metric_name``); the run
 time comes from the caller (:func:`nagatha.metrics.run_time`; parsing the timestamps in Lua
 cost Redis a few microseconds per outcome, more than all the counting).
 """
@@ -13,7 +14,7 @@ from __future__ import annotations
 
 import json
 
-from nagatha.metrics import EVENT_OF_STATUS, MAX_FIELDS, OTHER, RUNTIME_SUM
+from nagatha.metrics import EVENT_OF_STATUS, MAX_FIELDS, OTHER, RUNTIME_BUCKET, RUNTIME_SUM
 
 _EVENTS = ", ".join(
     f"[{json.dumps(json.dumps(status.value))}] = {json.dumps(event)}"
@@ -44,7 +45,7 @@ local function observe(key, name, micros, bucket)
   name = label(key, '{RUNTIME_SUM}', name)
   if name then
     redis.pcall('HINCRBY', key, '{RUNTIME_SUM}\\t' .. name, micros)
-    redis.pcall('HINCRBY', key, 'runtime:' .. bucket .. '\\t' .. name, 1)
+    redis.pcall('HINCRBY', key, '{RUNTIME_BUCKET}' .. bucket .. '\\t' .. name, 1)
   end
 end
 """

@@ -97,7 +97,10 @@ def test_one_api_reports_the_work_of_the_workers_and_the_queues(
     assert rows["diagnostics.add"]["p95_at_most_seconds"] is not None
     depths = {row["queue"]: row for row in document["queues"]}
     assert depths[celery_queue] == {"queue": celery_queue, "messages": 2, "consumers": 0}
-    assert document["checks"] == {"store": {"status": "ok"}, "broker": {"status": "ok"}}
+    assert {name: check["status"] for name, check in document["checks"].items()} == {
+        "store": "ok",
+        "broker": "ok",
+    }
 
 
 def test_stats_prints_what_it_can_read_and_exits_3_without_rabbitmq(
@@ -109,7 +112,7 @@ def test_stats_prints_what_it_can_read_and_exits_3_without_rabbitmq(
     assert re.fullmatch(r"error: RabbitMQ: .+ \(queue depths not shown\)\n", done.stderr)
     document = json.loads(done.stdout)
     assert document["queues"] is None
-    assert document["checks"]["store"] == {"status": "ok"}
+    assert document["checks"]["store"]["status"] == "ok"
     assert document["checks"]["broker"]["status"] == "unavailable"
     assert {row["task"] for row in document["tasks"]} >= {"diagnostics.add", "echo_bot.echo"}
     table = run_cli(["stats"], env)

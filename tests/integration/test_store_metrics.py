@@ -152,15 +152,18 @@ def test_a_cancel_counts_cancelled_and_a_run_it_missed_counts_too(store: StatusS
 
 
 def test_names_no_module_registered_count_as_unregistered(store: StatusStore) -> None:
-    store.counted_names = {"m.t"}
+    store.count_names({"m.t"})
     store.create(pending("known"))
     store.update("known", TaskStatus.STARTED, {"started_at": utcnow()})  # no defaults: its name
     store.create(pending("odd", "no_such.task"))
     defaults = {"task_name": "x" * 200, "created_at": utcnow()}  # a Celery client's name
     store.update("stray", TaskStatus.FAILURE, {"error": "NotRegistered: x"}, defaults)
+    # A cancel counts under the record's stored name, in both stores.
+    store.cancel("odd", {"error": CANCELLED_ERROR, "completed_at": utcnow()})
     assert store.metrics().events == {
         ("m.t", "submitted"): 1,
         ("m.t", "started"): 1,
+        ("no_such.task", "cancelled"): 1,
         (UNREGISTERED, "submitted"): 1,
         (UNREGISTERED, "failed"): 1,
     }

@@ -10,7 +10,8 @@ import pytest
 from falcon.testing import TestClient
 
 from nagatha.api import create_app
-from nagatha.api.health import HealthChecker, probe_rabbitmq
+from nagatha.api.health import HealthChecker
+from nagatha.broker_probes import probe_rabbitmq
 from nagatha.config import BrokerConfig, FrameworkConfig
 from nagatha.errors import StoreUnavailable
 from nagatha.hub import create_hub
@@ -150,7 +151,7 @@ def test_a_failing_store_is_503(hub: TaskRegistry, monkeypatch: pytest.MonkeyPat
     assert report.checks["store"].status == "unavailable"
 
 
-def test_a_hanging_probe_is_reported_timeout_within_the_deadline(
+def test_a_hanging_probe_is_reported_timeout_and_not_started_again(
     hub: TaskRegistry, release: threading.Event
 ) -> None:
     calls: list[int] = []

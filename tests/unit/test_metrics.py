@@ -16,6 +16,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from nagatha.api import create_app
 from nagatha.api.metrics import MetricsCollector
+from nagatha.broker_probes import QueueDepths
 from nagatha.config import FrameworkConfig
 from nagatha.errors import StoreUnavailable
 from nagatha.hub import create_hub
@@ -25,14 +26,13 @@ from nagatha.metrics import (
     RUNTIME_BUCKETS,
     RUNTIME_SUM,
     UNREGISTERED,
-    MetricsFields,
     Runtime,
     TaskMetrics,
     bucket_of,
     field_name,
 )
-from nagatha.monitoring import QueueDepths
 from nagatha.registry import TaskRegistry
+from nagatha.stores.memory import MetricsFields
 from nagatha.types import TaskStatus, utcnow
 from nagatha.worker import start_embedded_worker
 
