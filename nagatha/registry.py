@@ -492,6 +492,11 @@ class TaskRegistry:
             raise TaskNotFound(task_id)
         return record
 
+    def recent_failures(self, limit: int) -> list[TaskRecord]:
+        """The newest failed tasks' records, newest first (see
+        :meth:`StatusStore.recent_failures`)."""
+        return self.store.recent_failures(limit)
+
     def cancel(self, task_id: str) -> TaskRecord:
         """Cancel a task that waits to run (``pending``, or ``retrying`` between attempts).
 

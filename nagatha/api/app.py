@@ -20,7 +20,7 @@ from nagatha.api.openapi import build_openapi
 from nagatha.api.resources.catalog import ModulesResource, TasksResource
 from nagatha.api.resources.health import HealthResource
 from nagatha.api.resources.system import MetricsResource, OpenApiResource, PingResource
-from nagatha.api.resources.tasks import RunTaskResource, TaskStatusResource
+from nagatha.api.resources.tasks import FailuresResource, RunTaskResource, TaskStatusResource
 from nagatha.api.routes import Route, build_routes
 from nagatha.config import FrameworkConfig
 from nagatha.registry import TaskRegistry
@@ -79,6 +79,7 @@ def create_app(
             api.max_wait,
             max_waiters=None if config.embedded else max(1, api.threads - 1),
         ),
+        "failures": FailuresResource(registry),
         "metrics": MetricsResource(MetricsCollector(registry, config)),
         "openapi": OpenApiResource(document),
     }

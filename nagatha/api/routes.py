@@ -17,6 +17,7 @@ from pydantic import BaseModel
 
 from nagatha.api.schemas import (
     ErrorBody,
+    FailureList,
     HealthReport,
     ModuleList,
     OpenApiDocument,
@@ -25,6 +26,7 @@ from nagatha.api.schemas import (
     TaskList,
 )
 from nagatha.config import ApiConfig
+from nagatha.stores.base import DEFAULT_FAILURES, RECENT_FAILURES
 from nagatha.types import TaskRecord, TaskRequest
 
 
@@ -246,6 +248,35 @@ def build_routes(api: ApiConfig) -> tuple[Route, ...]:
             (
                 _status_operation("getStatus", "Alias of `GET /tasks/{task_id}`.", api.max_wait),
                 _cancel_operation("cancelStatus", "Alias of `DELETE /tasks/{task_id}`."),
+            ),
+        ),
+        Route(
+            "/failures",
+            "failures",
+            (
+                Operation(
+                    "GET",
+                    "listFailures",
+                    f"The newest failed tasks (of the last {RECENT_FAILURES}), newest first.",
+                    {
+                        200: Reply("Their status records (expired ones left out).", FailureList),
+                        400: Reply(f"`limit` is not a whole number from 1 to {RECENT_FAILURES}."),
+                        503: Reply("The status store (Redis) is unreachable."),
+                    },
+                    parameters=(
+                        Parameter(
+                            "limit",
+                            "query",
+                            "How many records at most.",
+                            {
+                                "type": "integer",
+                                "minimum": 1,
+                                "maximum": RECENT_FAILURES,
+                                "default": DEFAULT_FAILURES,
+                            },
+                        ),
+                    ),
+                ),
             ),
         ),
         Route(

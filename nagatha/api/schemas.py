@@ -11,7 +11,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
-from nagatha.types import CheckResult, ModuleMetadata, TaskInfo, TaskStatus
+from nagatha.types import CheckResult, ModuleMetadata, TaskInfo, TaskRecord, TaskStatus
 
 
 class Ping(BaseModel):
@@ -42,6 +42,12 @@ class TaskList(BaseModel):
     """Body of ``GET /tasks``."""
 
     tasks: list[TaskInfo]
+
+
+class FailureList(BaseModel):
+    """Body of ``GET /failures``: the newest failed tasks' records, newest first."""
+
+    tasks: list[TaskRecord]
 
 
 class TaskAccepted(BaseModel):

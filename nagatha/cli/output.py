@@ -102,6 +102,21 @@ def show_record(record: TaskRecord) -> None:
     console().print(grid)
 
 
+def show_failures(records: Iterable[TaskRecord]) -> None:
+    """Failed tasks, one a row: when, id, task, retries, error (in full)."""
+    grid = table("failed at", "task id", "task", "retries", "error")
+    for record in records:
+        ended = record.completed_at.isoformat(timespec="seconds") if record.completed_at else ""
+        grid.add_row(
+            cell(ended),
+            cell(record.task_id),
+            cell(record.task_name),
+            str(record.retries),
+            cell(record.error or ""),
+        )
+    console().print(grid)
+
+
 def show_tasks(tasks: Iterable[TaskInfo]) -> None:
     """Tasks with their parameters and queue."""
     grid = table("task", "parameters", "queue", "description")

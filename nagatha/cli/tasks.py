@@ -1,4 +1,4 @@
-"""``nagatha run`` and ``nagatha status``: start a task and follow it."""
+"""``nagatha run``, ``status``, ``cancel`` and ``failures``: start tasks and follow them."""
 
 from __future__ import annotations
 
@@ -13,7 +13,8 @@ import click
 from nagatha import jsontext
 from nagatha.cli.context import CliContext, pass_context
 from nagatha.cli.errors import EXIT_OK, EXIT_TASK_FAILED
-from nagatha.cli.output import emit_json, show_record
+from nagatha.cli.output import emit_json, show_failures, show_record
+from nagatha.stores.base import DEFAULT_FAILURES, RECENT_FAILURES
 from nagatha.types import TaskRecord, TaskStatus
 
 DEFAULT_TIMEOUT = 60.0
@@ -195,4 +196,23 @@ def cancel_command(obj: CliContext, task_id: str, as_json: bool) -> None:
         show_record(record)
 
 
-COMMANDS = [run_command, status_command, cancel_command]
+@click.command("failures")
+@click.option(
+    "--limit",
+    type=click.IntRange(1, RECENT_FAILURES),
+    default=DEFAULT_FAILURES,
+    show_default=True,
+    help="How many at most.",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print JSON (the body of GET /failures).")
+@pass_context
+def failures_command(obj: CliContext, limit: int, as_json: bool) -> None:
+    """Show the newest failed tasks, newest first: when, id, task, retries, error."""
+    records = obj.hub().recent_failures(limit)
+    if as_json:
+        emit_json({"tasks": records})
+    else:
+        show_failures(records)
+
+
+COMMANDS = [run_command, status_command, cancel_command, failures_command]

@@ -32,6 +32,10 @@ from pydantic_core import to_jsonable_python
 from nagatha.metrics import UNREGISTERED, TaskMetrics
 from nagatha.types import TaskRecord, TaskStatus
 
+#: How many of the newest failures a store keeps for :meth:`StatusStore.recent_failures`,
+#: and how many ``GET /failures`` and ``nagatha failures`` show unless told.
+RECENT_FAILURES, DEFAULT_FAILURES = 1000, 50
+
 
 def encode_fields(values: dict[str, Any]) -> dict[str, str]:
     """Encode each field value as JSON text (datetimes as ISO 8601)."""
@@ -147,6 +151,12 @@ class StatusStore(abc.ABC):
 
         Meant to be cheap: implementations keep the ids in the process where they can.
         """
+
+    @abc.abstractmethod
+    def recent_failures(self, limit: int) -> list[TaskRecord]:
+        """The newest records that turned ``failure`` (a run's or a refusal's, not a cancel's),
+        newest first, at most ``limit`` (of the last :data:`RECENT_FAILURES`); records that
+        expired meanwhile are left out."""
 
     @abc.abstractmethod
     def metrics(self) -> TaskMetrics:

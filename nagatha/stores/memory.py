@@ -17,7 +17,7 @@ from nagatha.metrics import (
     field_name,
     run_time,
 )
-from nagatha.stores.base import StatusStore
+from nagatha.stores.base import RECENT_FAILURES, StatusStore
 from nagatha.types import TaskRecord, TaskStatus
 
 
@@ -30,6 +30,7 @@ class MemoryStatusStore(StatusStore):
         self._redeliveries: dict[str, int] = {}
         self._cancelled: dict[str, float] = {}  # task id -> when the mark expires
         self._metrics = MetricsFields()
+        self._failed: dict[str, None] = {}  # task ids, oldest first (insertion order)
         self._changed = threading.Condition()
 
     def _live(self, task_id: str) -> TaskRecord | None:
@@ -95,6 +96,11 @@ class MemoryStatusStore(StatusStore):
             self._metrics.count("started", name)
         if changes and after.status is not TaskStatus.STARTED:
             self._metrics.count(EVENT_OF_STATUS[after.status], name)
+        if changes and after.status is TaskStatus.FAILURE:
+            self._failed.pop(after.task_id, None)
+            self._failed[after.task_id] = None
+            if len(self._failed) > RECENT_FAILURES:
+                del self._failed[next(iter(self._failed))]
         seconds = run_time(fields) if changes and after.status.final else None
         if seconds is not None:
             self._metrics.observe(name, seconds)
@@ -149,6 +155,11 @@ class MemoryStatusStore(StatusStore):
         with self._changed:
             expires = self._cancelled.get(task_id)
             return expires is not None and expires >= time.monotonic()
+
+    def recent_failures(self, limit: int) -> list[TaskRecord]:
+        with self._changed:
+            found = (self._live(task_id) for task_id in reversed(self._failed))
+            return [record for record in found if record is not None][:limit]
 
     def metrics(self) -> TaskMetrics:
         with self._changed:

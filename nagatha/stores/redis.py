@@ -9,6 +9,8 @@ Key layout (``prefix`` from ``results.prefix``, default ``nagatha:``):
 * ``<prefix>done:<id>`` - pub/sub channel; the final write publishes the status there so that
   waiters wake at once instead of polling. Each process listens with one ``PSUBSCRIBE
   <prefix>done:*`` connection (see :mod:`nagatha.stores.redis_waiter`).
+* ``<prefix>failed`` - sorted set of the record keys of the newest failures (by when they
+  failed; at most ``RECENT_FAILURES``; cancels are not failures here).
 * ``<prefix>metrics`` - hash of task metrics (event counts, run times), written by the same
   scripts as the records (see :mod:`nagatha.stores.redis_metrics`).
 * ``<prefix>cancelled`` - sorted set of cancelled task ids, scored by when the mark expires
@@ -43,14 +45,15 @@ from redis.exceptions import (
 
 from nagatha.errors import StoreRejected, StoreUnavailable
 from nagatha.metrics import TaskMetrics, bucket_of, run_time
-from nagatha.stores.base import StatusStore, decode_fields, encode_fields
+from nagatha.stores.base import RECENT_FAILURES, StatusStore, decode_fields, encode_fields
 from nagatha.stores.batching import Write, WriteBatcher
 from nagatha.stores.redis_cancels import CancelWatch
 from nagatha.stores.redis_metrics import LUA
 from nagatha.stores.redis_waiter import DoneListener
 from nagatha.types import CANCELLED_ERROR, TaskRecord, TaskStatus
 
-# KEYS[1] record hash, KEYS[2] done channel, KEYS[3] the metrics hash. ARGV[1] ttl, ARGV[2]
+# KEYS[1] record hash, KEYS[2] done channel, KEYS[3] the metrics hash, KEYS[4] the recent
+# failures (record keys by when they failed, the newest RECENT_FAILURES). ARGV[1] ttl, ARGV[2]
 # new status (JSON), ARGV[3] 1 if final, ARGV[4] JSON object field -> JSON text, ARGV[5] and
 # ARGV[6] the run time in microseconds and its bucket (empty: none), ARGV[7] 1 if the write
 # carries a start (a started write, or one that absorbed it), ARGV[8] the name to count under
@@ -121,6 +124,20 @@ if starts or changes then
   if changes and ARGV[5] ~= '' then
     observe(KEYS[3], name, ARGV[5], ARGV[6])
   end
+end
+-- Scored by the server's clock in microseconds, kept strictly increasing: newest first
+-- must not depend on the order of equal scores.
+local now = changes and ARGV[2] == '"failure"' and redis.pcall('TIME')
+if type(now) == 'table' and now[2] then
+  local score = now[1] * 1000000 + now[2]
+  local last = redis.pcall('ZREVRANGE', KEYS[4], 0, 0, 'WITHSCORES')
+  if type(last) == 'table' and last[2] and tonumber(last[2]) >= score then
+    score = tonumber(last[2]) + 1
+  end
+  redis.pcall('ZADD', KEYS[4], score, KEYS[1])
+  redis.pcall('ZREMRANGEBYRANK', KEYS[4], 0, -"""
+    + str(RECENT_FAILURES + 1)
+    + """)
 end
 return 1
 """
@@ -325,6 +342,10 @@ class RedisStatusStore(StatusStore):
     def _metrics_key(self) -> str:
         return f"{self.prefix}metrics"
 
+    @property
+    def _failures_key(self) -> str:
+        return f"{self.prefix}failed"
+
     def create(self, record: TaskRecord) -> bool:
         return self._create_all([record])[0]
 
@@ -403,7 +424,7 @@ class RedisStatusStore(StatusStore):
                 write.error = exc
             else:
                 sendable.append(write)
-        for write, answer in zip(sendable, self._run(self._update, calls, keys=3), strict=True):
+        for write, answer in zip(sendable, self._run(self._update, calls, keys=4), strict=True):
             if isinstance(answer, Exception):
                 write.error = _error_of(answer)
             else:
@@ -447,6 +468,7 @@ class RedisStatusStore(StatusStore):
             self._key(write.task_id),
             self._channel(write.task_id),
             self._metrics_key,
+            self._failures_key,
             self.ttl,
             f'"{write.status.value}"',
             "1" if write.status.final else "0",
@@ -536,6 +558,19 @@ class RedisStatusStore(StatusStore):
         except RedisError as exc:
             raise _unavailable(exc) from None
         return decode_fields(dict(zip(raw[::2], raw[1::2], strict=True))) if raw else None
+
+    def recent_failures(self, limit: int) -> list[TaskRecord]:
+        """See :meth:`StatusStore.recent_failures`: the sorted set ``<prefix>failed``, then one
+        pipeline reading the records (an expired one is left out)."""
+        try:
+            keys: list[str] = self.client.zrevrange(self._failures_key, 0, limit - 1)  # type: ignore[assignment]
+            pipe = self.client.pipeline(transaction=False)
+            for key in keys:
+                pipe.hgetall(key)
+            found = pipe.execute()
+        except RedisError as exc:
+            raise _unavailable(exc) from None
+        return [decode_fields(raw) for raw in found if raw]
 
     def metrics(self) -> TaskMetrics:
         """See :meth:`StatusStore.metrics`: one read of ``<prefix>metrics``."""

@@ -58,7 +58,7 @@ headers = st.sampled_from([GOOD] * 8 + BAD + [{"Authorization": "Bearer"}])
 ids = st.text(min_size=1, max_size=80).map(lambda text: quote(text, safe="").replace(".", "%2E"))
 waits = st.none() | st.text(max_size=8) | st.floats(min_value=-2, max_value=3).map(str)
 simple_paths = st.sampled_from(
-    ["/ping", "/health", "/modules", "/tasks", "/metrics", "/openapi.json"]
+    ["/ping", "/health", "/modules", "/tasks", "/failures", "/metrics", "/openapi.json"]
 )
 
 

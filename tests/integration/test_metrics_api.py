@@ -72,6 +72,8 @@ def test_one_api_reports_the_work_of_the_workers_and_the_queues(
             assert api.delete(later.json()["status_url"]).status_code == 200
             found = scrape(api)
             stats = run_cli(["stats", "--json"], env)  # the same state, for a shell
+            failures = api.get("/failures").json()["tasks"]
+            listed = run_cli(["failures", "--json"], env)
     finally:
         with amqp_channel(vhost.url) as channel:
             channel.queue_delete(celery_queue)
@@ -101,6 +103,10 @@ def test_one_api_reports_the_work_of_the_workers_and_the_queues(
         "store": "ok",
         "broker": "ok",
     }
+    # The failure the worker wrote, newest first; the cancel is no failure here.
+    assert [(r["task_name"], r["status"]) for r in failures] == [("diagnostics.fail", "failure")]
+    assert listed.returncode == 0, listed.stderr
+    assert json.loads(listed.stdout) == {"tasks": failures}
 
 
 def test_stats_prints_what_it_can_read_and_exits_3_without_rabbitmq(

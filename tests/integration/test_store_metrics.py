@@ -14,7 +14,7 @@ import pytest
 from nagatha.errors import StoreUnavailable
 from nagatha.metrics import MAX_FIELDS, OTHER, RUNTIME_BUCKETS, UNREGISTERED, bucket_of
 from nagatha.stores import MemoryStatusStore, RedisStatusStore
-from nagatha.stores.base import StatusStore
+from nagatha.stores.base import RECENT_FAILURES, StatusStore
 from nagatha.stores.batching import Write
 from nagatha.testing import RedisPrefix
 from nagatha.types import CANCELLED_ERROR, TaskRecord, TaskStatus, utcnow
@@ -250,3 +250,32 @@ def test_a_metrics_key_redis_refuses_never_fails_a_status_write(
             store.metrics()
     finally:
         store.close()
+
+
+# -- recent failures ---------------------------------------------------------------------
+
+
+def test_recent_failures_are_the_newest_failed_records_newest_first(store: StatusStore) -> None:
+    now = utcnow()
+    for task_id in ("f1", "ok", "f2", "cancelled", "retried", "f3"):
+        store.create(pending(task_id))
+    store.update("f1", TaskStatus.FAILURE, {"error": "E: 1", "completed_at": now})
+    run(store, "ok", now, now)
+    store.update("f2", TaskStatus.FAILURE, {"error": "E: 2", "completed_at": now})
+    store.update("f2", TaskStatus.FAILURE, {"error": "E: again"})  # refused: final already
+    store.cancel("cancelled", {"error": CANCELLED_ERROR, "completed_at": now})
+    store.update("retried", TaskStatus.RETRYING, {"error": "E: once", "retries": 1})
+    store.update("f3", TaskStatus.FAILURE, {"error": "E: 3", "completed_at": now})
+    assert [r.task_id for r in store.recent_failures(10)] == ["f3", "f2", "f1"]
+    assert [r.error for r in store.recent_failures(2)] == ["E: 3", "E: 2"]
+    store.delete("f2")  # expired meanwhile
+    assert [r.task_id for r in store.recent_failures(10)] == ["f3", "f1"]
+
+
+def test_only_the_newest_failures_are_kept(store: StatusStore) -> None:
+    for index in range(RECENT_FAILURES + 3):
+        defaults = {"task_name": "m.t", "created_at": utcnow()}
+        store.update(f"f{index}", TaskStatus.FAILURE, {"error": "E: x"}, defaults)
+    kept = store.recent_failures(RECENT_FAILURES + 3)
+    assert len(kept) == RECENT_FAILURES
+    assert (kept[0].task_id, kept[-1].task_id) == (f"f{RECENT_FAILURES + 2}", "f3")

@@ -381,3 +381,20 @@ def test_successful_probes_are_logged_at_debug_only(
     with caplog.at_level(logging.DEBUG, logger="nagatha.api.access"):
         client.simulate_get("/ping")
     assert any('path="/ping"' in r.getMessage() for r in caplog.records)
+
+
+def test_failures_lists_the_newest_failed_tasks_and_checks_the_limit(
+    hub: TaskRegistry, client: TestClient
+) -> None:
+    failed = []
+    for index in range(3):  # one after the other: two worker threads could swap them
+        failed.append(hub.run_task("diagnostics.fail", message=f"nope {index}"))
+        assert hub.wait_for(failed[-1], 10).status is TaskStatus.FAILURE
+    result = client.simulate_get("/failures", params={"limit": "2"})
+    assert result.status_code == 200
+    assert result.headers["cache-control"] == "no-store"
+    assert [record["task_id"] for record in result.json["tasks"]] == failed[:0:-1]
+    assert result.json["tasks"][0]["error"] == "DiagnosticFailure: nope 2"
+    assert failed[0] in {r["task_id"] for r in client.simulate_get("/failures").json["tasks"]}
+    for bad in ("0", "1001", "abc", "1.5", "²", "-1", "1" * 40):
+        assert_error(client.simulate_get("/failures", params={"limit": bad}), 400, "limit")

@@ -1,8 +1,10 @@
-"""``POST /tasks/run``, ``GET`` and ``DELETE /tasks/{task_id}`` (also ``/status/{task_id}``)."""
+"""``POST /tasks/run``, ``GET`` and ``DELETE /tasks/{task_id}`` (also ``/status/{task_id}``),
+``GET /failures``."""
 
 from __future__ import annotations
 
 import math
+import re
 import sys
 import threading
 
@@ -11,9 +13,10 @@ import falcon
 from nagatha.api.body import parse_model, read_json_object
 from nagatha.api.errors import bad_request
 from nagatha.api.resources import send
-from nagatha.api.schemas import TaskAccepted
+from nagatha.api.schemas import FailureList, TaskAccepted
 from nagatha.errors import TaskNotFound
 from nagatha.registry import TaskRegistry
+from nagatha.stores.base import DEFAULT_FAILURES, RECENT_FAILURES
 from nagatha.types import TaskRequest
 
 #: Longer ids (in UTF-8 bytes) were never handed out: the bridge takes Celery ids up to AMQP's
@@ -113,6 +116,26 @@ class TaskStatusResource:
         """
         _check_length(task_id)
         send(resp, self.registry.cancel(task_id))
+        resp.cache_control = ["no-store"]
+
+
+class FailuresResource:
+    """The newest failed tasks, newest first: ``?limit=N`` (1 to :data:`RECENT_FAILURES`,
+    default :data:`DEFAULT_FAILURES`)."""
+
+    def __init__(self, registry: TaskRegistry) -> None:
+        self.registry = registry
+
+    def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
+        """Answer ``{"tasks": [records]}``; 400 for a ``limit`` out of range."""
+        raw = req.get_param("limit") or str(DEFAULT_FAILURES)
+        if not (re.fullmatch(r"[0-9]{1,4}", raw) and 1 <= int(raw) <= RECENT_FAILURES):
+            raise bad_request(
+                "Invalid parameter",
+                f'The "limit" parameter is invalid. The value must be a whole number from 1 '
+                f"to {RECENT_FAILURES}.",
+            )
+        send(resp, FailureList(tasks=self.registry.recent_failures(int(raw))))
         resp.cache_control = ["no-store"]
 
 
