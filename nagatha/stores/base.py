@@ -156,7 +156,7 @@ class StatusStore(abc.ABC):
     def recent_failures(self, limit: int) -> list[TaskRecord]:
         """The newest records that turned ``failure`` (a run's or a refusal's, not a cancel's),
         newest first, at most ``limit`` (of the last :data:`RECENT_FAILURES`); records that
-        expired meanwhile are left out."""
+        expired, were deleted or are no failure now (an id made again) are left out."""
 
     @abc.abstractmethod
     def metrics(self) -> TaskMetrics:

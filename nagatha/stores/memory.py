@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import threading
 import time
 from typing import Any
@@ -96,7 +97,7 @@ class MemoryStatusStore(StatusStore):
             self._metrics.count("started", name)
         if changes and after.status is not TaskStatus.STARTED:
             self._metrics.count(EVENT_OF_STATUS[after.status], name)
-        if changes and after.status is TaskStatus.FAILURE:
+        if changes and after.status is TaskStatus.FAILURE and not after.cancelled:
             self._failed.pop(after.task_id, None)
             self._failed[after.task_id] = None
             if len(self._failed) > RECENT_FAILURES:
@@ -118,6 +119,7 @@ class MemoryStatusStore(StatusStore):
     def delete(self, task_id: str) -> None:
         with self._changed:
             self._records.pop(task_id, None)
+            self._failed.pop(task_id, None)
 
     def wait(self, task_id: str, timeout: float) -> TaskRecord | None:
         deadline = time.monotonic() + timeout
@@ -159,7 +161,8 @@ class MemoryStatusStore(StatusStore):
     def recent_failures(self, limit: int) -> list[TaskRecord]:
         with self._changed:
             found = (self._live(task_id) for task_id in reversed(self._failed))
-            return [record for record in found if record is not None][:limit]
+            failed = (r for r in found if r and r.status is TaskStatus.FAILURE and not r.cancelled)
+            return list(itertools.islice(failed, limit))
 
     def metrics(self) -> TaskMetrics:
         with self._changed:

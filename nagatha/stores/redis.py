@@ -125,9 +125,12 @@ if starts or changes then
     observe(KEYS[3], name, ARGV[5], ARGV[6])
   end
 end
--- Scored by the server's clock in microseconds, kept strictly increasing: newest first
--- must not depend on the order of equal scores.
-local now = changes and ARGV[2] == '"failure"' and redis.pcall('TIME')
+-- A failure (not a cancel a worker wrote) joins the recent ones, scored by the server's
+-- clock in microseconds, kept strictly increasing: newest first must not depend on the
+-- order of equal scores.
+local now = changes and ARGV[2] == '"failure"' and fields['error'] ~= [["""
+    + json.dumps(CANCELLED_ERROR)
+    + """]] and redis.pcall('TIME')
 if type(now) == 'table' and now[2] then
   local score = now[1] * 1000000 + now[2]
   local last = redis.pcall('ZREVRANGE', KEYS[4], 0, 0, 'WITHSCORES')
@@ -504,8 +507,12 @@ class RedisStatusStore(StatusStore):
             raise _unavailable(exc) from None
 
     def delete(self, task_id: str) -> None:
+        key = self._key(task_id)
         try:
-            self.client.delete(self._key(task_id))
+            pipe = self.client.pipeline(transaction=False)
+            pipe.delete(key)
+            pipe.zrem(self._failures_key, key)  # an id made again must not list as failed
+            pipe.execute()
         except RedisError as exc:
             raise _unavailable(exc) from None
 
@@ -560,17 +567,27 @@ class RedisStatusStore(StatusStore):
         return decode_fields(dict(zip(raw[::2], raw[1::2], strict=True))) if raw else None
 
     def recent_failures(self, limit: int) -> list[TaskRecord]:
-        """See :meth:`StatusStore.recent_failures`: the sorted set ``<prefix>failed``, then one
-        pipeline reading the records (an expired one is left out)."""
+        """See :meth:`StatusStore.recent_failures`: the sorted set ``<prefix>failed`` read
+        newest first, its records in one pipeline per ``limit`` keys, until ``limit`` of them
+        are still failures (an id may have expired, or been made again since)."""
+        records: list[TaskRecord] = []
+        start = 0
         try:
-            keys: list[str] = self.client.zrevrange(self._failures_key, 0, limit - 1)  # type: ignore[assignment]
-            pipe = self.client.pipeline(transaction=False)
-            for key in keys:
-                pipe.hgetall(key)
-            found = pipe.execute()
+            while len(records) < limit:
+                keys: list[str] = self.client.zrevrange(  # type: ignore[assignment]
+                    self._failures_key, start, start + limit - 1
+                )
+                if not keys:
+                    break
+                pipe = self.client.pipeline(transaction=False)
+                for key in keys:
+                    pipe.hgetall(key)
+                found = (decode_fields(raw) for raw in pipe.execute() if raw)
+                records += [record for record in found if _failed(record)]
+                start += limit
         except RedisError as exc:
             raise _unavailable(exc) from None
-        return [decode_fields(raw) for raw in found if raw]
+        return records[:limit]
 
     def metrics(self) -> TaskMetrics:
         """See :meth:`StatusStore.metrics`: one read of ``<prefix>metrics``."""
@@ -640,3 +657,8 @@ def _error_of(answer: Exception) -> StoreUnavailable | StoreRejected:
 
 def _unavailable(exc: Exception) -> StoreUnavailable:
     return StoreUnavailable(f"status store (Redis) unavailable: {type(exc).__name__}: {exc}")
+
+
+def _failed(record: TaskRecord) -> bool:
+    """True for a record that is a failure, not a cancel."""
+    return record.status is TaskStatus.FAILURE and not record.cancelled

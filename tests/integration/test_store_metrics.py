@@ -279,3 +279,31 @@ def test_only_the_newest_failures_are_kept(store: StatusStore) -> None:
     kept = store.recent_failures(RECENT_FAILURES + 3)
     assert len(kept) == RECENT_FAILURES
     assert (kept[0].task_id, kept[-1].task_id) == (f"f{RECENT_FAILURES + 2}", "f3")
+
+
+def test_only_records_that_are_failures_now_are_listed(store: StatusStore) -> None:
+    now = utcnow()
+    for task_id in ("old", "missed", "cancelled", "again", "expired"):
+        store.create(pending(task_id))
+    store.update("old", TaskStatus.FAILURE, {"error": "E: old", "completed_at": now})
+    # A cancel a run got past, and the run then failed: a failure.
+    store.cancel("missed", {"error": CANCELLED_ERROR, "completed_at": now})
+    store.update("missed", TaskStatus.FAILURE, {"error": "E: ran", "started_at": now})
+    # A worker writing the cancel of a task waiting for its retry: no failure.
+    store.update("cancelled", TaskStatus.RETRYING, {"error": "E: once", "retries": 1})
+    store.update("cancelled", TaskStatus.FAILURE, {"error": CANCELLED_ERROR})
+    # Failed, then deleted and made again (a dead letter replayed): pending now.
+    store.update("again", TaskStatus.FAILURE, {"error": "E: then", "completed_at": now})
+    store.delete("again")
+    store.create(pending("again"))
+    # Failed, then expired and made again under the same id (the sorted set still names it).
+    store.update("expired", TaskStatus.FAILURE, {"error": "E: gone", "completed_at": now})
+    if isinstance(store, RedisStatusStore):
+        store.client.delete(f"{store.prefix}task:expired")
+    else:
+        store._records.pop("expired")
+    store.create(pending("expired"))
+    assert [r.task_id for r in store.recent_failures(10)] == ["missed", "old"]
+    assert [r.task_id for r in store.recent_failures(1)] == ["missed"]
+    store.delete("missed")
+    assert [r.task_id for r in store.recent_failures(1)] == ["old"]  # read on past the gaps
