@@ -91,9 +91,9 @@ class Runtime:
     def at_most(self, fraction: float) -> float | None:
         """The smallest bucket bound that ``fraction`` of the runs took at most (seconds);
         None without runs or when that is past the last bound."""
-        wanted, seen = fraction * self.count, 0
         if not self.count:
             return None
+        wanted, seen = fraction * self.count, 0
         for bound, count in zip(RUNTIME_BUCKETS, self.buckets, strict=False):
             seen += count
             if seen >= wanted:

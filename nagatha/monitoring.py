@@ -104,16 +104,13 @@ class StateReader:
         else:
             self._queue_probe = lambda queues: rabbitmq_queue_depths(config.broker, queues, timeout)
 
-    def queues(self) -> list[str]:
-        """The queues reported: each task queue with its ``.DQ`` and ``.XQ``, then the
-        bridge's queues."""
-        hub = sorted({task.queue for task in self.registry.list_tasks()})
-        named = [f"{queue}{suffix}" for queue in hub for suffix in ("", ".DQ", ".XQ")]
-        return list(dict.fromkeys([*named, *self._bridge_queues]))
-
     def read(self) -> HubState:
         """Read the store and the broker in parallel, each at most ``timeout`` seconds."""
-        queues = self.queues()
+        tasks = self.registry.list_tasks()
+        # Each task queue with its .DQ and .XQ, then the bridge's queues.
+        hub = sorted({task.queue for task in tasks})
+        named = [f"{queue}{suffix}" for queue in hub for suffix in ("", ".DQ", ".XQ")]
+        queues = list(dict.fromkeys([*named, *self._bridge_queues]))
         store = self._probes.start("store", self.registry.store.metrics)
         broker = self._probes.start("broker", lambda: self._queue_probe(queues))
         wait([store, broker], timeout=self.timeout)
@@ -123,6 +120,6 @@ class StateReader:
         return HubState(
             tasks=values["store"],
             queues=values["broker"],
-            registered=sorted(task.name for task in self.registry.list_tasks()),
+            registered=sorted(task.name for task in tasks),
             checks=checks,
         )

@@ -64,6 +64,11 @@ class TaskRecord(BaseModel):
         """True if a cancel made this record final (:data:`CANCELLED_ERROR`)."""
         return self.status is TaskStatus.FAILURE and self.error == CANCELLED_ERROR
 
+    @property
+    def failed(self) -> bool:
+        """True for a ``failure`` that is no cancel (a run's, or a refusal's)."""
+        return self.status is TaskStatus.FAILURE and not self.cancelled
+
 
 class TaskParameter(BaseModel):
     """One parameter of a task, read from the function's signature."""

@@ -33,7 +33,7 @@ from nagatha.broker_probes import probe_rabbitmq
 from nagatha.config import FrameworkConfig, secrets_of
 from nagatha.daemon import Probes, check_of
 from nagatha.registry import TaskRegistry, late_heartbeat
-from nagatha.types import CheckResult, utcnow
+from nagatha.types import utcnow
 
 Probe = Callable[[], Any]
 
@@ -84,7 +84,10 @@ class HealthChecker:
             for name in self.registry.heartbeat_modules()
         }
         wait([*futures.values(), *beats.values()], timeout=self.timeout)
-        checks = {name: self._result(future) for name, future in futures.items()}
+        checks = {
+            name: check_of(future, self.timeout, self._secrets)[0]
+            for name, future in futures.items()
+        }
         modules = {name: self._heartbeat(future) for name, future in beats.items()}
         ready = all(check.status == "ok" for check in checks.values())
         return HealthReport(
@@ -93,9 +96,6 @@ class HealthChecker:
             modules=modules,
             checked_at=utcnow(),
         )
-
-    def _result(self, future: Future[Any]) -> CheckResult:
-        return check_of(future, self.timeout, self._secrets)[0]
 
     def _heartbeat(self, future: Future[Any]) -> dict[str, Any]:
         if not future.done():

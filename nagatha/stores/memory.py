@@ -97,7 +97,7 @@ class MemoryStatusStore(StatusStore):
             self._metrics.count("started", name)
         if changes and after.status is not TaskStatus.STARTED:
             self._metrics.count(EVENT_OF_STATUS[after.status], name)
-        if changes and after.status is TaskStatus.FAILURE and not after.cancelled:
+        if changes and after.failed:
             self._failed.pop(after.task_id, None)
             self._failed[after.task_id] = None
             if len(self._failed) > RECENT_FAILURES:
@@ -161,8 +161,7 @@ class MemoryStatusStore(StatusStore):
     def recent_failures(self, limit: int) -> list[TaskRecord]:
         with self._changed:
             found = (self._live(task_id) for task_id in reversed(self._failed))
-            failed = (r for r in found if r and r.status is TaskStatus.FAILURE and not r.cancelled)
-            return list(itertools.islice(failed, limit))
+            return list(itertools.islice((r for r in found if r and r.failed), limit))
 
     def metrics(self) -> TaskMetrics:
         with self._changed:

@@ -67,7 +67,9 @@ from nagatha.types import CANCELLED_ERROR, TaskRecord, TaskStatus
 # cancelled record) counts its event and, for an outcome, the run time.
 _UPDATE = (
     LUA
-    + """
+    + "local CANCELLED = [["
+    + json.dumps(CANCELLED_ERROR)
+    + """]]
 local before = redis.call('HMGET', KEYS[1], 'status', 'started_at', 'task_name')
 local current = before[1]
 local fields = cjson.decode(ARGV[4])
@@ -76,9 +78,7 @@ local n = 0
 local changes = current ~= ARGV[2]
 if current == '"success"' or current == '"failure"' then
   -- A cancelled record gives way to a run the cancel missed (its writes carry started_at).
-  if current ~= '"failure"' or redis.call('HGET', KEYS[1], 'error') ~= [["""
-    + json.dumps(CANCELLED_ERROR)
-    + """]]
+  if current ~= '"failure"' or redis.call('HGET', KEYS[1], 'error') ~= CANCELLED
       or not fields['started_at'] or fields['started_at'] == 'null' then
     return 0
   end
@@ -128,9 +128,8 @@ end
 -- A failure (not a cancel a worker wrote) joins the recent ones, scored by the server's
 -- clock in microseconds, kept strictly increasing: newest first must not depend on the
 -- order of equal scores.
-local now = changes and ARGV[2] == '"failure"' and fields['error'] ~= [["""
-    + json.dumps(CANCELLED_ERROR)
-    + """]] and redis.pcall('TIME')
+local now = changes and ARGV[2] == '"failure"' and fields['error'] ~= CANCELLED
+  and redis.pcall('TIME')
 if type(now) == 'table' and now[2] then
   local score = now[1] * 1000000 + now[2]
   local last = redis.pcall('ZREVRANGE', KEYS[4], 0, 0, 'WITHSCORES')
@@ -583,7 +582,7 @@ class RedisStatusStore(StatusStore):
                 for key in keys:
                     pipe.hgetall(key)
                 found = (decode_fields(raw) for raw in pipe.execute() if raw)
-                records += [record for record in found if _failed(record)]
+                records += [record for record in found if record.failed]
                 start += limit
         except RedisError as exc:
             raise _unavailable(exc) from None
@@ -657,8 +656,3 @@ def _error_of(answer: Exception) -> StoreUnavailable | StoreRejected:
 
 def _unavailable(exc: Exception) -> StoreUnavailable:
     return StoreUnavailable(f"status store (Redis) unavailable: {type(exc).__name__}: {exc}")
-
-
-def _failed(record: TaskRecord) -> bool:
-    """True for a record that is a failure, not a cancel."""
-    return record.status is TaskStatus.FAILURE and not record.cancelled
