@@ -7,7 +7,7 @@ revoked messages), the pidbox (``revoke``) and the worker-side middleware (task 
   clients, as a reply on the task message's ``reply_to``; it also records a final hub failure.
 * :func:`client_error_info` serializes an exception so that a Celery client rebuilds a class
   it can catch.
-* :func:`build_answers` / :func:`build_revocations` make both from the hub config.
+* :func:`build_answers` makes them from the hub config.
 """
 
 from __future__ import annotations
@@ -23,7 +23,6 @@ from dramatiq.middleware import TimeLimitExceeded
 
 from bridge.celery_results import RedisResultWriter, RpcReplyWriter, error_info, exception_info
 from bridge.publisher import ConfirmedPublisher
-from bridge.revocations import RevocationStore
 from nagatha.config import FrameworkConfig
 from nagatha.errors import StoreUnavailable
 from nagatha.stores import StatusStore
@@ -33,7 +32,6 @@ __all__ = [
     "CLIENT_MODULE_ROOTS",
     "Answers",
     "build_answers",
-    "build_revocations",
     "celery_redis_url",
     "client_error_info",
     "format_traceback",
@@ -197,12 +195,3 @@ def build_answers(
     )
     replies = RpcReplyWriter(publisher) if config.bridge.rpc_replies else None
     return Answers(results=results, replies=replies, store=store)
-
-
-def build_revocations(config: FrameworkConfig) -> RevocationStore:
-    """Return the revoked-id store (hub Redis and key prefix); opens no connection."""
-    return RevocationStore(
-        _redis_client(config.results.url, config),
-        prefix=config.results.prefix,
-        ttl_s=max(config.bridge.result_expires, config.results.ttl),
-    )

@@ -37,7 +37,7 @@ from pika.adapters.blocking_connection import BlockingChannel
 from pika.spec import Basic
 
 from bridge import amqp_tables
-from bridge.answers import build_answers, build_revocations
+from bridge.answers import build_answers
 from bridge.dead_letters import DeadLetters, declare_dead_letter_queue
 from bridge.intake import SERVICE_ERRORS, Delivery, Intake, PartlyHandled
 from bridge.pidbox import Pidbox, Revoker, default_node_name
@@ -76,7 +76,6 @@ class Bridge:
         self.url = amqp_url(config.broker)
         self.publisher = ConfirmedPublisher(self.url)
         answers = build_answers(config, registry.store, self.publisher)
-        revocations = build_revocations(config)
         self.intake = Intake(
             registry,
             answers=answers,
@@ -84,7 +83,7 @@ class Bridge:
             publisher=self.publisher,
             max_body_bytes=config.bridge.max_message_bytes,
         )
-        self.pidbox = Pidbox(node_name or default_node_name(), Revoker(revocations, answers).revoke)
+        self.pidbox = Pidbox(node_name or default_node_name(), Revoker(answers).revoke)
         self._stop = threading.Event()
         self._handled = 0
         self._count_lock = threading.Lock()

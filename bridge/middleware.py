@@ -70,7 +70,6 @@ from bridge import amqp_tables, workflows
 from bridge.answers import (
     Answers,
     build_answers,
-    build_revocations,
     client_error_info,
     reply_due,
 )
@@ -118,7 +117,6 @@ class CeleryResultsMiddleware(dramatiq.Middleware):
         amqp_tables.install()  # fractional time limits in the Celery messages it sends
         self.publisher = publisher or ConfirmedPublisher(amqp_url(config.broker))
         self.answers: Answers = build_answers(config, store, self.publisher)
-        self.revocations = build_revocations(config)
         self.track_started = config.bridge.track_started
         self.hostname = f"nagatha@{socket.gethostname()}"
         # Deliveries whose outcome was answered on a worker thread, by id() of their proxy;
@@ -235,9 +233,7 @@ class CeleryResultsMiddleware(dramatiq.Middleware):
             return "expired"
         try:
             # Cancelled through the hub (DELETE /tasks/{id}), or revoked by a Celery client.
-            if self.answers.store.is_cancelled(task.task_id) or self.revocations.is_revoked(
-                task.task_id
-            ):
+            if self.answers.store.is_cancelled(task.task_id):
                 return "revoked"
         except ServiceUnavailable as exc:
             logger.warning("task %s: revoke check skipped (%s); running it", task.task_id, exc)

@@ -7,10 +7,11 @@ Celery clients broadcast control commands (``app.control.ping()``, ``AsyncResult
 command asks for it, to the ``reply_to`` exchange with ``{node: reply}`` and the ``ticket``
 header.
 
-``revoke`` records the ids in the :class:`~bridge.revocations.RevocationStore` (the consumer
-and the worker-side middleware check it before anything runs) and answers REVOKED at once for
-tasks that have not started: no hub record yet, ``pending`` or ``retrying``. A task already
-running is not interrupted (``terminate=True`` is not supported) and ends as it would have.
+``revoke`` marks the ids in the hub's status store (:meth:`~nagatha.stores.StatusStore.revoke`,
+the set a hub cancel joins: every worker knows them without a round trip and runs none of
+them) and answers REVOKED at once for tasks that have not started: no hub record yet,
+``pending`` or ``retrying``. A task already running is not interrupted (``terminate=True`` is
+not supported) and ends as it would have.
 Every other command is ignored, with an ``error`` reply when one is expected.
 """
 
@@ -31,7 +32,6 @@ from pika.spec import Basic
 
 from bridge.answers import Answers
 from bridge.celery_results import revoked_meta
-from bridge.revocations import RevocationStore
 from bridge.serialization import decode_body
 from nagatha.errors import NagathaError
 from nagatha.types import TaskStatus
@@ -57,8 +57,7 @@ def default_node_name() -> str:
 class Revoker:
     """Carry out a ``revoke``: remember the ids, answer those that have not started."""
 
-    def __init__(self, revocations: RevocationStore, answers: Answers) -> None:
-        self.revocations = revocations
+    def __init__(self, answers: Answers) -> None:
         self.answers = answers
 
     def revoke(self, task_ids: list[str]) -> None:
@@ -67,7 +66,7 @@ class Revoker:
         Raises:
             StoreUnavailable: Redis did not record the revoke (nothing is answered then).
         """
-        self.revocations.revoke(task_ids)
+        self.answers.store.revoke(task_ids)
         for task_id in task_ids:
             record = self.answers.store.get(task_id)
             if record is not None and record.status not in _REVOCABLE:

@@ -17,7 +17,8 @@ Rules every implementation keeps:
 * A write that changes a record's status, and a cancel, count the event in
   :meth:`StatusStore.metrics` in the same step; a final one also the run time.
 * :meth:`StatusStore.cancel` makes only a record that waits to run (``pending`` or
-  ``retrying``) final, and :meth:`StatusStore.is_cancelled` knows its id from then on.
+  ``retrying``) final, and :meth:`StatusStore.is_cancelled` knows its id from then on; so it
+  does an id :meth:`StatusStore.revoke` marked (a Celery client's revoke), record or not.
 """
 
 from __future__ import annotations
@@ -146,8 +147,17 @@ class StatusStore(abc.ABC):
         """
 
     @abc.abstractmethod
+    def revoke(self, task_ids: Collection[str]) -> None:
+        """Keep ``task_ids`` for :meth:`is_cancelled` for ``ttl`` seconds, records untouched.
+
+        A Celery client's ``revoke`` (the bridge's pidbox): the id may have no record yet, or
+        one that already ended; no worker runs a task with that id from then on.
+        """
+
+    @abc.abstractmethod
     def is_cancelled(self, task_id: str) -> bool:
-        """True if :meth:`cancel` made ``task_id`` final (called by workers for each task).
+        """True if :meth:`cancel` made ``task_id`` final or :meth:`revoke` marked it: no
+        worker runs it (called by workers for each task).
 
         Meant to be cheap: implementations keep the ids in the process where they can.
         """

@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 import threading
 import time
+from collections.abc import Collection
 from typing import Any
 
 from nagatha.metrics import (
@@ -152,6 +153,11 @@ class MemoryStatusStore(StatusStore):
             self._cancelled[task_id] = time.monotonic() + self.ttl
             self._metrics.count("cancelled", record.task_name)
             return record
+
+    def revoke(self, task_ids: Collection[str]) -> None:
+        with self._changed:
+            expires = time.monotonic() + self.ttl
+            self._cancelled.update(dict.fromkeys(task_ids, expires))
 
     def is_cancelled(self, task_id: str) -> bool:
         with self._changed:

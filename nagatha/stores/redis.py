@@ -13,9 +13,10 @@ Key layout (``prefix`` from ``results.prefix``, default ``nagatha:``):
   failed; at most ``RECENT_FAILURES``; cancels are not failures here).
 * ``<prefix>metrics`` - hash of task metrics (event counts, run times), written by the same
   scripts as the records (see :mod:`nagatha.stores.redis_metrics`).
-* ``<prefix>cancelled`` - sorted set of cancelled task ids, scored by when the mark expires
-  (epoch seconds); ``<prefix>cancels`` - pub/sub channel each cancel is published on. Workers
-  keep the ids in the process (see :mod:`nagatha.stores.redis_cancels`).
+* ``<prefix>cancelled`` - sorted set of the task ids no worker may run (cancelled through the
+  hub, or revoked by a Celery client), scored by when the mark expires (epoch seconds);
+  ``<prefix>cancels`` - pub/sub channel each id is published on as it joins. Workers keep the
+  ids in the process (see :mod:`nagatha.stores.redis_cancels`).
 
 Updates from all threads of a process go out together, one pipeline per turn of a
 :class:`~nagatha.stores.batching.WriteBatcher` (group commit; each script call is atomic on its
@@ -29,7 +30,7 @@ import os
 import threading
 import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from typing import Any, TypeVar
 
 import redis
@@ -595,6 +596,23 @@ class RedisStatusStore(StatusStore):
         except RedisError as exc:
             raise _unavailable(exc) from None
         return TaskMetrics.from_fields(fields)  # type: ignore[arg-type]
+
+    def revoke(self, task_ids: Collection[str]) -> None:
+        """See :meth:`StatusStore.revoke`: the ids join ``<prefix>cancelled`` and are published
+        on ``<prefix>cancels``, as a cancel's are, in one transaction."""
+        if not task_ids:
+            return
+        now = time.time()
+        try:
+            with self.client.pipeline(transaction=True) as pipe:
+                pipe.zremrangebyscore(self._cancelled_key, "-inf", now)
+                pipe.zadd(self._cancelled_key, dict.fromkeys(task_ids, now + self.ttl))
+                pipe.expire(self._cancelled_key, self.ttl)
+                for task_id in task_ids:
+                    pipe.publish(self._cancels_channel, task_id)
+                pipe.execute()
+        except RedisError as exc:
+            raise _unavailable(exc) from None
 
     def is_cancelled(self, task_id: str) -> bool:
         """See :meth:`StatusStore.is_cancelled`: a lookup in this process once its watch is

@@ -1,8 +1,9 @@
 """Which task ids were cancelled, known in each worker process without a round trip per task.
 
-:meth:`RedisStatusStore.cancel <nagatha.stores.redis.RedisStatusStore.cancel>` adds the id to
+:meth:`RedisStatusStore.cancel <nagatha.stores.redis.RedisStatusStore.cancel>` (a hub cancel) and
+:meth:`~nagatha.stores.redis.RedisStatusStore.revoke` (a Celery client's revoke) add the id to
 the sorted set ``<prefix>cancelled`` (score: when the mark expires, in epoch seconds) and
-publishes it on ``<prefix>cancels`` in the same script. A :class:`CancelWatch` subscribes to
+publish it on ``<prefix>cancels`` in the same step. A :class:`CancelWatch` subscribes to
 that channel and reloads the set each time it (re)subscribes, so a worker checks a task with a
 lookup in its own process. While it is not subscribed the store asks Redis about ids it does
 not know of.

@@ -285,6 +285,23 @@ def test_revoking_a_delayed_task_means_it_never_runs(
     assert "revoked" in (record.error or "")
 
 
+def test_a_task_revoked_before_it_was_sent_never_runs(
+    client: CeleryClient, stack: HubStack, worker: HubProcess
+) -> None:
+    """Celery's order of events for an id revoked ahead of its task: the revoke is known to
+    every worker (without a round trip per task), so the task is answered and not run."""
+    task_id = client.new_id()
+    replies = client.app.control.revoke(task_id, reply=True, timeout=10)
+    assert any("flagged as revoked" in str(reply) for reply in replies), replies
+    result = client.send("echo_bot.echo", kwargs={"message": "never"}, task_id=task_id)
+    with pytest.raises(TaskRevokedError, match="revoked"):
+        result.get(timeout=GET_TIMEOUT)
+    worker.wait_for_log(rf"task {re.escape(task_id)} echo_bot.echo not run: revoked", 30)
+    record = stack.final_record(task_id)
+    assert record.status is TaskStatus.FAILURE and record.started_at is None
+    assert f"task {task_id} echo_bot.echo started" not in worker.log()
+
+
 def test_a_task_cancelled_through_the_hub_is_revoked_for_its_celery_client(
     client: CeleryClient, stack: HubStack, worker: HubProcess
 ) -> None:

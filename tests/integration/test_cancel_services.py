@@ -149,6 +149,37 @@ def test_every_process_learns_of_a_cancel_from_redis(hub_config: FrameworkConfig
         watcher.close()
 
 
+def test_revoked_ids_are_known_to_every_process_and_records_stay(
+    hub_config: FrameworkConfig,
+) -> None:
+    """A Celery client's revoke (the bridge calls ``revoke``) joins the cancels: heard by a
+    subscribed watch, loaded by a new one, asked of Redis before either; records untouched."""
+    results = hub_config.results
+    revoker = RedisStatusStore(results.url, prefix=results.prefix, ttl=60)
+    watcher = RedisStatusStore(results.url, prefix=results.prefix, ttl=60)
+    late = RedisStatusStore(results.url, prefix=results.prefix, ttl=60)
+    try:
+        ended, unknown, heard = (str(uuid.uuid4()) for _ in range(3))
+        create(revoker, ended, TaskStatus.SUCCESS)
+        watch = watcher._cancel_watch()
+        wait_until(lambda: watch.ready, 10, message="the cancel watch subscribed")
+        revoker.revoke([ended, unknown])
+        revoker.revoke([])  # nothing to do, no error
+        wait_until(lambda: watch.cancelled(unknown), 10, message="the published revoke")
+        assert watch.cancelled(ended) is True
+        assert late.is_cancelled(unknown)  # not subscribed yet: asks Redis
+        late_watch = late._cancel_watch()
+        wait_until(lambda: late_watch.ready, 10, message="the second watch subscribed")
+        assert late_watch.cancelled(ended) is True and late_watch.cancelled(heard) is False
+        record = revoker.get(ended)
+        assert record is not None and record.status is TaskStatus.SUCCESS
+        assert revoker.get(unknown) is None
+        assert 0 < revoker.client.ttl(f"{results.prefix}cancelled") <= 60
+    finally:
+        for store in (revoker, watcher, late):
+            store.close()
+
+
 def test_a_cancelled_record_gives_way_only_to_a_run(hub_config: FrameworkConfig) -> None:
     """The Lua update: a write carrying started_at (a worker started the task as the cancel
     came in) replaces the cancel; other writes to a final record are refused as ever."""

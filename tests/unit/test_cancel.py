@@ -196,6 +196,18 @@ def test_memory_store_cancels_only_waiting_records() -> None:
     assert not store.update("id-success", TaskStatus.STARTED, {"started_at": utcnow()})
 
 
+def test_memory_store_revokes_ids_without_touching_records() -> None:
+    store = MemoryStatusStore()
+    store.create(
+        TaskRecord(task_id="ended", task_name="t.t", status=TaskStatus.SUCCESS, created_at=utcnow())
+    )
+    store.revoke(["ended", "unknown"])
+    assert store.is_cancelled("ended") and store.is_cancelled("unknown")
+    assert not store.is_cancelled("other")
+    assert store.get("ended").status is TaskStatus.SUCCESS  # type: ignore[union-attr]
+    assert store.get("unknown") is None
+
+
 # -- HTTP -----------------------------------------------------------------------------------
 
 
