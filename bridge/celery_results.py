@@ -25,6 +25,7 @@ import redis.exceptions
 
 from bridge.serialization import encode_json
 from nagatha.errors import BrokerUnavailable, PublishRefused, StoreUnavailable
+from nagatha.types import REVOKED_ERROR
 
 __all__ = [
     "FAILURE",
@@ -59,7 +60,7 @@ READY_STATES: Final = frozenset({SUCCESS, FAILURE, REVOKED})
 #: The hub record's ``error`` for a task not run, by Celery's revoke reason.
 REVOKED_HUB_ERRORS: Final = {
     "expired": "TaskRevokedError: expired (its expires time had passed before it could run)",
-    "revoked": "TaskRevokedError: revoked by a Celery client before it ran",
+    "revoked": REVOKED_ERROR,
 }
 
 #: Celery's default ``result_expires``: one day.

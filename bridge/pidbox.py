@@ -8,10 +8,10 @@ command asks for it, to the ``reply_to`` exchange with ``{node: reply}`` and the
 header.
 
 ``revoke`` marks the ids in the hub's status store (:meth:`~nagatha.stores.StatusStore.revoke`,
-the set a hub cancel joins: every worker knows them without a round trip and runs none of
-them) and answers REVOKED at once for tasks that have not started: no hub record yet,
-``pending`` or ``retrying``. A task already running is not interrupted (``terminate=True`` is
-not supported) and ends as it would have.
+the set a hub cancel joins: every worker knows them without a round trip and does not run
+them, best effort as a cancel is) and answers REVOKED at once for tasks that have not
+started: no hub record yet, ``pending`` or ``retrying``. A task already running is not
+interrupted (``terminate=True`` is not supported) and ends as it would have.
 Every other command is ignored, with an ``error`` reply when one is expected.
 """
 
@@ -30,11 +30,12 @@ import pika.exceptions
 from pika.adapters.blocking_connection import BlockingChannel
 from pika.spec import Basic
 
+from bridge import fields
 from bridge.answers import Answers
 from bridge.celery_results import revoked_meta
 from bridge.serialization import decode_body
-from nagatha.errors import NagathaError
-from nagatha.types import TaskStatus
+from nagatha.errors import NagathaError, ProtocolError
+from nagatha.types import REVOKED_ERROR, TaskStatus
 
 __all__ = ["EXCHANGE", "Pidbox", "Revoker", "default_node_name"]
 
@@ -76,7 +77,7 @@ class Revoker:
                 self.answers.hub_failure(
                     task_id,
                     task_name=record.task_name,
-                    error="TaskRevokedError: revoked by a Celery client before it ran",
+                    error=REVOKED_ERROR,
                 )
             logger.info("task %s revoked", task_id)
 
@@ -162,7 +163,7 @@ class Pidbox:
         if method == "revoke":
             ids = arguments.get("task_id")
             task_ids = [ids] if isinstance(ids, str) else ids if isinstance(ids, list) else []
-            task_ids = [t for t in task_ids if isinstance(t, str) and t]
+            task_ids = [t for t in task_ids if isinstance(t, str) and _is_task_id(t)]
             if arguments.get("terminate"):
                 logger.warning("revoke with terminate=True: running tasks are not interrupted")
             if not task_ids:
@@ -207,3 +208,11 @@ class Pidbox:
 
 def _number(value: Any) -> float:
     return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else 0.0
+
+
+def _is_task_id(value: str) -> bool:
+    """True for an id a task message may carry (the intake refuses others: none can run)."""
+    try:
+        return fields.identifier(value, "task_id") is not None
+    except ProtocolError:
+        return False

@@ -40,6 +40,8 @@ class TaskStatus(StrEnum):
 
 #: The ``error`` of a record cancelled before it ran (``DELETE /tasks/{id}``, ``nagatha cancel``).
 CANCELLED_ERROR = "Cancelled: cancelled before it ran"
+#: The ``error`` of a record a Celery client revoked before it ran (through a bridge).
+REVOKED_ERROR = "TaskRevokedError: revoked by a Celery client before it ran"
 
 
 class TaskRecord(BaseModel):
@@ -63,6 +65,12 @@ class TaskRecord(BaseModel):
     def cancelled(self) -> bool:
         """True if a cancel made this record final (:data:`CANCELLED_ERROR`)."""
         return self.status is TaskStatus.FAILURE and self.error == CANCELLED_ERROR
+
+    @property
+    def stopped_before_run(self) -> bool:
+        """True if a cancel or a Celery revoke made this record final before it ran: a run
+        that missed the cancel or revoke replaces it (see :class:`~nagatha.stores.StatusStore`)."""
+        return self.status is TaskStatus.FAILURE and self.error in (CANCELLED_ERROR, REVOKED_ERROR)
 
     @property
     def failed(self) -> bool:

@@ -8,7 +8,10 @@ written so again: see :meth:`Cancellation._record`).
 
 The check is a lookup in the process (:meth:`nagatha.stores.StatusStore.is_cancelled`), so it
 costs no round trip per task. Bridged Celery tasks are answered REVOKED by
-:class:`bridge.middleware.CeleryResultsMiddleware`, whose hook runs first.
+:class:`bridge.middleware.CeleryResultsMiddleware`, whose hook runs first. An id a Celery
+client revoked (:meth:`nagatha.stores.StatusStore.revoke`) is skipped the same way, as a
+Celery worker skips a revoked id's every later message (a retry too): a hub task's record
+then says cancelled.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from dramatiq.broker import MessageProxy
 from dramatiq.middleware import SkipMessage
 
 from nagatha.errors import StoreRejected, StoreUnavailable
+from nagatha.middleware.holding import hold
 from nagatha.middleware.status import record_defaults
 from nagatha.stores import StatusStore
 from nagatha.types import CANCELLED_ERROR, TaskStatus, utcnow
@@ -50,13 +54,22 @@ class Cancellation(dramatiq.Middleware):
             raise SkipMessage("cancelled")
 
     def _record(self, message: MessageProxy) -> None:
-        """Make sure the record says cancelled: it does, unless an attempt that started as the
-        cancel came in replaced it (see :meth:`nagatha.stores.StatusStore.update`) and then
-        failed into ``retrying``; nothing overwrites a record that ended otherwise."""
+        """Make sure the record is final: it is, unless an attempt that started as the cancel
+        came in replaced it (see :meth:`nagatha.stores.StatusStore.update`) and then failed into
+        ``retrying``, or a Celery client revoked the id of a hub task that had started; nothing
+        overwrites a record that ended otherwise. Held while the store is unavailable, as a
+        final status write is: the message is acked after it."""
         fields = {"error": CANCELLED_ERROR, "completed_at": utcnow()}
+        defaults = record_defaults(message)
+
+        def report(exc: Exception) -> None:
+            logger.warning("task %s: holding the cancel's record: %s", message.message_id, exc)
+
         try:
-            self.store.update(
-                message.message_id, TaskStatus.FAILURE, fields, record_defaults(message)
+            hold(
+                lambda: self.store.update(message.message_id, TaskStatus.FAILURE, fields, defaults),
+                StoreUnavailable,
+                report,
             )
-        except (StoreUnavailable, StoreRejected) as exc:
+        except StoreRejected as exc:
             logger.warning("task %s: cancel could not be recorded: %s", message.message_id, exc)

@@ -8,9 +8,10 @@ Rules every implementation keeps:
 * :meth:`StatusStore.create` writes a ``pending`` record only if none exists for the id.
 * :meth:`StatusStore.update` never moves a record out of a final status (``success`` or
   ``failure``): a duplicate delivery that runs again cannot undo a result. One exception: a
-  record :meth:`StatusStore.cancel` made final gives way to a write that carries
-  ``started_at`` (a worker started the task as the cancel came in, or before its ``started``
-  write could be recorded): the record then tells what happened.
+  record a cancel or a Celery revoke made final (:attr:`TaskRecord.stopped_before_run`) gives
+  way to a write that carries ``started_at`` (a worker started the task as the cancel or
+  revoke came in, or before its ``started`` write could be recorded, or while its notice had
+  not reached that worker): the record then tells what happened.
 * An update for an id without a record creates one from ``defaults`` (a message that reached a
   worker without passing through the hub's producer still gets a record).
 * Records expire ``ttl`` seconds after their last write or :meth:`StatusStore.renew`.
@@ -36,6 +37,13 @@ from nagatha.types import TaskRecord, TaskStatus
 #: How many of the newest failures a store keeps for :meth:`StatusStore.recent_failures`,
 #: and how many ``GET /failures`` and ``nagatha failures`` show unless told.
 RECENT_FAILURES, DEFAULT_FAILURES = 1000, 50
+
+
+def unique_ids(task_ids: Collection[str]) -> list[str]:
+    """``task_ids`` without repeats, in order (for :meth:`StatusStore.revoke`)."""
+    if isinstance(task_ids, str):
+        raise TypeError("task_ids must be a collection of task ids, not one string")
+    return list(dict.fromkeys(task_ids))
 
 
 def encode_fields(values: dict[str, Any]) -> dict[str, str]:
@@ -151,7 +159,12 @@ class StatusStore(abc.ABC):
         """Keep ``task_ids`` for :meth:`is_cancelled` for ``ttl`` seconds, records untouched.
 
         A Celery client's ``revoke`` (the bridge's pidbox): the id may have no record yet, or
-        one that already ended; no worker runs a task with that id from then on.
+        one that already ended. As with a cancel, a worker that takes a task with that id
+        from then on does not run it; one that starts it as the revoke comes in (or while its
+        notice of it is delayed) runs it.
+
+        Raises:
+            TypeError: ``task_ids`` is one string, not a collection of ids.
         """
 
     @abc.abstractmethod

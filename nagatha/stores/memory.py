@@ -19,7 +19,7 @@ from nagatha.metrics import (
     field_name,
     run_time,
 )
-from nagatha.stores.base import RECENT_FAILURES, StatusStore
+from nagatha.stores.base import RECENT_FAILURES, StatusStore, unique_ids
 from nagatha.types import TaskRecord, TaskStatus
 
 
@@ -68,9 +68,9 @@ class MemoryStatusStore(StatusStore):
             current = self._live(task_id)
             base = current.model_dump() if current else {"task_id": task_id, **(defaults or {})}
             if current is not None and current.status.final:
-                if not (current.cancelled and fields.get("started_at") is not None):
+                if not (current.stopped_before_run and fields.get("started_at") is not None):
                     return False
-                base.update(error=None, completed_at=None)  # a run the cancel missed
+                base.update(error=None, completed_at=None)  # a run the cancel or revoke missed
             record = TaskRecord.model_validate({**base, **fields, "status": status})
             self._put(record)
             self._count(current, record, fields, (defaults or {}).get("task_name"))
@@ -157,7 +157,7 @@ class MemoryStatusStore(StatusStore):
     def revoke(self, task_ids: Collection[str]) -> None:
         with self._changed:
             expires = time.monotonic() + self.ttl
-            self._cancelled.update(dict.fromkeys(task_ids, expires))
+            self._cancelled.update(dict.fromkeys(unique_ids(task_ids), expires))
 
     def is_cancelled(self, task_id: str) -> bool:
         with self._changed:

@@ -46,12 +46,18 @@ from redis.exceptions import (
 
 from nagatha.errors import StoreRejected, StoreUnavailable
 from nagatha.metrics import TaskMetrics, bucket_of, run_time
-from nagatha.stores.base import RECENT_FAILURES, StatusStore, decode_fields, encode_fields
+from nagatha.stores.base import (
+    RECENT_FAILURES,
+    StatusStore,
+    decode_fields,
+    encode_fields,
+    unique_ids,
+)
 from nagatha.stores.batching import Write, WriteBatcher
-from nagatha.stores.redis_cancels import CancelWatch
+from nagatha.stores.redis_cancels import MAX_MARKS, CancelWatch
 from nagatha.stores.redis_metrics import LUA
 from nagatha.stores.redis_waiter import DoneListener
-from nagatha.types import CANCELLED_ERROR, TaskRecord, TaskStatus
+from nagatha.types import CANCELLED_ERROR, REVOKED_ERROR, TaskRecord, TaskStatus
 
 # KEYS[1] record hash, KEYS[2] done channel, KEYS[3] the metrics hash, KEYS[4] the recent
 # failures (record keys by when they failed, the newest RECENT_FAILURES). ARGV[1] ttl, ARGV[2]
@@ -62,14 +68,16 @@ from nagatha.types import CANCELLED_ERROR, TaskRecord, TaskStatus
 # defaults. The values are kept as the strings they decode to (never re-encoded by cjson,
 # which would make an empty list and an empty object alike). Returns 1 written, 0 already
 # final, -1 no record and no defaults sent (nothing written). A final record is never
-# rewritten, except a cancelled one by a write that carries started_at (see StatusStore's
-# rules). Metrics: a write carrying a start counts `started` unless the record has that
-# start already (the same started_at: a write sent again); a change of status (or of a
-# cancelled record) counts its event and, for an outcome, the run time.
+# rewritten, except one a cancel or a Celery revoke made final, by a write that carries
+# started_at (see StatusStore's rules). Metrics: a write carrying a start counts `started`
+# unless the record has that start already (the same started_at: a write sent again); a
+# change of status (or of such a record) counts its event and, for an outcome, the run time.
 _UPDATE = (
     LUA
-    + "local CANCELLED = [["
+    + "local CANCELLED, REVOKED = [["
     + json.dumps(CANCELLED_ERROR)
+    + "]], [["
+    + json.dumps(REVOKED_ERROR)
     + """]]
 local before = redis.call('HMGET', KEYS[1], 'status', 'started_at', 'task_name')
 local current = before[1]
@@ -78,8 +86,10 @@ local pairs_ = {}
 local n = 0
 local changes = current ~= ARGV[2]
 if current == '"success"' or current == '"failure"' then
-  -- A cancelled record gives way to a run the cancel missed (its writes carry started_at).
-  if current ~= '"failure"' or redis.call('HGET', KEYS[1], 'error') ~= CANCELLED
+  -- A record a cancel or a Celery revoke made final gives way to a run that missed it (its
+  -- writes carry started_at).
+  local err = current == '"failure"' and redis.call('HGET', KEYS[1], 'error')
+  if (err ~= CANCELLED and err ~= REVOKED)
       or not fields['started_at'] or fields['started_at'] == 'null' then
     return 0
   end
@@ -148,9 +158,9 @@ return 1
 
 # KEYS[1] record hash, KEYS[2] its done channel, KEYS[3] the cancelled set, KEYS[4] the
 # cancels channel, KEYS[5] the metrics hash. ARGV[1] ttl, ARGV[2] JSON object field -> JSON
-# text, ARGV[3] now (epoch s), ARGV[4] the task id. Only a record waiting to run is cancelled
-# (counted as the event `cancelled`); returns the record's fields as they are afterwards (none:
-# no record).
+# text, ARGV[3] now (epoch s), ARGV[4] the task id, ARGV[5] how many marks the set keeps.
+# Only a record waiting to run is cancelled (counted as the event `cancelled`); returns the
+# record's fields as they are afterwards (none: no record).
 _CANCEL = (
     LUA
     + """
@@ -170,6 +180,7 @@ if current == '"pending"' or current == '"retrying"' then
   redis.call('EXPIRE', KEYS[1], ttl)
   redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', now)
   redis.call('ZADD', KEYS[3], now + ttl, ARGV[4])
+  redis.call('ZREMRANGEBYRANK', KEYS[3], 0, -tonumber(ARGV[5]) - 1)
   redis.call('EXPIRE', KEYS[3], ttl)
   redis.call('PUBLISH', KEYS[2], '"failure"')
   redis.call('PUBLISH', KEYS[4], ARGV[4])
@@ -559,6 +570,7 @@ class RedisStatusStore(StatusStore):
             json.dumps(encode_fields(fields)),
             repr(time.time()),
             task_id,
+            MAX_MARKS,
         ]
         try:
             raw = self._cancel(keys=keys, args=args)
@@ -599,16 +611,19 @@ class RedisStatusStore(StatusStore):
 
     def revoke(self, task_ids: Collection[str]) -> None:
         """See :meth:`StatusStore.revoke`: the ids join ``<prefix>cancelled`` and are published
-        on ``<prefix>cancels``, as a cancel's are, in one transaction."""
-        if not task_ids:
+        on ``<prefix>cancels``, as a cancel's are, in one transaction; past
+        :data:`~nagatha.stores.redis_cancels.MAX_MARKS` marks the oldest go."""
+        ids = unique_ids(task_ids)
+        if not ids:
             return
         now = time.time()
         try:
             with self.client.pipeline(transaction=True) as pipe:
                 pipe.zremrangebyscore(self._cancelled_key, "-inf", now)
-                pipe.zadd(self._cancelled_key, dict.fromkeys(task_ids, now + self.ttl))
+                pipe.zadd(self._cancelled_key, dict.fromkeys(ids, now + self.ttl))
+                pipe.zremrangebyrank(self._cancelled_key, 0, -MAX_MARKS - 1)  # the oldest go
                 pipe.expire(self._cancelled_key, self.ttl)
-                for task_id in task_ids:
+                for task_id in ids:
                     pipe.publish(self._cancels_channel, task_id)
                 pipe.execute()
         except RedisError as exc:

@@ -25,6 +25,10 @@ from nagatha.stores.redis_subscriber import Subscriber
 
 #: Expired marks are dropped once the watch holds this many more than after the last sweep.
 SWEEP_EVERY = 1024
+#: Most marks kept, in Redis and in each process (Celery keeps 50,000 revokes per worker):
+#: past it the oldest go, so revokes, which any Celery client may send, cannot make every
+#: worker's memory grow without bound. A task whose mark went that way runs when taken.
+MAX_MARKS = 100_000
 
 
 class CancelWatch(Subscriber):
@@ -60,6 +64,8 @@ class CancelWatch(Subscriber):
     def on_subscribed(self) -> None:
         # Subscribed first, loaded second: a cancel published in between is in both.
         ids = self._load()
+        if len(ids) > MAX_MARKS:  # the newest (latest to expire) stay
+            ids = dict(sorted(ids.items(), key=lambda item: item[1])[-MAX_MARKS:])
         with self._lock:
             self._ids = ids
             self._swept_size = len(ids)
@@ -67,7 +73,10 @@ class CancelWatch(Subscriber):
     def on_message(self, channel: str, data: str) -> None:
         now = time.time()
         with self._lock:
+            self._ids.pop(data, None)  # a mark made again moves to the end (the newest)
             self._ids[data] = now + self._ttl
             if len(self._ids) >= self._swept_size + SWEEP_EVERY:
                 self._ids = {key: when for key, when in self._ids.items() if when > now}
                 self._swept_size = len(self._ids)
+            while len(self._ids) > MAX_MARKS:  # insertion order is the order of expiry
+                del self._ids[next(iter(self._ids))]

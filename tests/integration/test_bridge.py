@@ -290,6 +290,15 @@ def test_a_task_revoked_before_it_was_sent_never_runs(
 ) -> None:
     """Celery's order of events for an id revoked ahead of its task: the revoke is known to
     every worker (without a round trip per task), so the task is answered and not run."""
+    # A task run first starts the worker's watch: the revoke then reaches it as a publish
+    # (before that, the worker would ask Redis about an id it does not know of).
+    assert client.send("echo_bot.echo", kwargs={"message": "warm"}).get(timeout=GET_TIMEOUT)
+    channel = f"{stack.config.results.prefix}cancels"
+    wait_until(
+        lambda: stack.store.client.pubsub_numsub(channel)[0][1] >= 1,
+        30,
+        message="the worker's cancel watch subscribed",
+    )
     task_id = client.new_id()
     replies = client.app.control.revoke(task_id, reply=True, timeout=10)
     assert any("flagged as revoked" in str(reply) for reply in replies), replies

@@ -17,10 +17,11 @@ import pytest
 from test_api import AUTH, TOKEN, assert_error, start_api
 
 from nagatha.config import FrameworkConfig
-from nagatha.stores import RedisStatusStore
+from nagatha.stores import RedisStatusStore, redis_cancels
+from nagatha.stores import redis as redis_store
 from nagatha.stores.redis_subscriber import IDLE_READ, PING_DEADLINE, PING_EVERY
 from nagatha.testing import LOOPBACK, HubProcess, TcpRelay, run_cli, wait_until
-from nagatha.types import CANCELLED_ERROR, TaskRecord, TaskStatus, utcnow
+from nagatha.types import CANCELLED_ERROR, REVOKED_ERROR, TaskRecord, TaskStatus, utcnow
 
 pytestmark = pytest.mark.integration
 
@@ -167,8 +168,10 @@ def test_revoked_ids_are_known_to_every_process_and_records_stay(
         revoker.revoke([])  # nothing to do, no error
         wait_until(lambda: watch.cancelled(unknown), 10, message="the published revoke")
         assert watch.cancelled(ended) is True
-        assert late.is_cancelled(unknown)  # not subscribed yet: asks Redis
         late_watch = late._cancel_watch()
+        late_watch.cancelled = lambda task_id: None  # type: ignore[method-assign]
+        assert late.is_cancelled(unknown)  # as before it subscribed: asked of Redis
+        del late_watch.cancelled
         wait_until(lambda: late_watch.ready, 10, message="the second watch subscribed")
         assert late_watch.cancelled(ended) is True and late_watch.cancelled(heard) is False
         record = revoker.get(ended)
@@ -197,6 +200,55 @@ def test_a_cancelled_record_gives_way_only_to_a_run(hub_config: FrameworkConfig)
         assert store.update(task_id, TaskStatus.SUCCESS, {"result": 1, "completed_at": utcnow()})
         assert not store.update(task_id, TaskStatus.STARTED, {"started_at": utcnow()})
         assert store.get(task_id).result == 1  # type: ignore[union-attr]
+    finally:
+        store.close()
+
+
+def test_marks_are_capped_in_redis_and_in_each_process(
+    hub_config: FrameworkConfig, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Revokes come from any Celery client: past MAX_MARKS the oldest marks go, from the set
+    (revoke and cancel alike) and from a watch's memory."""
+    monkeypatch.setattr(redis_store, "MAX_MARKS", 3)
+    monkeypatch.setattr(redis_cancels, "MAX_MARKS", 3)
+    results = hub_config.results
+    store = RedisStatusStore(results.url, prefix=results.prefix, ttl=60)
+    try:
+        ids = [f"mark-{n}" for n in range(5)]
+        store.revoke(ids[:4])
+        key = f"{results.prefix}cancelled"
+        assert store.client.zrange(key, 0, -1) == ids[1:4]
+        create(store, ids[4])
+        store.cancel(ids[4], {**CANCEL_FIELDS, "completed_at": utcnow()})
+        assert store.client.zrange(key, 0, -1) == ids[2:]
+        watch = store._cancel_watch()
+        wait_until(lambda: watch.ready, 10, message="the cancel watch subscribed")
+        assert [watch.cancelled(i) for i in ids] == [False, False, True, True, True]
+        watch.on_message("", "mark-new")
+        assert [watch.cancelled(i) for i in ids[2:]] == [False, True, True]
+        assert watch.cancelled("mark-new")
+    finally:
+        store.close()
+
+
+def test_a_revoked_record_gives_way_to_a_run_that_missed_the_revoke(
+    hub_config: FrameworkConfig,
+) -> None:
+    """A worker whose notice of a revoke came late runs the task: the record the bridge made
+    final with the revoke error (Lua update) then tells what happened, as for a cancel."""
+    results = hub_config.results
+    store = RedisStatusStore(results.url, prefix=results.prefix, ttl=60)
+    try:
+        revoked, expired = str(uuid.uuid4()), str(uuid.uuid4())
+        for task_id, error in ((revoked, REVOKED_ERROR), (expired, "TaskRevokedError: expired")):
+            create(store, task_id)
+            assert store.update(task_id, TaskStatus.FAILURE, {"error": error})
+            assert not store.update(task_id, TaskStatus.FAILURE, {"error": "Expired: ..."})
+        assert store.update(revoked, TaskStatus.STARTED, {"started_at": utcnow()})
+        record = store.get(revoked)
+        assert record is not None and record.status is TaskStatus.STARTED and record.error is None
+        assert not store.update(expired, TaskStatus.STARTED, {"started_at": utcnow()})
+        assert store.get(expired).error == "TaskRevokedError: expired"  # type: ignore[union-attr]
     finally:
         store.close()
 

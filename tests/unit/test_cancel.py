@@ -7,19 +7,23 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import dramatiq
 import pytest
+from dramatiq.broker import MessageProxy
+from dramatiq.brokers.stub import StubBroker
+from dramatiq.middleware import SkipMessage
 from falcon.testing import TestClient
 
 from nagatha.api import create_app
 from nagatha.config import FrameworkConfig
-from nagatha.errors import TaskNotCancellable, TaskNotFound
+from nagatha.errors import StoreUnavailable, TaskNotCancellable, TaskNotFound
 from nagatha.hub import create_hub
 from nagatha.middleware.cancellation import Cancellation
 from nagatha.middleware.status import StatusMiddleware
 from nagatha.registry import TaskRegistry
 from nagatha.stores.memory import MemoryStatusStore
 from nagatha.testing import embedded_hub, wait_until
-from nagatha.types import CANCELLED_ERROR, TaskRecord, TaskStatus, utcnow
+from nagatha.types import CANCELLED_ERROR, REVOKED_ERROR, TaskRecord, TaskStatus, utcnow
 
 BODY = """
     import threading
@@ -162,6 +166,49 @@ def test_a_retry_after_a_missed_cancel_is_skipped_and_the_record_says_cancelled(
     assert ran(hub).count("raced") == 1
 
 
+def test_a_revoked_hub_task_that_started_is_not_run_again(
+    hub: TaskRegistry, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """As a Celery worker skips a revoked id's later messages: the retry does not run, and
+    the record, which no cancel made final, is made so."""
+    monkeypatch.setattr(hub.store, "update_soon", lambda *args, **kwargs: None)
+    task_id = hub.run_task("stop.failing_when_released", tag="revoked")
+    wait_until(lambda: "revoked" in ran(hub), 10, message="the first attempt started")
+    hub.store.revoke([task_id])
+    hub.get_task("stop.held").func.__globals__["release"].set()
+    drained(hub)
+    record = hub.get_task_status(task_id)
+    assert record.status is TaskStatus.FAILURE and record.error == CANCELLED_ERROR
+    assert ran(hub).count("revoked") == 1
+
+
+class FlakyStore(MemoryStatusStore):
+    """Unavailable for the first ``outages`` updates."""
+
+    def __init__(self, outages: int) -> None:
+        super().__init__()
+        self.outages = outages
+
+    def update(self, *args: Any, **kwargs: Any) -> bool:
+        if self.outages:
+            self.outages -= 1
+            raise StoreUnavailable("Redis is down")
+        return super().update(*args, **kwargs)
+
+
+def test_a_skipped_tasks_record_is_held_until_the_store_takes_it() -> None:
+    store = FlakyStore(outages=2)
+    store.create(TaskRecord(task_id="t", task_name="stop.record", status=TaskStatus.RETRYING,
+                            created_at=utcnow()))  # fmt: skip
+    store.revoke(["t"])
+    message = MessageProxy(dramatiq.Message("default", "stop.record", (), {}, {}, message_id="t"))
+    with pytest.raises(SkipMessage):
+        Cancellation(store).before_process_message(StubBroker(), message)
+    assert store.outages == 0
+    record = store.get("t")
+    assert record is not None and record.error == CANCELLED_ERROR
+
+
 def test_cancellation_sits_after_celery_results_and_before_status() -> None:
     config = FrameworkConfig.model_validate(
         {"broker": {"url": "memory://"}, "results": {"url": "memory://"}}
@@ -196,13 +243,35 @@ def test_memory_store_cancels_only_waiting_records() -> None:
     assert not store.update("id-success", TaskStatus.STARTED, {"started_at": utcnow()})
 
 
+@pytest.mark.parametrize("error", [CANCELLED_ERROR, REVOKED_ERROR])
+def test_memory_store_a_record_stopped_before_it_ran_gives_way_to_a_run(error: str) -> None:
+    store = MemoryStatusStore()
+    store.create(TaskRecord(task_id="t", task_name="t.t", status=TaskStatus.PENDING,
+                            created_at=utcnow()))  # fmt: skip
+    assert store.update("t", TaskStatus.FAILURE, {"error": error, "completed_at": utcnow()})
+    assert not store.update("t", TaskStatus.FAILURE, {"error": "Expired: ..."})
+    assert store.update("t", TaskStatus.STARTED, {"started_at": utcnow()})
+    record = store.get("t")
+    assert record is not None and record.status is TaskStatus.STARTED and record.error is None
+
+
+def test_memory_store_a_failure_of_another_kind_never_gives_way() -> None:
+    store = MemoryStatusStore()
+    store.create(TaskRecord(task_id="t", task_name="t.t", status=TaskStatus.PENDING,
+                            created_at=utcnow()))  # fmt: skip
+    assert store.update("t", TaskStatus.FAILURE, {"error": "TaskRevokedError: expired"})
+    assert not store.update("t", TaskStatus.STARTED, {"started_at": utcnow()})
+
+
 def test_memory_store_revokes_ids_without_touching_records() -> None:
     store = MemoryStatusStore()
     store.create(
         TaskRecord(task_id="ended", task_name="t.t", status=TaskStatus.SUCCESS, created_at=utcnow())
     )
-    store.revoke(["ended", "unknown"])
+    store.revoke(["ended", "unknown", "ended"])
     assert store.is_cancelled("ended") and store.is_cancelled("unknown")
+    with pytest.raises(TypeError, match="not one string"):
+        store.revoke("ended")
     assert not store.is_cancelled("other")
     assert store.get("ended").status is TaskStatus.SUCCESS  # type: ignore[union-attr]
     assert store.get("unknown") is None
