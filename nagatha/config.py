@@ -428,13 +428,16 @@ def _read_yaml(path: Path, label: str) -> dict[str, Any]:
 def _read_env(env: Mapping[str, str]) -> tuple[dict[str, dict[str, Any]], dict[str, str]]:
     values: dict[str, dict[str, Any]] = {}
     sources: dict[str, str] = {}
+    known: set[str] = set()
     for section, model in SECTIONS.items():
         for key in model.model_fields:
             for name in (f"{ENV_PREFIX}{section}_{key}", f"{ENV_PREFIX}{section}__{key}"):
                 name = name.upper()
+                known.add(name)
                 if name in env:
                     values.setdefault(section, {})[key] = env[name]
                     sources[f"{section}.{key}"] = f"env {name}"
+    _refuse_unknown_env(env, known)
     # NAGATHA_MODULES_SETTINGS (a JSON object) merges into the files' settings key by key, as
     # the nested keys below do; text that is no JSON object is left for validation to refuse.
     modules = values.get("modules", {})
@@ -461,6 +464,31 @@ def _read_env(env: Mapping[str, str]) -> tuple[dict[str, dict[str, Any]], dict[s
         modules["settings"] = _deep_merge(modules.get("settings"), value)
         sources["modules.settings"] = f"env {name}"
     return values, sources
+
+
+#: Variables of ``.env.example`` that docker-compose.yml reads for itself, not for the hub.
+COMPOSE_ONLY_ENV = frozenset({"NAGATHA_WORKER_STOP_GRACE"})
+
+
+def _refuse_unknown_env(env: Mapping[str, str], known: set[str]) -> None:
+    """Refuse a ``NAGATHA_<SECTION>_...`` variable that names no key of that section (a typo
+    would otherwise be ignored, where the same typo in a file is refused). Variables of other
+    names (``NAGATHA_CONFIG``, a module's own ``NAGATHA_AI_...``) are not the hub's to check."""
+    nested = f"{ENV_PREFIX}MODULES__SETTINGS__"
+    for name in sorted(env):
+        upper = name.upper()
+        if not upper.startswith(ENV_PREFIX) or upper in known or upper.startswith(nested):
+            continue
+        if upper in COMPOSE_ONLY_ENV:
+            continue
+        rest = upper[len(ENV_PREFIX) :]
+        section = next((s for s in SECTIONS if rest.startswith(f"{s.upper()}_")), None)
+        if section is not None:
+            keys = ", ".join(SECTIONS[section].model_fields)
+            raise ConfigError(
+                f"unknown environment variable {name}: section {section!r} has no such key "
+                f"(its keys: {keys}; spelled {ENV_PREFIX}{section.upper()}_<KEY>)"
+            )
 
 
 def _deep_merge(base: Any, over: Any) -> Any:

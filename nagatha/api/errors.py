@@ -164,9 +164,20 @@ def handle_unexpected(
     raise internal_error(request_id)
 
 
+_NO_ROUTE = "no such path; GET /openapi.json lists the API's paths"
+
+
 def serialize_error(req: falcon.Request, resp: falcon.Response, error: falcon.HTTPError) -> None:
     """Write every error as JSON (whatever the client accepts) with the request id."""
     body = error.to_dict()
+    if isinstance(error, falcon.HTTPRouteNotFound):
+        body = {"title": "Not found", "description": _NO_ROUTE}
+    elif isinstance(error, falcon.HTTPMethodNotAllowed):
+        allowed = dict(error.headers or {}).get("Allow", "")
+        body = {
+            "title": "Method not allowed",
+            "description": f"this path answers {allowed}; GET /openapi.json describes the API",
+        }
     body.setdefault("description", body["title"])
     body.pop("link", None)
     body["request_id"] = request_id_of(req)

@@ -35,9 +35,6 @@ from nagatha.errors import ConfigError
 
 logger = logging.getLogger("nagatha.api")
 
-#: Dramatiq worker threads of the embedded hub.
-EMBEDDED_WORKER_THREADS = 4
-
 
 def is_loopback(host: str) -> bool:
     """True for ``localhost`` and loopback addresses (127.0.0.0/8, ::1)."""
@@ -179,7 +176,7 @@ def run_embedded(config: FrameworkConfig) -> int:
         raise _cannot_listen(api.host, api.port, exc) from None
     registry = create_hub(config)
     app = create_app(config, registry)
-    worker = start_embedded_worker(registry.broker, threads=EMBEDDED_WORKER_THREADS)
+    worker = start_embedded_worker(registry.broker, threads=config.worker.threads)
     httpd.set_app(app)
     stop = threading.Event()
 
@@ -196,7 +193,7 @@ def run_embedded(config: FrameworkConfig) -> int:
         port,
         config.broker.url,
         "memory://" if config.results.url == MEMORY_URL else "Redis",
-        EMBEDDED_WORKER_THREADS,
+        config.worker.threads,
     )
     try:
         while not stop.wait(1.0):

@@ -50,6 +50,11 @@ def serve_command(
     """
     from nagatha.api.server import serve
 
+    if (embedded or obj.config.embedded) and (workers or threads):
+        raise click.UsageError(
+            "--workers and --threads size gunicorn; the embedded hub is one process (its "
+            "worker runs worker.threads threads: set NAGATHA_WORKER_THREADS)"
+        )
     obj.server = True
     obj.embedded = embedded
     overrides: dict[str, Any] = {

@@ -287,11 +287,14 @@ def test_body_over_the_limit_is_413(client: TestClient) -> None:
 
 
 def test_unknown_route_is_404_in_the_same_shape(client: TestClient) -> None:
-    assert_error(client.simulate_get("/nowhere"), 404)
+    body = assert_error(client.simulate_get("/nowhere"), 404, "openapi.json")
+    assert body["title"] == "Not found"
 
 
 def test_wrong_method_is_405_in_the_same_shape(client: TestClient) -> None:
-    assert_error(client.simulate_delete("/tasks"), 405)
+    response = client.simulate_delete("/tasks")
+    body = assert_error(response, 405, "this path answers GET")
+    assert body["title"] == "Method not allowed" and response.headers["Allow"] == "GET, OPTIONS"
 
 
 def test_store_down_is_503_and_nothing_is_enqueued(

@@ -134,12 +134,22 @@ def test_memory_store_with_a_rabbitmq_broker_exits_2(tmp_path: Path, command: li
 
 def test_serve_embedded_puts_both_in_memory_whatever_the_store_says(tmp_path: Path) -> None:
     port = free_port()
-    env = cli_env(tmp_path, NAGATHA_RESULTS_URL="memory://")
+    env = cli_env(tmp_path, NAGATHA_RESULTS_URL="memory://", NAGATHA_WORKER_THREADS="3")
     process = HubProcess(["serve", "--embedded", "--port", str(port)], env, cwd=tmp_path)
     try:
-        process.wait_for_log(rf"embedded hub serving on http://127\.0\.0\.1:{port}", timeout=60)
+        process.wait_for_log(
+            rf"embedded hub serving on http://127\.0\.0\.1:{port} .*store memory://, 3 worker",
+            timeout=60,
+        )
     finally:
         process.stop(timeout=20)
+
+
+@pytest.mark.parametrize("flag", ["--workers", "--threads"])
+def test_gunicorn_sizes_are_refused_for_the_embedded_hub(tmp_path: Path, flag: str) -> None:
+    done = run_cli(["serve", "--embedded", flag, "3"], cli_env(tmp_path), timeout=30)
+    assert done.returncode == 2
+    assert "the embedded hub is one process" in done.stderr and "Traceback" not in done.stderr
 
 
 @pytest.mark.parametrize("embedded", [False, True])

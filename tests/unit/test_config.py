@@ -48,6 +48,23 @@ def test_env_beats_local_file_beats_home_file_key_by_key(dirs: tuple[Path, Path]
     assert loaded.sources["api.host"] == "env NAGATHA_API_HOST"
 
 
+def test_a_misspelt_env_variable_of_a_known_section_is_refused(dirs: tuple[Path, Path]) -> None:
+    home, cwd = dirs
+    with pytest.raises(ConfigError) as info:
+        load_config(env={"NAGATHA_API_PROT": "1"}, home=home, cwd=cwd)
+    message = str(info.value)
+    assert "NAGATHA_API_PROT" in message and "port" in message and "\n" not in message
+    # Not the hub's: other sections (a module's own), NAGATHA_CONFIG, compose's variable.
+    env = {
+        "NAGATHA_AI_MODEL": "m",
+        "NAGATHA_REQUIRE_SERVICES": "1",
+        "NAGATHA_WORKER_STOP_GRACE": "60s",
+        "NAGATHA_MODULES__SETTINGS__AI__MODEL": "m",
+        "NAGATHA_API__PORT": "7300",
+    }
+    assert load_config(env=env, home=home, cwd=cwd).config.api.port == 7300
+
+
 def test_explicit_config_file_replaces_the_local_one(
     dirs: tuple[Path, Path], tmp_path: Path
 ) -> None:
