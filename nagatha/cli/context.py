@@ -29,13 +29,15 @@ class CliContext:
     server: bool = False
     #: ``serve --embedded``: broker and store go to memory whatever the config says.
     embedded: bool = False
+    #: Refuse a ``memory://`` store beside RabbitMQ (``nagatha config`` shows it instead).
+    store_check: bool = True
     _hub: TaskRegistry | None = field(default=None, repr=False)
 
     @cached_property
     def loaded(self) -> LoadedConfig:
         """The validated config with the source of each value (raises ConfigError)."""
         loaded = load_config(self.config_file)
-        if not self.embedded:
+        if not self.embedded and self.store_check:
             check_stores(loaded)
         config = loaded.config
         if self.debug:

@@ -18,8 +18,8 @@ from nagatha.cli.output import (
     table,
     unanswered,
 )
-from nagatha.config import mask_value
-from nagatha.errors import ServiceUnavailable
+from nagatha.config import check_stores, mask_value
+from nagatha.errors import ConfigError, ServiceUnavailable
 from nagatha.monitoring import DEFAULT_TIMEOUT, StateReader
 
 
@@ -95,9 +95,15 @@ def stats_command(obj: CliContext, timeout: float, as_json: bool) -> None:
 def config_command(obj: CliContext, key: str | None, as_json: bool) -> None:
     """Show the effective config (or one KEY such as broker.url) and where each value came from.
 
-    Secrets are masked: tokens entirely, passwords inside URLs.
+    Secrets are masked: tokens entirely, passwords inside URLs. A store that every other
+    command refuses (memory:// beside RabbitMQ) is shown, with a warning on stderr.
     """
+    obj.store_check = False
     loaded = obj.loaded
+    try:
+        check_stores(loaded)
+    except ConfigError as exc:
+        click.echo(f"warning: {exc}", err=True)
     data = loaded.config.model_dump(mode="json")
     values = {
         f"{section}.{name}": mask_value(f"{section}.{name}", value)

@@ -132,6 +132,17 @@ def test_memory_store_with_a_rabbitmq_broker_exits_2(tmp_path: Path, command: li
     assert "Traceback" not in done.stderr
 
 
+def test_config_shows_a_memory_store_beside_rabbitmq_with_a_warning(tmp_path: Path) -> None:
+    """The one command that shows it: the tool to diagnose it with."""
+    env = cli_env(tmp_path, NAGATHA_RESULTS_URL="memory://")
+    done = run_cli(["config", "results.url"], env)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "memory://"
+    assert done.stderr.startswith(
+        "warning: results.url is memory:// (from env NAGATHA_RESULTS_URL)"
+    )
+
+
 def test_serve_embedded_puts_both_in_memory_whatever_the_store_says(tmp_path: Path) -> None:
     port = free_port()
     env = cli_env(tmp_path, NAGATHA_RESULTS_URL="memory://", NAGATHA_WORKER_THREADS="3")
