@@ -462,7 +462,8 @@ def _read_env(env: Mapping[str, str]) -> tuple[dict[str, dict[str, Any]], dict[s
         for part in reversed(path):
             value = {part: value}
         modules["settings"] = _deep_merge(modules.get("settings"), value)
-        sources["modules.settings"] = f"env {name}"
+        earlier = sources.get("modules.settings")
+        sources["modules.settings"] = f"{earlier} + env {name}" if earlier else f"env {name}"
     return values, sources
 
 
@@ -513,9 +514,24 @@ def _merge(
     for label, layer in layers:
         for section, values in layer.items():
             for key, value in values.items():
-                merged.setdefault(section, {})[key] = value
-                sources[f"{section}.{key}"] = label
+                _merge_into(merged.setdefault(section, {}), sources, section, key, value, label)
     return merged, sources
+
+
+def _merge_into(
+    target: dict[str, Any],
+    sources: dict[str, str],
+    section: str,
+    key: str,
+    value: Any,
+    label: str,
+) -> None:
+    """Lay ``value`` over ``target[key]`` (mappings key by key); a value made of several
+    layers names them all as its source ("./nagatha.yaml + env NAGATHA_...")."""
+    name = f"{section}.{key}"
+    both = isinstance(target.get(key), dict) and isinstance(value, dict)
+    sources[name] = f"{sources[name]} + {label}" if both and name in sources else label
+    target[key] = _deep_merge(target.get(key), value)
 
 
 def _describe_error(exc: ValidationError, sources: Mapping[str, str]) -> str:
@@ -573,8 +589,8 @@ def load_config(
     for section, values in env_values.items():
         target = merged.setdefault(section, {})
         for key, value in values.items():
-            target[key] = _deep_merge(target.get(key), value)
-    sources.update(env_sources)
+            label = env_sources[f"{section}.{key}"]
+            _merge_into(target, sources, section, key, value, label)
 
     try:
         config = FrameworkConfig.model_validate(merged)

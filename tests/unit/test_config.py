@@ -300,7 +300,20 @@ def test_env_json_settings_merge_with_the_file_and_nested_keys_go_on_top(
         "ai": {"base_url": "u", "model": "m2", "tasks": {"chat": {"x": 1, "max_retries": 3}}},
         "other": {"x": 1},
     }
-    assert loaded.sources["modules.settings"].startswith("env NAGATHA_MODULES")
+    assert loaded.sources["modules.settings"] == (
+        "./nagatha.yaml + env NAGATHA_MODULES_SETTINGS"
+        " + env NAGATHA_MODULES__SETTINGS__AI__TASKS__CHAT__MAX_RETRIES"
+    )
+
+
+def test_module_settings_of_two_files_merge_key_by_key(dirs: tuple[Path, Path]) -> None:
+    home, cwd = dirs
+    home_file = write(home / ".nagatha" / "config.yaml", "modules: {settings: {ai: {a: 1}}}\n")
+    write(cwd / "nagatha.yaml", "modules: {settings: {ai: {b: 2}, echo_bot: {c: 3}}}\napi: {}\n")
+    loaded = load_config(env={}, home=home, cwd=cwd)
+    assert loaded.config.modules.settings == {"ai": {"a": 1, "b": 2}, "echo_bot": {"c": 3}}
+    assert loaded.sources["modules.settings"] == f"{home_file} + ./nagatha.yaml"
+    assert loaded.sources["api.port"] == "default"
 
 
 def test_a_bad_module_settings_value_is_never_echoed(dirs: tuple[Path, Path]) -> None:
