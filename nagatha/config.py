@@ -18,6 +18,7 @@ so and a bad value is reported as ``key = value (from source): what is expected`
 
 from __future__ import annotations
 
+import difflib
 import json
 import os
 import re
@@ -469,12 +470,17 @@ def _read_env(env: Mapping[str, str]) -> tuple[dict[str, dict[str, Any]], dict[s
 
 #: Variables of ``.env.example`` that docker-compose.yml reads for itself, not for the hub.
 COMPOSE_ONLY_ENV = frozenset({"NAGATHA_WORKER_STOP_GRACE"})
+#: How alike a variable's key must be to a real one to count as a misspelling of it
+#: (difflib's ratio: ``PROT``/``PORT``, ``URI``/``URL``, ``THREAD``/``THREADS``).
+TYPO_CUTOFF = 0.66
 
 
 def _refuse_unknown_env(env: Mapping[str, str], known: set[str]) -> None:
-    """Refuse a ``NAGATHA_<SECTION>_...`` variable that names no key of that section (a typo
-    would otherwise be ignored, where the same typo in a file is refused). Variables of other
-    names (``NAGATHA_CONFIG``, a module's own ``NAGATHA_AI_...``) are not the hub's to check."""
+    """Refuse a ``NAGATHA_<SECTION>_<KEY>`` variable whose key is a misspelling of one of that
+    section's keys: ignored, it would leave the setting at its default unseen (the same typo
+    in a file is refused). Other names are not the hub's to judge: a module's own
+    (``NAGATHA_AI_MODEL``, ``NAGATHA_API_CLIENT_ID`` for a module ``api_client``), what
+    Kubernetes or Docker links inject (``NAGATHA_API_SERVICE_HOST``), compose's variables."""
     nested = f"{ENV_PREFIX}MODULES__SETTINGS__"
     for name in sorted(env):
         upper = name.upper()
@@ -483,13 +489,17 @@ def _refuse_unknown_env(env: Mapping[str, str], known: set[str]) -> None:
         if upper in COMPOSE_ONLY_ENV:
             continue
         rest = upper[len(ENV_PREFIX) :]
-        section = next((s for s in SECTIONS if rest.startswith(f"{s.upper()}_")), None)
-        if section is not None:
-            keys = ", ".join(SECTIONS[section].model_fields)
-            raise ConfigError(
-                f"unknown environment variable {name}: section {section!r} has no such key "
-                f"(its keys: {keys}; spelled {ENV_PREFIX}{section.upper()}_<KEY>)"
-            )
+        for section, model in SECTIONS.items():
+            if not rest.startswith(f"{section.upper()}_"):
+                continue
+            key = rest[len(section) + 1 :].lstrip("_").lower()
+            close = difflib.get_close_matches(key, model.model_fields, n=1, cutoff=TYPO_CUTOFF)
+            if close:
+                raise ConfigError(
+                    f"unknown environment variable {name}: did you mean "
+                    f"{ENV_PREFIX}{section.upper()}_{close[0].upper()}? (a misspelt setting "
+                    "would be ignored)"
+                )
 
 
 def _deep_merge(base: Any, over: Any) -> Any:

@@ -50,13 +50,13 @@ def serve_command(
     """
     from nagatha.api.server import serve
 
+    obj.server = True  # before the config is first read: it sets up logging by them
+    obj.embedded = embedded
     if (embedded or obj.config.embedded) and (workers or threads):
         raise click.UsageError(
             "--workers and --threads size gunicorn; the embedded hub is one process (its "
             "worker runs worker.threads threads: set NAGATHA_WORKER_THREADS)"
         )
-    obj.server = True
-    obj.embedded = embedded
     overrides: dict[str, Any] = {
         key: value
         for key, value in (

@@ -87,7 +87,7 @@ class MemoryStatusStore(StatusStore):
         :meth:`metric_name` of the name the write gave, else the record's own; here every
         started write is a write of its own (nothing absorbs it)."""
         # A cancelled record that a write got past (a run the cancel missed) changes too.
-        changes = before is None or before.status is not after.status or before.cancelled
+        changes = before is None or before.status is not after.status or before.stopped_before_run
         starts = (
             after.status is TaskStatus.STARTED
             and fields.get("started_at") is not None

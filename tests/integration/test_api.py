@@ -322,8 +322,15 @@ def test_a_missing_or_wrong_token_is_401(shared_server: tuple[HubProcess, str]) 
     assert httpx.get(f"{base_url}/health", timeout=10).status_code == 200
 
 
-def test_an_unknown_path_is_404_in_the_same_shape(client: httpx.Client) -> None:
-    assert_error(client.get("/nowhere"), 404)
+def test_an_unknown_path_is_404_in_the_same_shape(
+    client: httpx.Client, shared_server: tuple[HubProcess, str]
+) -> None:
+    response = client.get("/nowhere", headers={"X-Request-ID": "lost-one"})
+    assert_error(response, 404, "openapi.json")
+    # serve logs at logging.level (INFO here), the access log included, in gunicorn's workers.
+    api = shared_server[0]
+    api.wait_for_log(r"API listening on http://127\.0\.0\.1:\d+", timeout=10)
+    api.wait_for_log(r"request_id=lost-one .*status=404", timeout=10)
 
 
 # -- outages ---------------------------------------------------------------------------------

@@ -214,8 +214,9 @@ def test_marks_are_capped_in_redis_and_in_each_process(
     results = hub_config.results
     store = RedisStatusStore(results.url, prefix=results.prefix, ttl=60)
     try:
-        ids = [f"mark-{n}" for n in range(5)]
-        store.revoke(ids[:4])
+        ids = [f"mark-{n}" for n in (3, 1, 4, 0, 2)]  # oldest first, not in name order
+        for task_id in ids[:4]:
+            store.revoke([task_id])
         key = f"{results.prefix}cancelled"
         assert store.client.zrange(key, 0, -1) == ids[1:4]
         create(store, ids[4])

@@ -48,17 +48,24 @@ def test_env_beats_local_file_beats_home_file_key_by_key(dirs: tuple[Path, Path]
     assert loaded.sources["api.host"] == "env NAGATHA_API_HOST"
 
 
-def test_a_misspelt_env_variable_of_a_known_section_is_refused(dirs: tuple[Path, Path]) -> None:
+def test_a_misspelt_env_variable_is_refused_with_what_it_meant(dirs: tuple[Path, Path]) -> None:
     home, cwd = dirs
     with pytest.raises(ConfigError) as info:
         load_config(env={"NAGATHA_API_PROT": "1"}, home=home, cwd=cwd)
     message = str(info.value)
-    assert "NAGATHA_API_PROT" in message and "port" in message and "\n" not in message
-    # Not the hub's: other sections (a module's own), NAGATHA_CONFIG, compose's variable.
+    assert "did you mean NAGATHA_API_PORT?" in message and "\n" not in message
+    for typo, meant in (("NAGATHA_BROKER_URI", "URL"), ("NAGATHA_WORKER__THREAD", "THREADS")):
+        with pytest.raises(ConfigError, match=f"did you mean NAGATHA_[A-Z]+_{meant}\\?"):
+            load_config(env={typo: "1"}, home=home, cwd=cwd)
+    # Not the hub's: a module's own, Kubernetes' service links, compose's, nested settings.
     env = {
         "NAGATHA_AI_MODEL": "m",
+        "NAGATHA_API_CLIENT_ID": "a module api_client's",
         "NAGATHA_REQUIRE_SERVICES": "1",
         "NAGATHA_WORKER_STOP_GRACE": "60s",
+        "NAGATHA_API_SERVICE_HOST": "10.0.0.1",
+        "NAGATHA_API_SERVICE_PORT_HTTP": "8000",
+        "NAGATHA_API_PORT_8000_TCP_ADDR": "10.0.0.1",
         "NAGATHA_MODULES__SETTINGS__AI__MODEL": "m",
         "NAGATHA_API__PORT": "7300",
     }

@@ -565,6 +565,8 @@ def test_deployments_for_api_worker_and_bridge_have_probes_and_resources() -> No
         assert selector.items() <= template["metadata"]["labels"].items(), name
         pod = template["spec"]
         assert pod["securityContext"]["runAsNonRoot"] is True, name
+        # Service links would set NAGATHA_API_PORT=tcp://... from the Service nagatha-api.
+        assert pod["enableServiceLinks"] is False, name
         for container in pod["containers"]:
             assert container["image"] == "nagatha", name
             for probe in ("readinessProbe", "livenessProbe"):
