@@ -163,7 +163,9 @@ class Pidbox:
         if method == "revoke":
             ids = arguments.get("task_id")
             task_ids = [ids] if isinstance(ids, str) else ids if isinstance(ids, list) else []
-            task_ids = [t for t in task_ids if isinstance(t, str) and _is_task_id(t)]
+            task_ids = list(
+                dict.fromkeys(t for t in task_ids if isinstance(t, str) and _is_task_id(t))
+            )
             if arguments.get("terminate"):
                 logger.warning("revoke with terminate=True: running tasks are not interrupted")
             if not task_ids:
