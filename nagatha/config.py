@@ -493,13 +493,26 @@ def _refuse_unknown_env(env: Mapping[str, str], known: set[str]) -> None:
             if not rest.startswith(f"{section.upper()}_"):
                 continue
             key = rest[len(section) + 1 :].lstrip("_").lower()
-            close = difflib.get_close_matches(key, model.model_fields, n=1, cutoff=TYPO_CUTOFF)
+            close = _misspelt(key, list(model.model_fields))
             if close:
                 raise ConfigError(
                     f"unknown environment variable {name}: did you mean "
-                    f"{ENV_PREFIX}{section.upper()}_{close[0].upper()}? (a misspelt setting "
+                    f"{ENV_PREFIX}{section.upper()}_{close.upper()}? (a misspelt setting "
                     "would be ignored)"
                 )
+
+
+def _misspelt(key: str, keys: list[str]) -> str | None:
+    """The key ``key`` misspells, if any: as many words and alike (``prot``, ``max_wiat``),
+    or the same letters but for underscores (``maxwait``). A word more (``tools_threads``,
+    a module ``worker_tools``'s variable) is no misspelling."""
+    bare = key.replace("_", "")
+    for candidate in keys:
+        if candidate.replace("_", "") == bare:
+            return candidate
+    same_words = [k for k in keys if k.count("_") == key.count("_")]
+    close = difflib.get_close_matches(key, same_words, n=1, cutoff=TYPO_CUTOFF)
+    return close[0] if close else None
 
 
 def _deep_merge(base: Any, over: Any) -> Any:

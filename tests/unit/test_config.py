@@ -54,13 +54,19 @@ def test_a_misspelt_env_variable_is_refused_with_what_it_meant(dirs: tuple[Path,
         load_config(env={"NAGATHA_API_PROT": "1"}, home=home, cwd=cwd)
     message = str(info.value)
     assert "did you mean NAGATHA_API_PORT?" in message and "\n" not in message
-    for typo, meant in (("NAGATHA_BROKER_URI", "URL"), ("NAGATHA_WORKER__THREAD", "THREADS")):
+    typos = (
+        ("NAGATHA_BROKER_URI", "URL"),
+        ("NAGATHA_WORKER__THREAD", "THREADS"),
+        ("NAGATHA_API_MAXWAIT", "MAX_WAIT"),
+    )
+    for typo, meant in typos:
         with pytest.raises(ConfigError, match=f"did you mean NAGATHA_[A-Z]+_{meant}\\?"):
             load_config(env={typo: "1"}, home=home, cwd=cwd)
     # Not the hub's: a module's own, Kubernetes' service links, compose's, nested settings.
     env = {
         "NAGATHA_AI_MODEL": "m",
         "NAGATHA_API_CLIENT_ID": "a module api_client's",
+        "NAGATHA_WORKER_TOOLS_THREADS": "a module worker_tools'",
         "NAGATHA_REQUIRE_SERVICES": "1",
         "NAGATHA_WORKER_STOP_GRACE": "60s",
         "NAGATHA_API_SERVICE_HOST": "10.0.0.1",
