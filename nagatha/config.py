@@ -42,6 +42,8 @@ from nagatha.errors import ConfigError
 from nagatha.types import MAX_HOLD_MS
 
 ENV_PREFIX = "NAGATHA_"
+#: Prefix of the variables that set keys deep in ``modules.settings``.
+NESTED_SETTINGS_ENV = f"{ENV_PREFIX}MODULES__SETTINGS__"
 DEFAULT_SOURCE = "default"
 MEMORY_URL = "memory://"
 
@@ -451,9 +453,8 @@ def _read_env(env: Mapping[str, str]) -> tuple[dict[str, dict[str, Any]], dict[s
             modules["settings"] = parsed
     # Deeper keys of modules.settings: NAGATHA_MODULES__SETTINGS__AI__API_KEY=... sets
     # settings.ai.api_key (lower case; the value read as JSON, else kept as text).
-    nested = f"{ENV_PREFIX}MODULES__SETTINGS__"
-    for name in sorted(n for n in env if n.upper().startswith(nested)):
-        path = [part.lower() for part in name[len(nested) :].split("__")]
+    for name in sorted(n for n in env if n.upper().startswith(NESTED_SETTINGS_ENV)):
+        path = [part.lower() for part in name[len(NESTED_SETTINGS_ENV) :].split("__")]
         modules = values.setdefault("modules", {})
         # NAGATHA_MODULES_SETTINGS, if given too, comes first (if it is no object: refused).
         if len(path) < 2 or not all(path) or isinstance(modules.get("settings"), str):
@@ -481,12 +482,11 @@ def _refuse_unknown_env(env: Mapping[str, str], known: set[str]) -> None:
     in a file is refused). Other names are not the hub's to judge: a module's own
     (``NAGATHA_AI_MODEL``, ``NAGATHA_API_CLIENT_ID`` for a module ``api_client``), what
     Kubernetes or Docker links inject (``NAGATHA_API_SERVICE_HOST``), compose's variables."""
-    nested = f"{ENV_PREFIX}MODULES__SETTINGS__"
     for name in sorted(env):
         upper = name.upper()
-        if not upper.startswith(ENV_PREFIX) or upper in known or upper.startswith(nested):
+        if not upper.startswith(ENV_PREFIX) or upper.startswith(NESTED_SETTINGS_ENV):
             continue
-        if upper in COMPOSE_ONLY_ENV:
+        if upper in known or upper in COMPOSE_ONLY_ENV:
             continue
         rest = upper[len(ENV_PREFIX) :]
         for section, model in SECTIONS.items():

@@ -169,7 +169,7 @@ _NO_ROUTE = "no such path; GET /openapi.json lists the API's paths"
 
 def serialize_error(req: falcon.Request, resp: falcon.Response, error: falcon.HTTPError) -> None:
     """Write every error as JSON (whatever the client accepts) with the request id."""
-    body = error.to_dict()
+    body: dict[str, Any]
     if isinstance(error, falcon.HTTPRouteNotFound):
         body = {"title": "Not found", "description": _NO_ROUTE}
     elif isinstance(error, falcon.HTTPMethodNotAllowed):
@@ -178,6 +178,8 @@ def serialize_error(req: falcon.Request, resp: falcon.Response, error: falcon.HT
             "title": "Method not allowed",
             "description": f"this path answers {allowed}; GET /openapi.json describes the API",
         }
+    else:
+        body = dict(error.to_dict())
     body.setdefault("description", body["title"])
     body.pop("link", None)
     body["request_id"] = request_id_of(req)

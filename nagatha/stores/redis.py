@@ -156,6 +156,22 @@ return 1
 """
 )
 
+# Makes ids marks no worker runs (see nagatha.stores.redis_cancels): into the set, scored by
+# when they expire (expired ones and past `cap` the oldest go), each published on the channel.
+_MARK = """
+local function mark(set, channel, now, ttl, cap, ids)
+  redis.call('ZREMRANGEBYSCORE', set, '-inf', now)
+  for _, id in ipairs(ids) do
+    redis.call('ZADD', set, now + ttl, id)
+  end
+  redis.call('ZREMRANGEBYRANK', set, 0, -cap - 1)
+  redis.call('EXPIRE', set, ttl)
+  for _, id in ipairs(ids) do
+    redis.call('PUBLISH', channel, id)
+  end
+end
+"""
+
 # KEYS[1] record hash, KEYS[2] its done channel, KEYS[3] the cancelled set, KEYS[4] the
 # cancels channel, KEYS[5] the metrics hash. ARGV[1] ttl, ARGV[2] JSON object field -> JSON
 # text, ARGV[3] now (epoch s), ARGV[4] the task id, ARGV[5] how many marks the set keeps.
@@ -163,6 +179,7 @@ return 1
 # record's fields as they are afterwards (none: no record).
 _CANCEL = (
     LUA
+    + _MARK
     + """
 local current = redis.call('HGET', KEYS[1], 'status')
 if not current then
@@ -175,18 +192,26 @@ if current == '"pending"' or current == '"retrying"' then
     pairs_[#pairs_ + 1] = value
   end
   local ttl = tonumber(ARGV[1])
-  local now = tonumber(ARGV[3])
   redis.call('HSET', KEYS[1], unpack(pairs_))
   redis.call('EXPIRE', KEYS[1], ttl)
-  redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', now)
-  redis.call('ZADD', KEYS[3], now + ttl, ARGV[4])
-  redis.call('ZREMRANGEBYRANK', KEYS[3], 0, -tonumber(ARGV[5]) - 1)
-  redis.call('EXPIRE', KEYS[3], ttl)
   redis.call('PUBLISH', KEYS[2], '"failure"')
-  redis.call('PUBLISH', KEYS[4], ARGV[4])
+  mark(KEYS[3], KEYS[4], tonumber(ARGV[3]), ttl, tonumber(ARGV[5]), {ARGV[4]})
   count(KEYS[5], 'cancelled', redis.call('HGET', KEYS[1], 'task_name') or 'null')
 end
 return redis.call('HGETALL', KEYS[1])
+"""
+)
+
+# KEYS[1] the cancelled set, KEYS[2] the cancels channel. ARGV[1] ttl, ARGV[2] now (epoch s),
+# ARGV[3] how many marks the set keeps, then the task ids.
+_REVOKE = (
+    _MARK
+    + """
+local ids = {}
+for i = 4, #ARGV do  -- not unpack(): Lua's stack holds about 8,000 values, a revoke may hold more
+  ids[#ids + 1] = ARGV[i]
+end
+mark(KEYS[1], KEYS[2], tonumber(ARGV[2]), tonumber(ARGV[1]), tonumber(ARGV[3]), ids)
 """
 )
 
@@ -280,6 +305,7 @@ class RedisStatusStore(StatusStore):
         self._update = self.client.register_script(_UPDATE)
         self._create = self.client.register_script(_CREATE)
         self._cancel = self.client.register_script(_CANCEL)
+        self._revoke = self.client.register_script(_REVOKE)
 
     def _new_client(self, client_name: str | None = None, *, decode: bool = True) -> redis.Redis:
         return redis.Redis.from_url(
@@ -611,21 +637,14 @@ class RedisStatusStore(StatusStore):
 
     def revoke(self, task_ids: Collection[str]) -> None:
         """See :meth:`StatusStore.revoke`: the ids join ``<prefix>cancelled`` and are published
-        on ``<prefix>cancels``, as a cancel's are, in one transaction; past
+        on ``<prefix>cancels`` by the step a cancel makes its mark with, in one script; past
         :data:`~nagatha.stores.redis_cancels.MAX_MARKS` marks the oldest go."""
         ids = unique_ids(task_ids)
         if not ids:
             return
-        now = time.time()
+        keys = [self._cancelled_key, self._cancels_channel]
         try:
-            with self.client.pipeline(transaction=True) as pipe:
-                pipe.zremrangebyscore(self._cancelled_key, "-inf", now)
-                pipe.zadd(self._cancelled_key, dict.fromkeys(ids, now + self.ttl))
-                pipe.zremrangebyrank(self._cancelled_key, 0, -MAX_MARKS - 1)  # the oldest go
-                pipe.expire(self._cancelled_key, self.ttl)
-                for task_id in ids:
-                    pipe.publish(self._cancels_channel, task_id)
-                pipe.execute()
+            self._revoke(keys=keys, args=[self.ttl, repr(time.time()), MAX_MARKS, *ids])
         except RedisError as exc:
             raise _unavailable(exc) from None
 
