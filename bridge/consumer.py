@@ -27,7 +27,7 @@ import logging
 import signal
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from types import FrameType
 from typing import Any, Final
 
@@ -43,10 +43,13 @@ from bridge.intake import SERVICE_ERRORS, Delivery, Intake, PartlyHandled
 from bridge.pidbox import Pidbox, Revoker, default_node_name
 from bridge.publisher import ConfirmedPublisher
 from bridge.queues import declare_celery_queue
+from nagatha import __version__
 from nagatha.broker import amqp_url
 from nagatha.config import FrameworkConfig
 from nagatha.errors import ConfigError
+from nagatha.presence import Announcer, process_identity
 from nagatha.registry import TaskRegistry
+from nagatha.types import WorkerInfo, utcnow
 
 __all__ = ["Bridge", "run_bridge"]
 
@@ -87,6 +90,9 @@ class Bridge:
         self._stop = threading.Event()
         self._handled = 0
         self._count_lock = threading.Lock()
+        self._announcer = Announcer(
+            registry.store, self._presence(), config.worker.presence_interval
+        )
 
     @property
     def node_name(self) -> str:
@@ -96,6 +102,29 @@ class Bridge:
     def stop(self, signum: int | None = None, frame: FrameType | None = None) -> None:
         """Ask the loop to finish the message in hand and return (idempotent)."""
         self._stop.set()
+
+    def _presence(self) -> Callable[[], WorkerInfo]:
+        """What the bridge announces of itself (``GET /workers``): its Celery queues, lanes,
+        and how many messages it handled."""
+        worker_id, hostname, pid = process_identity()
+        started_at = utcnow()
+
+        def snapshot() -> WorkerInfo:
+            return WorkerInfo(
+                id=worker_id,
+                kind="bridge",
+                hostname=hostname,
+                pid=pid,
+                version=__version__,
+                queues=self.queues,
+                concurrency=self.config.bridge.concurrency,
+                state="stopping" if self._stop.is_set() else "running",
+                started_at=started_at,
+                interval=self._announcer.interval,
+                counts={"handled": self._handled},
+            )
+
+        return snapshot
 
     def run(self) -> int:
         """Consume until :meth:`stop` on ``bridge.concurrency`` connections; return 0.
@@ -110,10 +139,12 @@ class Bridge:
         ]
         for lane in lanes:
             lane.start()
+        self._announcer.start()
         while any(lane.is_alive() for lane in lanes):
             # Join in short steps: the main thread must stay free to run signal handlers.
             for lane in lanes:
                 lane.join(POLL_S)
+        self._announcer.stop()
         self.publisher.close_all()
         logger.info("bridge %s stopped", self.node_name)
         return 0

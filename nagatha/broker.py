@@ -18,6 +18,7 @@ from dramatiq.middleware import (
 
 from nagatha.config import MEMORY_URL, BrokerConfig, FrameworkConfig
 from nagatha.middleware.cancellation import Cancellation
+from nagatha.middleware.presence import WorkerPresence
 from nagatha.middleware.redelivery import RedeliveryLimit
 from nagatha.middleware.retries import HeldRetries
 from nagatha.middleware.status import StatusMiddleware
@@ -68,7 +69,9 @@ def build_middleware(config: FrameworkConfig, store: StatusStore) -> list[dramat
     ``after_*`` hooks run last, after ``Retries`` decided and after the hub record is final, so
     a Celery client is answered only once ``/tasks/{id}`` shows the same outcome.
     ``Cancellation`` comes after it (a cancelled bridged task is answered REVOKED there) and
-    before ``StatusMiddleware`` (a cancelled task never looks started).
+    before ``StatusMiddleware`` (a cancelled task never looks started), and so does
+    ``WorkerPresence`` (``GET /workers``: a cancelled task never shows as running; its
+    ``after_*`` hooks see the outcome the status hook recorded).
 
     ``TimeLimit`` comes *last*, unlike in Dramatiq's default list: its ``after_*`` hooks, which
     disarm the task's time limit, then run first. Otherwise the limit stays armed while the
@@ -91,6 +94,7 @@ def build_middleware(config: FrameworkConfig, store: StatusStore) -> list[dramat
         RedeliveryLimit(store, worker.max_redeliveries),
         *celery,
         Cancellation(store),
+        WorkerPresence(store, worker.presence_interval),
         StatusMiddleware(store, time_limit=worker.time_limit),
         HeldRetries(
             max_retries=worker.max_retries,

@@ -256,6 +256,12 @@ class WorkerConfig(_Section):
     min_backoff: int = Field(default=1_000, ge=0, description="milliseconds")
     max_backoff: int = Field(default=300_000, ge=0, le=MAX_HOLD_MS, description="milliseconds")
     time_limit: int = Field(default=600_000, gt=0, description="milliseconds")
+    presence_interval: float = Field(
+        default=5.0,
+        ge=0.1,
+        le=300,
+        description="seconds between a worker's or bridge's announcements (GET /workers)",
+    )
 
     @field_validator("queues", mode="before")
     @classmethod

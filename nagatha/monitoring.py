@@ -7,6 +7,9 @@ each queue from the broker. A half that does not answer in time is None in the
 rather than started again). ``GET /metrics`` renders the state for Prometheus
 (:mod:`nagatha.api.metrics`); ``nagatha stats`` prints it as tables.
 
+The store half also says which worker and bridge processes are alive, and what they run
+(:mod:`nagatha.presence`).
+
 Queue depths are what a passive ``queue.declare`` tells: messages *ready* (not those workers
 hold unacknowledged, such as delayed tasks a worker took from ``.DQ``) and consumers.
 """
@@ -25,7 +28,7 @@ from nagatha.config import FrameworkConfig, secrets_of
 from nagatha.daemon import Probes, check_of
 from nagatha.metrics import EVENTS, Runtime, TaskMetrics
 from nagatha.registry import TaskRegistry
-from nagatha.types import CheckResult
+from nagatha.types import CheckResult, WorkerInfo
 
 QueueProbe = Callable[[Sequence[str]], QueueDepths]
 
@@ -36,10 +39,13 @@ DEFAULT_TIMEOUT = 5.0
 
 @dataclass(frozen=True)
 class HubState:
-    """One read: ``tasks`` None if the store, ``queues`` None if the broker did not answer."""
+    """One read: ``tasks`` and ``workers`` None if the store, ``queues`` None if the broker
+    did not answer."""
 
     tasks: TaskMetrics | None
     queues: QueueDepths | None
+    #: The worker and bridge processes alive (:mod:`nagatha.presence`); None with ``tasks``.
+    workers: list[WorkerInfo] | None
     #: Every registered task name, for reports that list tasks before their first event.
     registered: list[str]
     #: ``store`` and ``broker`` as probed (``ok``, ``timeout``, ``unavailable`` and why).
@@ -104,22 +110,28 @@ class StateReader:
         else:
             self._queue_probe = lambda queues: rabbitmq_queue_depths(config.broker, queues, timeout)
 
+    def _read_store(self) -> tuple[TaskMetrics, list[WorkerInfo]]:
+        store = self.registry.store
+        return store.metrics(), store.workers()
+
     def read(self) -> HubState:
         """Read the store and the broker in parallel, each at most ``timeout`` seconds."""
-        tasks = self.registry.list_tasks()
+        registered = self.registry.list_tasks()
         # Each task queue with its .DQ and .XQ, then the bridge's queues.
-        hub = sorted({task.queue for task in tasks})
+        hub = sorted({task.queue for task in registered})
         named = [f"{queue}{suffix}" for queue in hub for suffix in ("", ".DQ", ".XQ")]
         queues = list(dict.fromkeys([*named, *self._bridge_queues]))
-        store = self._probes.start("store", self.registry.store.metrics)
+        store = self._probes.start("store", self._read_store)
         broker = self._probes.start("broker", lambda: self._queue_probe(queues))
         wait([store, broker], timeout=self.timeout)
         checks, values = {}, {}
         for name, future in (("store", store), ("broker", broker)):
             checks[name], values[name] = check_of(future, self.timeout, self._secrets)
+        metrics, workers = values["store"] or (None, None)
         return HubState(
-            tasks=values["store"],
+            tasks=metrics,
             queues=values["broker"],
-            registered=sorted(task.name for task in tasks),
+            workers=workers,
+            registered=sorted(task.name for task in registered),
             checks=checks,
         )

@@ -51,6 +51,7 @@ from nagatha.types import (
     TaskParameter,
     TaskRecord,
     TaskStatus,
+    WorkerInfo,
     utcnow,
 )
 
@@ -496,6 +497,11 @@ class TaskRegistry:
         """The newest failed tasks' records, newest first (see
         :meth:`StatusStore.recent_failures`)."""
         return self.store.recent_failures(limit)
+
+    def workers(self) -> list[WorkerInfo]:
+        """The worker and bridge processes heard of lately, with what they run (see
+        :mod:`nagatha.presence`)."""
+        return self.store.workers()
 
     def cancel(self, task_id: str) -> TaskRecord:
         """Cancel a task that waits to run (``pending``, or ``retrying`` between attempts).

@@ -78,6 +78,54 @@ class TaskRecord(BaseModel):
         return self.status is TaskStatus.FAILURE and not self.cancelled
 
 
+#: Intervals a worker or bridge may go unheard of before reads leave it out (``GET /workers``).
+MISSED_BEATS = 3
+
+
+class RunningTask(BaseModel):
+    """A task a worker process runs right now (one of :attr:`WorkerInfo.running`)."""
+
+    task_id: str
+    task_name: str
+    started_at: datetime
+    retries: int = 0
+
+
+class WorkerInfo(BaseModel):
+    """What one worker or bridge process last told about itself (``GET /workers``).
+
+    Each process announces itself every ``interval`` seconds (:mod:`nagatha.presence`); one
+    not heard of for :data:`MISSED_BEATS` intervals (:attr:`gone_after`) is left out of reads.
+    """
+
+    id: str = Field(description="hostname:pid")
+    kind: Literal["worker", "bridge"]
+    hostname: str
+    pid: int
+    version: str
+    queues: list[str]
+    concurrency: int = Field(description="worker threads, or bridge lanes")
+    state: Literal["running", "stopping"] = "running"
+    started_at: datetime
+    interval: float = Field(description="seconds between its announcements")
+    running: list[RunningTask] = Field(
+        default_factory=list, description="tasks it runs now (workers)"
+    )
+    counts: dict[str, int] = Field(
+        default_factory=dict,
+        description="since it started: succeeded, failed, retried, skipped (workers); "
+        "handled (bridges)",
+    )
+    seen_seconds_ago: float | None = Field(
+        default=None, description="since its last announcement, by the store's clock"
+    )
+
+    @property
+    def gone_after(self) -> float:
+        """Seconds after its last announcement that reads leave this process out."""
+        return self.interval * MISSED_BEATS
+
+
 class TaskParameter(BaseModel):
     """One parameter of a task, read from the function's signature."""
 

@@ -21,6 +21,7 @@ from nagatha.api.resources.catalog import ModulesResource, TasksResource
 from nagatha.api.resources.health import HealthResource
 from nagatha.api.resources.system import MetricsResource, OpenApiResource, PingResource
 from nagatha.api.resources.tasks import FailuresResource, RunTaskResource, TaskStatusResource
+from nagatha.api.resources.workers import WorkersResource
 from nagatha.api.routes import Route, build_routes
 from nagatha.config import FrameworkConfig
 from nagatha.registry import TaskRegistry
@@ -80,6 +81,7 @@ def create_app(
             max_waiters=None if config.embedded else max(1, api.threads - 1),
         ),
         "failures": FailuresResource(registry),
+        "workers": WorkersResource(registry),
         "metrics": MetricsResource(MetricsCollector(registry, config)),
         "openapi": OpenApiResource(document),
     }

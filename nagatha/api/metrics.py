@@ -17,6 +17,10 @@ metric                             type       labels and meaning
                                               bridge's Celery and dead-letter queues)
 ``nagatha_queue_consumers``        gauge      ``queue``: consumers (worker processes, bridge
                                               connections); RabbitMQ only
+``nagatha_workers``                gauge      ``kind``: worker, bridge; processes alive
+                                              (``GET /workers``)
+``nagatha_worker_threads``         gauge      worker threads of those worker processes
+``nagatha_tasks_running``          gauge      ``task``: runs in progress now
 ``nagatha_up``                     gauge      ``dependency``: broker, store; 1 if it answered
 ``nagatha_build_info``             gauge      ``version``
 =================================  =========  ================================================
@@ -31,7 +35,9 @@ shared by the requests of ``cache_seconds``, as for ``/health``.
 from __future__ import annotations
 
 import time
+from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
+from typing import get_args
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.exposition import choose_encoder
@@ -45,6 +51,7 @@ from nagatha.config import FrameworkConfig
 from nagatha.metrics import EVENTS, RUNTIME_BUCKETS, TaskMetrics
 from nagatha.monitoring import DEFAULT_TIMEOUT, HubState, QueueProbe, StateReader
 from nagatha.registry import TaskRegistry
+from nagatha.types import WorkerInfo
 
 #: Seconds one collection is reused.
 DEFAULT_CACHE = 1.0
@@ -83,6 +90,8 @@ def _families(state: HubState) -> Iterator[Metric]:
     up.add_metric(["store"], 0 if state.tasks is None else 1)
     if state.tasks is not None:
         yield from _task_families(state.tasks, state.registered)
+    if state.workers is not None:
+        yield from _worker_families(state.workers, state.registered)
     up.add_metric(["broker"], 0 if state.queues is None else 1)
     if state.queues is not None:
         yield from _queue_families(state.queues)
@@ -116,6 +125,26 @@ def _task_families(metrics: TaskMetrics, registered: list[str]) -> Iterable[Metr
             cumulative.append((bound, float(total)))
         histogram.add_metric([task], cumulative, runtime.total)
     return counter, histogram
+
+
+def _worker_families(workers: list[WorkerInfo], registered: list[str]) -> Iterable[Metric]:
+    processes = GaugeMetricFamily(
+        "nagatha_workers", "Worker and bridge processes alive (GET /workers).", labels=["kind"]
+    )
+    kinds = Counter(worker.kind for worker in workers)
+    for kind in get_args(WorkerInfo.model_fields["kind"].annotation):
+        processes.add_metric([kind], kinds[kind])
+    threads = GaugeMetricFamily(
+        "nagatha_worker_threads", "Worker threads of the worker processes alive, together."
+    )
+    threads.add_metric([], sum(worker.concurrency for worker in workers if worker.kind == "worker"))
+    running = Counter(task.task_name for worker in workers for task in worker.running)
+    tasks = GaugeMetricFamily(
+        "nagatha_tasks_running", "Tasks running now, by name.", labels=["task"]
+    )
+    for task in sorted({*registered, *running}):
+        tasks.add_metric([task], running[task])
+    return processes, threads, tasks
 
 
 def _queue_families(depths: QueueDepths) -> Iterable[Metric]:

@@ -24,10 +24,11 @@ from nagatha.api.schemas import (
     Ping,
     TaskAccepted,
     TaskList,
+    WorkerList,
 )
 from nagatha.config import ApiConfig
 from nagatha.stores.base import DEFAULT_FAILURES, RECENT_FAILURES
-from nagatha.types import TaskRecord, TaskRequest
+from nagatha.types import MISSED_BEATS, TaskRecord, TaskRequest
 
 
 @dataclass(frozen=True)
@@ -276,6 +277,27 @@ def build_routes(api: ApiConfig) -> tuple[Route, ...]:
                             },
                         ),
                     ),
+                ),
+            ),
+        ),
+        Route(
+            "/workers",
+            "workers",
+            (
+                Operation(
+                    "GET",
+                    "listWorkers",
+                    "The worker and bridge processes heard of lately (each announces itself "
+                    "every `worker.presence_interval` seconds): where they run, their queues, "
+                    "the tasks they run now and what they did since they started.",
+                    {
+                        200: Reply(
+                            "By kind, hostname and pid; a process unheard of for "
+                            f"{MISSED_BEATS} of its intervals is left out.",
+                            WorkerList,
+                        ),
+                        503: Reply("The status store (Redis) is unreachable."),
+                    },
                 ),
             ),
         ),

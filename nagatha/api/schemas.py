@@ -11,7 +11,14 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
-from nagatha.types import CheckResult, ModuleMetadata, TaskInfo, TaskRecord, TaskStatus
+from nagatha.types import (
+    CheckResult,
+    ModuleMetadata,
+    TaskInfo,
+    TaskRecord,
+    TaskStatus,
+    WorkerInfo,
+)
 
 
 class Ping(BaseModel):
@@ -48,6 +55,12 @@ class FailureList(BaseModel):
     """Body of ``GET /failures``: the newest failed tasks' records, newest first."""
 
     tasks: list[TaskRecord]
+
+
+class WorkerList(BaseModel):
+    """Body of ``GET /workers``: the worker and bridge processes heard of lately."""
+
+    workers: list[WorkerInfo]
 
 
 class TaskAccepted(BaseModel):

@@ -1,5 +1,4 @@
-"""``nagatha list``, ``nagatha modules``, ``nagatha stats`` and ``nagatha config``: what the
-hub knows."""
+"""``nagatha list``, ``modules``, ``stats``, ``workers`` and ``config``: what the hub knows."""
 
 from __future__ import annotations
 
@@ -15,6 +14,7 @@ from nagatha.cli.output import (
     show_modules,
     show_stats,
     show_tasks,
+    show_workers,
     table,
     unanswered,
 )
@@ -88,6 +88,27 @@ def stats_command(obj: CliContext, timeout: float, as_json: bool) -> None:
         raise ServiceUnavailable(problems)
 
 
+@click.command("workers")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON (the body of GET /workers).")
+@pass_context
+def workers_command(obj: CliContext, as_json: bool) -> None:
+    """Show the worker and bridge processes alive: where, their queues, what they run now.
+
+    Each process announces itself every worker.presence_interval seconds; one unheard of for
+    three intervals (killed, frozen, cut off from Redis) is not shown.
+    """
+    if obj.config.embedded:
+        raise click.UsageError(
+            "workers reads Redis (broker.url is memory://); an embedded hub "
+            "(`nagatha serve --embedded`) answers GET /workers itself"
+        )
+    workers = obj.hub().workers()
+    if as_json:
+        emit_json({"workers": workers})
+    else:
+        show_workers(workers)
+
+
 @click.command("config")
 @click.argument("key", required=False)
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
@@ -132,4 +153,4 @@ def config_command(obj: CliContext, key: str | None, as_json: bool) -> None:
     console().print(grid)
 
 
-COMMANDS = [list_command, modules_command, stats_command, config_command]
+COMMANDS = [list_command, modules_command, stats_command, workers_command, config_command]

@@ -14,7 +14,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from nagatha.metrics import RUNTIME_BUCKETS
-from nagatha.types import ModuleMetadata, TaskInfo, TaskRecord
+from nagatha.types import ModuleMetadata, TaskInfo, TaskRecord, WorkerInfo, utcnow
 
 _STATUS_STYLE = {
     "success": "green",
@@ -115,6 +115,51 @@ def show_failures(records: Iterable[TaskRecord]) -> None:
             cell(record.error or ""),
         )
     console().print(grid)
+
+
+def show_workers(workers: list[WorkerInfo]) -> None:
+    """Worker and bridge processes, one a row, then the tasks they run now (if any)."""
+    if not workers:
+        click.echo("no worker or bridge process announced itself lately")
+        return
+    now = utcnow()
+    grid = table("process", "kind", "state", "queues", "threads", "running", "counts", "up", "seen")
+    for worker in workers:
+        grid.add_row(
+            cell(worker.id),
+            worker.kind,
+            worker.state,
+            cell(", ".join(worker.queues)),
+            str(worker.concurrency),
+            str(len(worker.running)),
+            " ".join(f"{name}={count}" for name, count in worker.counts.items()),
+            _age((now - worker.started_at).total_seconds()),
+            f"{_age(worker.seen_seconds_ago or 0.0)} ago",
+        )
+    console().print(grid)
+    running = [(worker, task) for worker in workers for task in worker.running]
+    if not running:
+        return
+    grid = table("task id", "task", "process", "retries", "running for")
+    for worker, task in sorted(running, key=lambda pair: pair[1].started_at):
+        grid.add_row(
+            cell(task.task_id),
+            cell(task.task_name),
+            cell(worker.id),
+            str(task.retries),
+            _age((now - task.started_at).total_seconds()),
+        )
+    console().print(grid)
+
+
+def _age(seconds: float) -> str:
+    """``0.4 s``, ``12 s``, ``5 min``, ``3.5 h``, ``2.1 d`` (a negative one, from clocks that
+    disagree, is 0)."""
+    seconds = max(seconds, 0.0)
+    for unit, size in (("d", 86_400), ("h", 3_600), ("min", 60)):
+        if seconds >= size:
+            return f"{seconds / size:.3g} {unit}"
+    return f"{seconds:.2g} s" if seconds < 10 else f"{seconds:.0f} s"
 
 
 def show_tasks(tasks: Iterable[TaskInfo]) -> None:

@@ -17,6 +17,8 @@ Rules every implementation keeps:
 * Records expire ``ttl`` seconds after their last write or :meth:`StatusStore.renew`.
 * A write that changes a record's status, and a cancel, count the event in
   :meth:`StatusStore.metrics` in the same step; a final one also the run time.
+* :meth:`StatusStore.workers` lists what :meth:`StatusStore.announce` was told less than
+  :attr:`~nagatha.types.WorkerInfo.gone_after` seconds ago (by the store's own clock).
 * :meth:`StatusStore.cancel` makes only a record that waits to run (``pending`` or
   ``retrying``) final, and :meth:`StatusStore.is_cancelled` knows its id from then on; so it
   does an id :meth:`StatusStore.revoke` marked (a Celery client's revoke), record or not.
@@ -32,7 +34,7 @@ from typing import Any
 from pydantic_core import to_jsonable_python
 
 from nagatha.metrics import UNREGISTERED, TaskMetrics
-from nagatha.types import TaskRecord, TaskStatus
+from nagatha.types import TaskRecord, TaskStatus, WorkerInfo
 
 #: How many of the newest failures a store keeps for :meth:`StatusStore.recent_failures`,
 #: and how many ``GET /failures`` and ``nagatha failures`` show unless told.
@@ -187,8 +189,28 @@ class StatusStore(abc.ABC):
         writes to this store."""
 
     @abc.abstractmethod
+    def announce(self, worker: WorkerInfo) -> None:
+        """Keep ``worker`` as what its process last told about itself (:mod:`nagatha.presence`),
+        until :meth:`withdraw` or :attr:`~nagatha.types.WorkerInfo.gone_after` seconds pass
+        without another announcement of its ``id``."""
+
+    @abc.abstractmethod
+    def withdraw(self, worker_id: str) -> None:
+        """Forget the announcement of ``worker_id`` (its process stopped); nothing if none."""
+
+    @abc.abstractmethod
+    def workers(self) -> list[WorkerInfo]:
+        """The processes announced and not gone, by kind, hostname and pid, each with
+        ``seen_seconds_ago`` set (by the store's clock)."""
+
+    @abc.abstractmethod
     def ping(self) -> None:
         """Return if the store answers, else raise ``StoreUnavailable``."""
 
     def close(self) -> None:  # noqa: B027 - optional hook, a no-op by default
         """Release connections."""
+
+
+def worker_order(worker: WorkerInfo) -> tuple[str, str, int]:
+    """How :meth:`StatusStore.workers` sorts: by kind, hostname and pid."""
+    return worker.kind, worker.hostname, worker.pid

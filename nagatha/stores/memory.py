@@ -19,8 +19,8 @@ from nagatha.metrics import (
     field_name,
     run_time,
 )
-from nagatha.stores.base import RECENT_FAILURES, StatusStore, unique_ids
-from nagatha.types import TaskRecord, TaskStatus
+from nagatha.stores.base import RECENT_FAILURES, StatusStore, unique_ids, worker_order
+from nagatha.types import TaskRecord, TaskStatus, WorkerInfo
 
 
 class MemoryStatusStore(StatusStore):
@@ -33,6 +33,7 @@ class MemoryStatusStore(StatusStore):
         self._cancelled: dict[str, float] = {}  # task id -> when the mark expires
         self._metrics = MetricsFields()
         self._failed: dict[str, None] = {}  # task ids, oldest first (insertion order)
+        self._workers: dict[str, tuple[float, WorkerInfo]] = {}  # id -> (when seen, info)
         self._changed = threading.Condition()
 
     def _live(self, task_id: str) -> TaskRecord | None:
@@ -172,6 +173,26 @@ class MemoryStatusStore(StatusStore):
     def metrics(self) -> TaskMetrics:
         with self._changed:
             return TaskMetrics.from_fields(self._metrics.fields)
+
+    def announce(self, worker: WorkerInfo) -> None:
+        with self._changed:
+            self._workers[worker.id] = (time.monotonic(), worker)
+
+    def withdraw(self, worker_id: str) -> None:
+        with self._changed:
+            self._workers.pop(worker_id, None)
+
+    def workers(self) -> list[WorkerInfo]:
+        now = time.monotonic()
+        with self._changed:
+            for worker_id, (seen, worker) in list(self._workers.items()):
+                if now - seen >= worker.gone_after:
+                    del self._workers[worker_id]
+            live = [
+                worker.model_copy(update={"seen_seconds_ago": round(now - seen, 3)})
+                for seen, worker in self._workers.values()
+            ]
+        return sorted(live, key=worker_order)
 
     def ping(self) -> None:
         return None

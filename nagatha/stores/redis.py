@@ -13,6 +13,8 @@ Key layout (``prefix`` from ``results.prefix``, default ``nagatha:``):
   failed; at most ``RECENT_FAILURES``; cancels are not failures here).
 * ``<prefix>metrics`` - hash of task metrics (event counts, run times), written by the same
   scripts as the records (see :mod:`nagatha.stores.redis_metrics`).
+* ``<prefix>workers`` and ``<prefix>workers:until`` - the processes' announcements (see
+  :mod:`nagatha.stores.redis_presence`).
 * ``<prefix>cancelled`` - sorted set of the task ids no worker may run (cancelled through the
   hub, or revoked by a Celery client), scored by when the mark expires (epoch seconds);
   ``<prefix>cancels`` - pub/sub channel each id is published on as it joins. Workers keep the
@@ -56,8 +58,9 @@ from nagatha.stores.base import (
 from nagatha.stores.batching import Write, WriteBatcher
 from nagatha.stores.redis_cancels import MAX_MARKS, CancelWatch
 from nagatha.stores.redis_metrics import LUA
+from nagatha.stores.redis_presence import RedisPresence
 from nagatha.stores.redis_waiter import DoneListener
-from nagatha.types import CANCELLED_ERROR, REVOKED_ERROR, TaskRecord, TaskStatus
+from nagatha.types import CANCELLED_ERROR, REVOKED_ERROR, TaskRecord, TaskStatus, WorkerInfo
 
 # KEYS[1] record hash, KEYS[2] done channel, KEYS[3] the metrics hash, KEYS[4] the recent
 # failures (record keys by when they failed, the newest RECENT_FAILURES). ARGV[1] ttl, ARGV[2]
@@ -306,6 +309,7 @@ class RedisStatusStore(StatusStore):
         self._create = self.client.register_script(_CREATE)
         self._cancel = self.client.register_script(_CANCEL)
         self._revoke = self.client.register_script(_REVOKE)
+        self._presence = RedisPresence(self.client, prefix)
 
     def _new_client(self, client_name: str | None = None, *, decode: bool = True) -> redis.Redis:
         return redis.Redis.from_url(
@@ -683,6 +687,24 @@ class RedisStatusStore(StatusStore):
         except RedisError as exc:
             raise _unavailable(exc) from None
         return int(count)
+
+    def announce(self, worker: WorkerInfo) -> None:
+        try:
+            self._presence.announce(worker)
+        except RedisError as exc:
+            raise _unavailable(exc) from None
+
+    def withdraw(self, worker_id: str) -> None:
+        try:
+            self._presence.withdraw(worker_id)
+        except RedisError as exc:
+            raise _unavailable(exc) from None
+
+    def workers(self) -> list[WorkerInfo]:
+        try:
+            return self._presence.workers()
+        except RedisError as exc:
+            raise _unavailable(exc) from None
 
     def ping(self) -> None:
         try:

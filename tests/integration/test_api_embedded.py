@@ -50,6 +50,28 @@ def test_embedded_hub_adds_20_and_22_over_http(
     assert (record["status"], record["result"]) == ("success", 42)
 
 
+def test_embedded_hub_lists_its_own_worker_with_what_it_ran(
+    embedded: tuple[HubProcess, httpx.Client],
+) -> None:
+    process, client = embedded
+    response = client.post(
+        "/tasks/run", json={"task_name": "diagnostics.add", "kwargs": {"x": 1, "y": 2}}
+    )
+    assert client.get(response.json()["status_url"], params={"wait": 20}).json()["result"] == 3
+
+    def counted() -> list[dict[str, object]] | None:
+        workers: list[dict[str, object]] = client.get("/workers").json()["workers"]
+        return workers if workers and workers[0]["counts"] == {**ZERO, "succeeded": 1} else None
+
+    workers = wait_until(counted, timeout=30, message="the worker's next announcement")
+    assert len(workers) == 1
+    assert (workers[0]["kind"], workers[0]["pid"]) == ("worker", process.pid)
+    assert workers[0]["concurrency"] == 8  # worker.threads
+
+
+ZERO = {"succeeded": 0, "failed": 0, "retried": 0, "skipped": 0}
+
+
 def test_embedded_hub_is_healthy_and_lists_its_tasks(
     embedded: tuple[HubProcess, httpx.Client],
 ) -> None:

@@ -21,7 +21,14 @@ from nagatha.stores import RedisStatusStore, redis_cancels
 from nagatha.stores import redis as redis_store
 from nagatha.stores.redis_subscriber import IDLE_READ, PING_DEADLINE, PING_EVERY
 from nagatha.testing import LOOPBACK, HubProcess, TcpRelay, run_cli, wait_until
-from nagatha.types import CANCELLED_ERROR, REVOKED_ERROR, TaskRecord, TaskStatus, utcnow
+from nagatha.types import (
+    CANCELLED_ERROR,
+    REVOKED_ERROR,
+    TaskRecord,
+    TaskStatus,
+    WorkerInfo,
+    utcnow,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -293,8 +300,8 @@ def test_a_redis_user_limited_to_the_hubs_prefix_has_all_it_needs(
     hub_config: FrameworkConfig,
 ) -> None:
     """The ACL user ops/README describes (only the hub's keys and channels, no dangerous
-    commands): writes, waits and cancels work, and the subscriptions' liveness checks need
-    nothing more, so they stay up."""
+    commands): writes, waits, cancels and worker announcements work, and the subscriptions'
+    liveness checks need nothing more, so they stay up."""
     results = hub_config.results
     admin = RedisStatusStore(results.url, prefix=results.prefix)
     user, password = f"nagatha-test-{uuid.uuid4().hex[:8]}", uuid.uuid4().hex
@@ -322,6 +329,21 @@ def test_a_redis_user_limited_to_the_hubs_prefix_has_all_it_needs(
         waiter.join(30)
         assert waited[0] is not None and waited[0].error == CANCELLED_ERROR
         assert limited.is_cancelled(task_id)
+        worker = WorkerInfo(
+            id="acl:1",
+            kind="worker",
+            hostname="acl",
+            pid=1,
+            version="test",
+            queues=["default"],
+            concurrency=1,
+            started_at=utcnow(),
+            interval=60,
+        )
+        limited.announce(worker)
+        assert [w.id for w in limited.workers()] == ["acl:1"]
+        limited.withdraw("acl:1")
+        assert limited.workers() == []
         watch = limited._cancel_watch()
         wait_until(lambda: watch.ready, 10, message="the cancel watch subscribed")
         # Several PING rounds: a watch whose checks failed would drop out within one.

@@ -72,6 +72,7 @@ def test_every_route_and_method_of_the_router_is_documented(api: dict[str, Any])
         "/tasks/{task_id}",
         "/status/{task_id}",
         "/failures",
+        "/workers",
         "/metrics",
         "/openapi.json",
     }

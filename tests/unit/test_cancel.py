@@ -19,6 +19,7 @@ from nagatha.config import FrameworkConfig
 from nagatha.errors import StoreUnavailable, TaskNotCancellable, TaskNotFound
 from nagatha.hub import create_hub
 from nagatha.middleware.cancellation import Cancellation
+from nagatha.middleware.presence import WorkerPresence
 from nagatha.middleware.status import StatusMiddleware
 from nagatha.registry import TaskRegistry
 from nagatha.stores.memory import MemoryStatusStore
@@ -209,12 +210,14 @@ def test_a_skipped_tasks_record_is_held_until_the_store_takes_it() -> None:
     assert record is not None and record.error == CANCELLED_ERROR
 
 
-def test_cancellation_sits_after_celery_results_and_before_status() -> None:
+def test_cancellation_sits_after_celery_results_and_before_presence_and_status() -> None:
     config = FrameworkConfig.model_validate(
         {"broker": {"url": "memory://"}, "results": {"url": "memory://"}}
     )
     kinds = [type(m) for m in create_hub(config, load_modules=False).broker.middleware]
-    assert kinds.index(Cancellation) + 1 == kinds.index(StatusMiddleware)
+    # Presence between them: a skipped task never shows as running.
+    assert kinds.index(Cancellation) + 2 == kinds.index(StatusMiddleware)
+    assert kinds.index(WorkerPresence) + 1 == kinds.index(StatusMiddleware)
 
 
 def test_memory_store_cancels_only_waiting_records() -> None:
