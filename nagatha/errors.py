@@ -14,6 +14,7 @@ in ``nagatha/cli/errors.py``; nowhere else decides either.
     │   ├── InvalidArguments        kwargs that do not bind to the task's signature
     │   ├── TaskNotFound            no status record for that id (never issued or expired)
     │   ├── TaskNotCancellable      a cancel for a task that is running or has ended
+    │   ├── TaskNotEnded            a rerun of a task that has not ended
     │   └── TaskWaitTimeout         a wait for a final status ran out
     ├── ServiceUnavailable
     │   ├── BrokerUnavailable       RabbitMQ did not accept (or confirm) a message
@@ -124,6 +125,18 @@ class TaskNotCancellable(TaskError):
             else "it has already ended"
         )
         super().__init__(f"task {task_id!r} cannot be cancelled: {why} (status {status})")
+
+
+class TaskNotEnded(TaskError):
+    """A rerun of a task that has not ended yet (pending, started or retrying)."""
+
+    def __init__(self, task_id: str, status: str) -> None:
+        self.task_id = task_id
+        self.status = status
+        super().__init__(
+            f"task {task_id!r} cannot be run again: it has not ended (status {status}); "
+            "wait until it ends, or cancel it"
+        )
 
 
 class TaskWaitTimeout(TaskError):

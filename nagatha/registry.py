@@ -37,6 +37,7 @@ from nagatha.errors import (
     ModuleLoadError,
     StoreUnavailable,
     TaskNotCancellable,
+    TaskNotEnded,
     TaskNotFound,
     TaskWaitTimeout,
     UnknownTask,
@@ -497,6 +498,22 @@ class TaskRegistry:
         """The newest failed tasks' records, newest first (see
         :meth:`StatusStore.recent_failures`)."""
         return self.store.recent_failures(limit)
+
+    def rerun(self, task_id: str) -> TaskRecord:
+        """Run the task of ``task_id``'s record again, with the same arguments, as a new task;
+        return the new task's pending record (see :meth:`submit`). The old record stays as it
+        is (a success, or a failure with its error).
+
+        Raises :class:`TaskNotFound`, :class:`TaskNotEnded` for a task that has not ended,
+        :class:`UnknownTask` if no module registers its name now, :class:`InvalidArguments`
+        if its arguments no longer fit the task, and what :meth:`submit` raises.
+        """
+        old = self.get_task_status(task_id)
+        if not old.status.final:
+            raise TaskNotEnded(task_id, old.status.value)
+        record = self.submit(old.task_name, old.args, old.kwargs)
+        logger.info("task %s is a rerun of %s", record.task_id, task_id)
+        return record
 
     def workers(self) -> list[WorkerInfo]:
         """The worker and bridge processes heard of lately, with what they run (see

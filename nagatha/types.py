@@ -182,6 +182,14 @@ class TaskRequest(BaseModel):
     )
 
 
+class RerunRequest(BaseModel):
+    """A request to run an ended task again (the body of ``POST /tasks/rerun``)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    task_id: str = Field(min_length=1, description="the task to run again, with its arguments")
+
+
 class CheckResult(BaseModel):
     """The state of one dependency when it was probed (``GET /health``, ``nagatha stats``)."""
 

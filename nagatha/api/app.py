@@ -20,7 +20,12 @@ from nagatha.api.openapi import build_openapi
 from nagatha.api.resources.catalog import ModulesResource, TasksResource
 from nagatha.api.resources.health import HealthResource
 from nagatha.api.resources.system import MetricsResource, OpenApiResource, PingResource
-from nagatha.api.resources.tasks import FailuresResource, RunTaskResource, TaskStatusResource
+from nagatha.api.resources.tasks import (
+    FailuresResource,
+    RerunTaskResource,
+    RunTaskResource,
+    TaskStatusResource,
+)
 from nagatha.api.resources.workers import WorkersResource
 from nagatha.api.routes import Route, build_routes
 from nagatha.config import FrameworkConfig
@@ -72,6 +77,7 @@ def create_app(
         "modules": ModulesResource(registry),
         "tasks": TasksResource(registry),
         "run": RunTaskResource(registry, api.max_body_bytes),
+        "rerun": RerunTaskResource(registry, api.max_body_bytes),
         # One gthread thread of each process stays free of long polls: /ping, /health and
         # submits are answered however many clients wait. The embedded server starts a
         # thread per request.

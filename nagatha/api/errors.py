@@ -26,6 +26,7 @@ from nagatha.errors import (
     ServiceUnavailable,
     StoreUnavailable,
     TaskNotCancellable,
+    TaskNotEnded,
     TaskNotFound,
     UnknownTask,
 )
@@ -40,6 +41,7 @@ STATUS_OF: tuple[tuple[type[NagathaError], int, str], ...] = (
     (UnknownTask, 404, "Unknown task"),
     (TaskNotFound, 404, "Task not found"),
     (TaskNotCancellable, 409, "Task not cancellable"),
+    (TaskNotEnded, 409, "Task not ended"),
     (InvalidArguments, 422, "Invalid arguments"),
     (BrokerUnavailable, 503, "Broker unavailable"),
     (StoreUnavailable, 503, "Store unavailable"),
@@ -99,7 +101,7 @@ def to_http(error: NagathaError) -> ApiError:
             extra: dict[str, Any] = {}
             if isinstance(error, InvalidArguments):
                 extra = {"unknown": error.unknown, "missing": error.missing}
-            elif isinstance(error, TaskNotCancellable):
+            elif isinstance(error, TaskNotCancellable | TaskNotEnded):
                 extra = {"status": error.status}
             return ApiError(status, title, str(error), headers=headers, **extra)
     return internal_error()

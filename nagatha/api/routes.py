@@ -22,13 +22,14 @@ from nagatha.api.schemas import (
     ModuleList,
     OpenApiDocument,
     Ping,
+    RerunAccepted,
     TaskAccepted,
     TaskList,
     WorkerList,
 )
 from nagatha.config import ApiConfig
 from nagatha.stores.base import DEFAULT_FAILURES, RECENT_FAILURES
-from nagatha.types import MISSED_BEATS, TaskRecord, TaskRequest
+from nagatha.types import MISSED_BEATS, RerunRequest, TaskRecord, TaskRequest
 
 
 @dataclass(frozen=True)
@@ -228,6 +229,31 @@ def build_routes(api: ApiConfig) -> tuple[Route, ...]:
                         503: Reply("Broker or store unreachable: the task was not accepted."),
                     },
                     body=TaskRequest,
+                ),
+            ),
+        ),
+        Route(
+            "/tasks/rerun",
+            "rerun",
+            (
+                Operation(
+                    "POST",
+                    "rerunTask",
+                    "Run an ended task (success or failure) again with the same arguments, as "
+                    "a new task; its old record stays as it is.",
+                    {
+                        202: Reply("The new task, enqueued and confirmed.", RerunAccepted),
+                        400: Reply("Malformed JSON, a body that is not an object, or bad fields."),
+                        404: Reply(
+                            "No record for this id (never handed out, or expired), or no module "
+                            "registers its task now."
+                        ),
+                        409: Reply("The task has not ended (`pending`, `started`, `retrying`)."),
+                        411: Reply("A chunked body where the server cannot read one (embedded)."),
+                        422: Reply("Its arguments no longer bind to the task."),
+                        503: Reply("Broker or store unreachable: nothing was enqueued."),
+                    },
+                    body=RerunRequest,
                 ),
             ),
         ),

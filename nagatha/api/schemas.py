@@ -73,6 +73,12 @@ class TaskAccepted(BaseModel):
     status_url: str = Field(description="where to follow the task (also the Location header)")
 
 
+class RerunAccepted(TaskAccepted):
+    """Body of a ``202`` from ``POST /tasks/rerun``: the new task, confirmed by the broker."""
+
+    rerun_of: str = Field(description="the task this one runs again")
+
+
 class FieldError(BaseModel):
     """One problem with the request body's shape."""
 

@@ -1,4 +1,5 @@
-"""``nagatha run``, ``status``, ``cancel`` and ``failures``: start tasks and follow them."""
+"""``nagatha run``, ``rerun``, ``status``, ``cancel`` and ``failures``: start tasks and follow
+them."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from nagatha import jsontext
 from nagatha.cli.context import CliContext, pass_context
 from nagatha.cli.errors import EXIT_OK, EXIT_TASK_FAILED
 from nagatha.cli.output import emit_json, show_failures, show_record
+from nagatha.registry import TaskRegistry
 from nagatha.stores.base import DEFAULT_FAILURES, RECENT_FAILURES
 from nagatha.types import TaskRecord, TaskStatus
 
@@ -108,6 +110,19 @@ def _finish(record: TaskRecord, as_json: bool) -> None:
     raise SystemExit(EXIT_TASK_FAILED if record.status is TaskStatus.FAILURE else EXIT_OK)
 
 
+def _follow(
+    hub: TaskRegistry, record: TaskRecord, wait: bool, timeout: float, as_json: bool
+) -> None:
+    """After a submit: with ``wait``, the final record (see :func:`_finish`); else the new
+    task's id, or its pending record with ``as_json``."""
+    if wait:
+        _finish(hub.wait_for(record.task_id, timeout, strict=True), as_json)
+    if as_json:
+        emit_json(record)
+    else:
+        click.echo(record.task_id)
+
+
 @click.command("run")
 @click.argument("task_name")
 @click.option(
@@ -146,13 +161,27 @@ def run_command(
             finally:
                 worker.stop(timeout=1000)
         _finish(record, as_json)
-    record = hub.submit(task_name, kwargs=kwargs)
-    if wait:
-        _finish(hub.wait_for(record.task_id, timeout, strict=True), as_json)
-    if as_json:
-        emit_json(record)
-    else:
-        click.echo(record.task_id)
+    _follow(hub, hub.submit(task_name, kwargs=kwargs), wait, timeout, as_json)
+
+
+@click.command("rerun")
+@click.argument("task_id")
+@wait_options
+@pass_context
+def rerun_command(obj: CliContext, task_id: str, wait: bool, timeout: float, as_json: bool) -> None:
+    """Run the ended task TASK_ID again with the same arguments, as a new task.
+
+    Prints the new task's id (its record with --json or --wait; the old record stays as it
+    is). Exit 1 if TASK_ID is unknown or has not ended (or, with --wait, the new task fails),
+    2 if its task is no longer registered or its arguments no longer fit.
+    """
+    if obj.config.embedded:
+        raise click.UsageError(
+            "rerun reads the task's record from Redis (broker.url is memory://: records die "
+            "with their process); an embedded hub answers POST /tasks/rerun itself"
+        )
+    hub = obj.hub()
+    _follow(hub, hub.rerun(task_id), wait, timeout, as_json)
 
 
 @click.command("status")
@@ -215,4 +244,4 @@ def failures_command(obj: CliContext, limit: int, as_json: bool) -> None:
         show_failures(records)
 
 
-COMMANDS = [run_command, status_command, cancel_command, failures_command]
+COMMANDS = [run_command, rerun_command, status_command, cancel_command, failures_command]

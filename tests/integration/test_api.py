@@ -213,6 +213,19 @@ def test_a_task_runs_end_to_end_and_the_status_alias_agrees(client: httpx.Client
     assert client.get(f"/status/{accepted['task_id']}").json() == record
 
 
+def test_rerun_through_gunicorn_runs_the_same_task_again(client: httpx.Client) -> None:
+    body = {"task_name": "diagnostics.add", "kwargs": {"x": 1, "y": 41}}
+    old_id = client.post("/tasks/run", json=body).json()["task_id"]
+    old = client.get(f"/tasks/{old_id}", params={"wait": 30}).json()
+    response = client.post("/tasks/rerun", json={"task_id": old_id})
+    assert response.status_code == 202, response.text
+    accepted = response.json()
+    assert accepted["rerun_of"] == old_id and response.headers["location"] == accepted["status_url"]
+    new = client.get(accepted["status_url"], params={"wait": 30}).json()
+    assert (new["status"], new["result"], new["kwargs"]) == ("success", 42, body["kwargs"])
+    assert client.get(f"/tasks/{old_id}").json() == old
+
+
 def test_wait_returns_as_soon_as_the_task_is_final(client: httpx.Client) -> None:
     task_id = client.post(
         "/tasks/run", json={"task_name": "diagnostics.sleep", "kwargs": {"seconds": 0.5}}

@@ -303,3 +303,47 @@ def test_ctrl_c_during_a_wait_exits_130_not_task_failed(
         store.close()
     assert process.returncode == 130
     assert err.strip() == "interrupted"
+
+
+def test_rerun_runs_an_ended_task_again_with_its_arguments(
+    hub_env: dict[str, str], worker: HubProcess
+) -> None:
+    failed = run_cli(
+        ["run", "diagnostics.fail", "-k", "message=twice", "--wait", "--json"], hub_env
+    )
+    assert failed.returncode == 1, failed.stderr
+    old = json.loads(failed.stdout)
+    again = run_cli(["rerun", old["task_id"], "--wait", "--json"], hub_env)
+    assert again.returncode == 1, again.stderr  # it failed again, as it should
+    new = json.loads(again.stdout)
+    assert new["task_id"] != old["task_id"]
+    assert (new["status"], new["error"], new["kwargs"]) == ("failure", old["error"], old["kwargs"])
+
+    added = run_cli(
+        ["run", "diagnostics.add", "-k", "x=2", "-k", "y=3", "--wait", "--json"], hub_env
+    )
+    assert added.returncode == 0, added.stderr
+    printed = run_cli(["rerun", json.loads(added.stdout)["task_id"]], hub_env)
+    assert printed.returncode == 0, printed.stderr
+    done = run_cli(["status", printed.stdout.strip(), "--wait", "--json"], hub_env)
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["result"] == 5
+
+
+def test_rerun_refuses_a_task_that_has_not_ended(
+    hub_env: dict[str, str], worker: HubProcess
+) -> None:
+    started = run_cli(["run", "diagnostics.sleep", "-k", "seconds=30"], hub_env)
+    assert started.returncode == 0, started.stderr
+    task_id = started.stdout.strip()
+    refused = run_cli(["rerun", task_id], hub_env)
+    assert refused.returncode == 1
+    assert "cannot be run again: it has not ended" in refused.stderr
+    assert refused.stderr.count("\n") == 1 and "Traceback" not in refused.stderr
+    unknown = run_cli(["rerun", "no-such-id"], hub_env)
+    assert unknown.returncode == 1 and "not found" in unknown.stderr
+    embedded = run_cli(
+        ["rerun", task_id],
+        {**hub_env, "NAGATHA_BROKER_URL": "memory://", "NAGATHA_RESULTS_URL": "memory://"},
+    )
+    assert embedded.returncode == 2 and "POST /tasks/rerun" in embedded.stderr

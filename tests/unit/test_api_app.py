@@ -21,7 +21,7 @@ from nagatha.config import FrameworkConfig
 from nagatha.errors import StoreUnavailable
 from nagatha.hub import create_hub
 from nagatha.registry import TaskRegistry
-from nagatha.types import TaskStatus
+from nagatha.types import TaskRecord, TaskStatus, utcnow
 from nagatha.worker import start_embedded_worker
 
 TOKEN = "unit-token-1"
@@ -401,3 +401,70 @@ def test_failures_lists_the_newest_failed_tasks_and_checks_the_limit(
     assert failed[0] in {r["task_id"] for r in client.simulate_get("/failures").json["tasks"]}
     for bad in ("0", "1001", "abc", "1.5", "²", "-1", "1" * 40):
         assert_error(client.simulate_get("/failures", params={"limit": bad}), 400, "limit")
+
+
+def rerun(client: TestClient, body: Any) -> Result:
+    return client.simulate_post("/tasks/rerun", body=json.dumps(body))
+
+
+def test_rerun_runs_an_ended_task_again_as_a_new_one(hub: TaskRegistry, client: TestClient) -> None:
+    old_id = hub.run_task("diagnostics.add", x=20, y=22)
+    old = hub.wait_for(old_id, 10)
+    result = rerun(client, {"task_id": old_id})
+    assert result.status_code == 202, result.text
+    accepted = result.json
+    assert accepted["rerun_of"] == old_id and accepted["task_id"] != old_id
+    assert (accepted["task_name"], accepted["status"]) == ("diagnostics.add", "pending")
+    assert result.headers["location"] == accepted["status_url"] == f"/tasks/{accepted['task_id']}"
+    new = hub.wait_for(accepted["task_id"], 10)
+    assert (new.status, new.result, new.kwargs) == (TaskStatus.SUCCESS, 42, {"x": 20, "y": 22})
+    assert hub.get_task_status(old_id) == old  # the old record stays as it was
+
+
+def test_rerun_of_a_failure_and_of_a_cancelled_task_runs_them(
+    hub: TaskRegistry, client: TestClient
+) -> None:
+    failed = hub.run_task("diagnostics.fail", message="again")
+    assert hub.wait_for(failed, 10).status is TaskStatus.FAILURE
+    cancelled = hub.submit("diagnostics.add", kwargs={"x": 1, "y": 1}, delay_ms=60_000).task_id
+    hub.cancel(cancelled)
+    outcomes = {}
+    for old in (failed, cancelled):
+        result = rerun(client, {"task_id": old})
+        assert result.status_code == 202, result.text
+        record = hub.wait_for(result.json["task_id"], 10)
+        outcomes[old] = (record.status, record.result, record.error)
+    assert outcomes[failed] == (TaskStatus.FAILURE, None, "DiagnosticFailure: again")
+    assert outcomes[cancelled] == (TaskStatus.SUCCESS, 2, None)
+
+
+def test_rerun_refuses_what_it_cannot_run_again(hub: TaskRegistry, client: TestClient) -> None:
+    waiting = hub.submit("diagnostics.add", kwargs={"x": 1, "y": 1}, delay_ms=60_000).task_id
+    try:
+        body = assert_error(rerun(client, {"task_id": waiting}), 409, "not ended", "pending")
+        assert body["status"] == "pending"
+    finally:
+        hub.cancel(waiting)
+    assert_error(rerun(client, {"task_id": "no-such-task"}), 404, "no-such-task")
+    assert_error(rerun(client, {"task_id": "x" * 300}), 404)
+    for bad in ({}, {"task_id": ""}, {"task_id": 7}, {"task_id": "a", "kwargs": {}}):
+        assert_error(rerun(client, bad), 400)
+    # The record of a task no module registers now, and one whose arguments no longer fit.
+    now = utcnow()
+    for task_id, name, kwargs in (
+        ("gone", "gone.task", {}),
+        ("changed", "diagnostics.add", {"z": 1}),
+    ):
+        hub.store.create(
+            TaskRecord(
+                task_id=task_id,
+                task_name=name,
+                status=TaskStatus.PENDING,
+                kwargs=kwargs,
+                created_at=now,
+            )
+        )
+        hub.store.update(task_id, TaskStatus.FAILURE, {"error": "E: old", "completed_at": now})
+    assert_error(rerun(client, {"task_id": "gone"}), 404, "gone.task")
+    body = assert_error(rerun(client, {"task_id": "changed"}), 422)
+    assert body["unknown"] == ["z"] and body["missing"] == ["x", "y"]

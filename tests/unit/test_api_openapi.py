@@ -69,6 +69,7 @@ def test_every_route_and_method_of_the_router_is_documented(api: dict[str, Any])
         "/modules",
         "/tasks",
         "/tasks/run",
+        "/tasks/rerun",
         "/tasks/{task_id}",
         "/status/{task_id}",
         "/failures",

@@ -1,5 +1,5 @@
-"""``POST /tasks/run``, ``GET`` and ``DELETE /tasks/{task_id}`` (also ``/status/{task_id}``),
-``GET /failures``."""
+"""``POST /tasks/run`` and ``/tasks/rerun``, ``GET`` and ``DELETE /tasks/{task_id}`` (also
+``/status/{task_id}``), ``GET /failures``."""
 
 from __future__ import annotations
 
@@ -13,11 +13,11 @@ import falcon
 from nagatha.api.body import parse_model, read_json_object
 from nagatha.api.errors import bad_request
 from nagatha.api.resources import send
-from nagatha.api.schemas import FailureList, TaskAccepted
+from nagatha.api.schemas import FailureList, RerunAccepted, TaskAccepted
 from nagatha.errors import TaskNotFound
 from nagatha.registry import TaskRegistry
 from nagatha.stores.base import DEFAULT_FAILURES, RECENT_FAILURES
-from nagatha.types import TaskRequest
+from nagatha.types import RerunRequest, TaskRecord, TaskRequest
 
 #: Longer ids (in UTF-8 bytes) were never handed out: the bridge takes Celery ids up to AMQP's
 #: short-string size. Refusing them early keeps them out of Redis keys.
@@ -46,19 +46,39 @@ class RunTaskResource:
         record = self.registry.submit(
             request.task_name, kwargs=request.kwargs, delay_ms=request.delay_ms
         )
-        url = status_url(record.task_id)
-        resp.location = url
-        send(
-            resp,
-            TaskAccepted(
-                task_id=record.task_id,
-                task_name=record.task_name,
-                status=record.status,
-                created_at=record.created_at,
-                status_url=url,
-            ),
-            202,
-        )
+        _accepted(resp, record)
+
+
+class RerunTaskResource:
+    """Run an ended task again with its arguments, as a new task; 202 once confirmed."""
+
+    def __init__(self, registry: TaskRegistry, max_body_bytes: int) -> None:
+        self.registry = registry
+        self.max_body_bytes = max_body_bytes
+
+    def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
+        """Answer 202 with the new task and ``rerun_of``; 404 for an unknown id (or a task no
+        module registers now), 409 for a task that has not ended, 422 for arguments that no
+        longer fit, 503 when RabbitMQ or Redis is unreachable (nothing was enqueued)."""
+        request = parse_model(RerunRequest, read_json_object(req, self.max_body_bytes))
+        _check_length(request.task_id)
+        _accepted(resp, self.registry.rerun(request.task_id), rerun_of=request.task_id)
+
+
+def _accepted(resp: falcon.Response, record: TaskRecord, rerun_of: str | None = None) -> None:
+    """Answer 202 for the new task ``record``, with ``Location`` where to follow it."""
+    url = status_url(record.task_id)
+    resp.location = url
+    accepted = TaskAccepted(
+        task_id=record.task_id,
+        task_name=record.task_name,
+        status=record.status,
+        created_at=record.created_at,
+        status_url=url,
+    )
+    if rerun_of is not None:
+        accepted = RerunAccepted(**accepted.model_dump(), rerun_of=rerun_of)
+    send(resp, accepted, 202)
 
 
 class TaskStatusResource:
