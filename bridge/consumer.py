@@ -43,11 +43,10 @@ from bridge.intake import SERVICE_ERRORS, Delivery, Intake, PartlyHandled
 from bridge.pidbox import Pidbox, Revoker, default_node_name
 from bridge.publisher import ConfirmedPublisher
 from bridge.queues import declare_celery_queue
-from nagatha import __version__
 from nagatha.broker import amqp_url
 from nagatha.config import FrameworkConfig
 from nagatha.errors import ConfigError
-from nagatha.presence import Announcer, process_identity
+from nagatha.presence import Announcer, this_process
 from nagatha.registry import TaskRegistry
 from nagatha.types import WorkerInfo, utcnow
 
@@ -102,29 +101,21 @@ class Bridge:
     def stop(self, signum: int | None = None, frame: FrameType | None = None) -> None:
         """Ask the loop to finish the message in hand and return (idempotent)."""
         self._stop.set()
+        self._announcer.wake()  # announced as stopping while the lanes finish
 
     def _presence(self) -> Callable[[], WorkerInfo]:
         """What the bridge announces of itself (``GET /workers``): its Celery queues, lanes,
         and how many messages it handled."""
-        worker_id, hostname, pid = process_identity()
         started_at = utcnow()
-
-        def snapshot() -> WorkerInfo:
-            return WorkerInfo(
-                id=worker_id,
-                kind="bridge",
-                hostname=hostname,
-                pid=pid,
-                version=__version__,
-                queues=self.queues,
-                concurrency=self.config.bridge.concurrency,
-                state="stopping" if self._stop.is_set() else "running",
-                started_at=started_at,
-                interval=self._announcer.interval,
-                counts={"handled": self._handled},
-            )
-
-        return snapshot
+        return lambda: this_process(
+            "bridge",
+            queues=self.queues,
+            concurrency=self.config.bridge.concurrency,
+            started_at=started_at,
+            interval=self.config.worker.presence_interval,
+            counts={"handled": self._handled},
+            stopping=self._stop.is_set(),
+        )
 
     def run(self) -> int:
         """Consume until :meth:`stop` on ``bridge.concurrency`` connections; return 0.

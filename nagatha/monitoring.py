@@ -7,8 +7,8 @@ each queue from the broker. A half that does not answer in time is None in the
 rather than started again). ``GET /metrics`` renders the state for Prometheus
 (:mod:`nagatha.api.metrics`); ``nagatha stats`` prints it as tables.
 
-The store half also says which worker and bridge processes are alive, and what they run
-(:mod:`nagatha.presence`).
+A third read, of the store too, says which worker and bridge processes are alive and what
+they run (:mod:`nagatha.presence`); its failure leaves them out and nothing else.
 
 Queue depths are what a passive ``queue.declare`` tells: messages *ready* (not those workers
 hold unacknowledged, such as delayed tasks a worker took from ``.DQ``) and consumers.
@@ -39,12 +39,11 @@ DEFAULT_TIMEOUT = 5.0
 
 @dataclass(frozen=True)
 class HubState:
-    """One read: ``tasks`` and ``workers`` None if the store, ``queues`` None if the broker
-    did not answer."""
+    """One read: ``tasks`` None if the store, ``queues`` None if the broker did not answer."""
 
     tasks: TaskMetrics | None
     queues: QueueDepths | None
-    #: The worker and bridge processes alive (:mod:`nagatha.presence`); None with ``tasks``.
+    #: The worker and bridge processes alive (:mod:`nagatha.presence`); None if not read.
     workers: list[WorkerInfo] | None
     #: Every registered task name, for reports that list tasks before their first event.
     registered: list[str]
@@ -110,10 +109,6 @@ class StateReader:
         else:
             self._queue_probe = lambda queues: rabbitmq_queue_depths(config.broker, queues, timeout)
 
-    def _read_store(self) -> tuple[TaskMetrics, list[WorkerInfo]]:
-        store = self.registry.store
-        return store.metrics(), store.workers()
-
     def read(self) -> HubState:
         """Read the store and the broker in parallel, each at most ``timeout`` seconds."""
         registered = self.registry.list_tasks()
@@ -121,17 +116,19 @@ class StateReader:
         hub = sorted({task.queue for task in registered})
         named = [f"{queue}{suffix}" for queue in hub for suffix in ("", ".DQ", ".XQ")]
         queues = list(dict.fromkeys([*named, *self._bridge_queues]))
-        store = self._probes.start("store", self._read_store)
+        store = self._probes.start("store", self.registry.store.metrics)
+        workers = self._probes.start("workers", self.registry.store.workers)
         broker = self._probes.start("broker", lambda: self._queue_probe(queues))
-        wait([store, broker], timeout=self.timeout)
+        wait([store, workers, broker], timeout=self.timeout)
         checks, values = {}, {}
         for name, future in (("store", store), ("broker", broker)):
             checks[name], values[name] = check_of(future, self.timeout, self._secrets)
-        metrics, workers = values["store"] or (None, None)
+        # Its own read: however it fails, the task counts and the store's check stand.
+        _, listed = check_of(workers, self.timeout, self._secrets)
         return HubState(
-            tasks=metrics,
+            tasks=values["store"],
             queues=values["broker"],
-            workers=workers,
+            workers=listed,
             registered=sorted(task.name for task in registered),
             checks=checks,
         )

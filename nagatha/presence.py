@@ -8,8 +8,10 @@ and withdraws it when the process stops. A process not heard of for
 of reads. The store judges that by its own clock (Redis ``TIME``), so machines whose clocks
 disagree still agree on who is alive.
 
-An announcement the store cannot take is logged once per outage and tried again at the next
-interval; it never stops the process's work.
+Announcing never holds up the process's work: an announcement the store cannot take is logged
+once per outage and made again at the next interval, the announcement of a change of state
+(``stopping``) is made by the thread, and a stop waits at most :data:`STOP_WAIT_S` for a store
+that does not answer before it leaves the entry to expire.
 """
 
 from __future__ import annotations
@@ -18,24 +20,55 @@ import logging
 import os
 import socket
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
+from datetime import datetime
+from typing import Literal
 
+from nagatha import __version__
 from nagatha.errors import StoreRejected, StoreUnavailable
 from nagatha.stores import StatusStore
-from nagatha.types import WorkerInfo
+from nagatha.types import RunningTask, WorkerInfo
 
 logger = logging.getLogger("nagatha.presence")
 
+#: Seconds :meth:`Announcer.stop` waits for an announcement in progress (the Redis store gives
+#: each presence call a 1 s socket timeout) before it leaves the entry to expire.
+STOP_WAIT_S = 1.5
 
-def process_identity() -> tuple[str, str, int]:
-    """``(id, hostname, pid)`` of this process as :class:`WorkerInfo` names it."""
+
+def this_process(
+    kind: Literal["worker", "bridge"],
+    *,
+    queues: list[str],
+    concurrency: int,
+    started_at: datetime,
+    interval: float,
+    counts: dict[str, int],
+    stopping: bool = False,
+    running: Iterable[RunningTask] = (),
+) -> WorkerInfo:
+    """A :class:`WorkerInfo` of the calling process: its id (``hostname:pid``), host, pid and
+    version filled in (read at each call: a forked child tells its own)."""
     hostname, pid = socket.gethostname(), os.getpid()
-    return f"{hostname}:{pid}", hostname, pid
+    return WorkerInfo(
+        id=f"{hostname}:{pid}",
+        kind=kind,
+        hostname=hostname,
+        pid=pid,
+        version=__version__,
+        queues=queues,
+        concurrency=concurrency,
+        state="stopping" if stopping else "running",
+        started_at=started_at,
+        interval=interval,
+        running=list(running),
+        counts=counts,
+    )
 
 
 class Announcer:
-    """Announces ``snapshot()`` to ``store`` every ``interval`` seconds, from :meth:`start`
-    until :meth:`stop` (which withdraws it)."""
+    """Announces ``snapshot()`` to ``store`` every ``interval`` seconds, and when woken, from
+    :meth:`start` until :meth:`stop` (which withdraws it)."""
 
     def __init__(
         self, store: StatusStore, snapshot: Callable[[], WorkerInfo], interval: float
@@ -44,55 +77,73 @@ class Announcer:
         self.snapshot = snapshot
         self.interval = interval
         self._stop = threading.Event()
-        self._lock = threading.Lock()  # one announcement at a time: the last one wins
+        self._wake = threading.Event()
+        self._lock = threading.Lock()  # one store call at a time: the last one wins
         self._failing = False
-        self._thread = threading.Thread(target=self._run, name="nagatha-presence", daemon=True)
-        self._id: str | None = None
+        self._announced: str | None = None  # the id the store took an announcement of
         self._withdrawn = False
+        self._thread = threading.Thread(target=self._run, name="nagatha-presence", daemon=True)
 
     def start(self) -> None:
         """Announce now, then every ``interval`` seconds, on a daemon thread."""
         self._thread.start()
 
+    def wake(self) -> None:
+        """Have the thread announce at once (a change of state); returns without waiting,
+        safe from a signal handler."""
+        self._wake.set()
+
     def announce(self) -> None:
-        """Announce the process as it is now (also between intervals: a change of state)."""
+        """Announce the process as it is now (the thread's turn; callable directly)."""
         with self._lock:
             if self._withdrawn:  # a late turn of the thread must not bring the entry back
                 return
             try:
                 info = self.snapshot()
-                self._id = info.id
                 self.store.announce(info)
             except (StoreUnavailable, StoreRejected) as exc:
-                if not self._failing:
-                    logger.warning("could not announce this process (GET /workers): %s", exc)
-                self._failing = True
+                self._failed(str(exc))
                 return
             except Exception:  # a bug must not end the thread: workers go on announcing
-                if not self._failing:
-                    logger.exception("could not announce this process (GET /workers)")
-                self._failing = True
+                self._failed(None)
                 return
+            self._announced = info.id
             if self._failing:
                 logger.info("announcing this process again (GET /workers)")
             self._failing = False
 
+    def _failed(self, reason: str | None) -> None:
+        if not self._failing:
+            if reason is None:
+                logger.exception("could not announce this process (GET /workers)")
+            else:
+                logger.warning("could not announce this process (GET /workers): %s", reason)
+        self._failing = True
+
     def stop(self) -> None:
-        """Stop announcing and withdraw the process (reads leave it out at once; if the store
-        is unreachable, they do :attr:`~nagatha.types.WorkerInfo.gone_after` seconds later)."""
+        """Stop announcing and withdraw the process, so that reads leave it out at once.
+
+        Waits at most :data:`STOP_WAIT_S` for an announcement in progress: if the store does
+        not answer, the entry is left to expire
+        (:attr:`~nagatha.types.WorkerInfo.gone_after`).
+        """
         self._stop.set()
-        if self._thread.is_alive():
-            self._thread.join(timeout=self.interval + 5)
-        with self._lock:
+        self._wake.set()
+        if not self._lock.acquire(timeout=STOP_WAIT_S):
             self._withdrawn = True
-            if self._id is None:
-                return
-            try:
-                self.store.withdraw(self._id)
-            except (StoreUnavailable, StoreRejected) as exc:
-                logger.info("could not withdraw this process from GET /workers: %s", exc)
+            logger.info("the status store does not answer: this process's entry will expire")
+            return
+        try:
+            self._withdrawn = True
+            if self._announced is not None:
+                self.store.withdraw(self._announced)
+        except (StoreUnavailable, StoreRejected) as exc:
+            logger.info("could not withdraw this process from GET /workers: %s", exc)
+        finally:
+            self._lock.release()
 
     def _run(self) -> None:
         while not self._stop.is_set():
             self.announce()
-            self._stop.wait(self.interval)
+            self._wake.wait(self.interval)
+            self._wake.clear()

@@ -10,7 +10,7 @@ from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 
 
 def utcnow() -> datetime:
@@ -83,31 +83,33 @@ MISSED_BEATS = 3
 
 
 class RunningTask(BaseModel):
-    """A task a worker process runs right now (one of :attr:`WorkerInfo.running`)."""
+    """A task a worker process runs right now (one of a worker's ``running``)."""
 
     task_id: str
     task_name: str
-    started_at: datetime
-    retries: int = 0
+    started_at: AwareDatetime
+    retries: int = Field(default=0, ge=0)
 
 
 class WorkerInfo(BaseModel):
     """What one worker or bridge process last told about itself (``GET /workers``).
 
-    Each process announces itself every ``interval`` seconds (:mod:`nagatha.presence`); one
-    not heard of for :data:`MISSED_BEATS` intervals (:attr:`gone_after`) is left out of reads.
+    Each process announces itself every ``interval`` seconds; one not heard of for three
+    intervals is left out.
     """
 
     id: str = Field(description="hostname:pid")
     kind: Literal["worker", "bridge"]
     hostname: str
-    pid: int
+    pid: int = Field(ge=0)
     version: str
     queues: list[str]
-    concurrency: int = Field(description="worker threads, or bridge lanes")
+    concurrency: int = Field(ge=0, description="worker threads, or bridge lanes")
     state: Literal["running", "stopping"] = "running"
-    started_at: datetime
-    interval: float = Field(description="seconds between its announcements")
+    started_at: AwareDatetime
+    interval: float = Field(
+        gt=0, le=300, allow_inf_nan=False, description="seconds between its announcements"
+    )
     running: list[RunningTask] = Field(
         default_factory=list, description="tasks it runs now (workers)"
     )
@@ -122,7 +124,8 @@ class WorkerInfo(BaseModel):
 
     @property
     def gone_after(self) -> float:
-        """Seconds after its last announcement that reads leave this process out."""
+        """Seconds after its last announcement that reads leave this process out
+        (:data:`MISSED_BEATS` intervals)."""
         return self.interval * MISSED_BEATS
 
 

@@ -21,6 +21,7 @@ from nagatha.cli.output import (
 from nagatha.config import check_stores, mask_value
 from nagatha.errors import ConfigError, ServiceUnavailable
 from nagatha.monitoring import DEFAULT_TIMEOUT, StateReader
+from nagatha.types import MISSED_BEATS
 
 
 @click.command("list")
@@ -88,15 +89,16 @@ def stats_command(obj: CliContext, timeout: float, as_json: bool) -> None:
         raise ServiceUnavailable(problems)
 
 
-@click.command("workers")
+@click.command(
+    "workers",
+    help="Show the worker and bridge processes alive: where, their queues, what they run now."
+    "\n\nEach process announces itself every worker.presence_interval seconds; one unheard of "
+    f"for {MISSED_BEATS} intervals (killed, frozen, cut off from Redis) is not shown.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print JSON (the body of GET /workers).")
 @pass_context
 def workers_command(obj: CliContext, as_json: bool) -> None:
-    """Show the worker and bridge processes alive: where, their queues, what they run now.
-
-    Each process announces itself every worker.presence_interval seconds; one unheard of for
-    three intervals (killed, frozen, cut off from Redis) is not shown.
-    """
+    """``nagatha workers`` (help above: it names :data:`~nagatha.types.MISSED_BEATS`)."""
     if obj.config.embedded:
         raise click.UsageError(
             "workers reads Redis (broker.url is memory://); an embedded hub "

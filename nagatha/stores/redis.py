@@ -58,6 +58,7 @@ from nagatha.stores.base import (
 from nagatha.stores.batching import Write, WriteBatcher
 from nagatha.stores.redis_cancels import MAX_MARKS, CancelWatch
 from nagatha.stores.redis_metrics import LUA
+from nagatha.stores.redis_presence import TIMEOUT_S as PRESENCE_TIMEOUT_S
 from nagatha.stores.redis_presence import RedisPresence
 from nagatha.stores.redis_waiter import DoneListener
 from nagatha.types import CANCELLED_ERROR, REVOKED_ERROR, TaskRecord, TaskStatus, WorkerInfo
@@ -309,13 +310,22 @@ class RedisStatusStore(StatusStore):
         self._create = self.client.register_script(_CREATE)
         self._cancel = self.client.register_script(_CANCEL)
         self._revoke = self.client.register_script(_REVOKE)
-        self._presence = RedisPresence(self.client, prefix)
+        self._presence = RedisPresence(
+            self._new_client(decode=False, socket_timeout=PRESENCE_TIMEOUT_S), prefix
+        )
 
-    def _new_client(self, client_name: str | None = None, *, decode: bool = True) -> redis.Redis:
+    def _new_client(
+        self,
+        client_name: str | None = None,
+        *,
+        decode: bool = True,
+        socket_timeout: float | None = None,
+    ) -> redis.Redis:
+        timeout = self._socket_timeout if socket_timeout is None else socket_timeout
         return redis.Redis.from_url(
             self._url,
-            socket_timeout=self._socket_timeout,
-            socket_connect_timeout=self._socket_timeout,
+            socket_timeout=timeout,
+            socket_connect_timeout=timeout,
             health_check_interval=30,
             decode_responses=decode,
             client_name=client_name,
@@ -718,6 +728,7 @@ class RedisStatusStore(StatusStore):
             if helper is not None:
                 helper.close()
         self.client.close()
+        self._presence.client.close()
 
 
 def _error_of(answer: Exception) -> StoreUnavailable | StoreRejected:

@@ -27,6 +27,9 @@ logger = logging.getLogger("nagatha.presence")
 
 #: Seconds both keys live after the last announcement.
 KEYS_TTL = 86_400
+#: Socket timeout (s) of the presence connection: a Redis that does not answer must not hold
+#: a worker's shutdown for the store's usual timeout.
+TIMEOUT_S = 1.0
 
 _NOW = """
 local clock = redis.call('TIME')
@@ -49,8 +52,8 @@ redis.call('EXPIRE', KEYS[2], ARGV[4])
 """
 )
 
-# KEYS as above. Answers now (as text: Lua numbers would lose the fraction), then for each
-# entry not gone: when it is gone, its JSON.
+# KEYS as above. Answers now (as text: Redis cuts a Lua number to an integer; tostring keeps
+# 14 digits, 0.1 ms), then for each entry not gone: when it is gone, its JSON.
 _WORKERS = (
     _NOW
     + """
@@ -69,7 +72,11 @@ return answer
 
 
 class RedisPresence:
-    """The two keys above for one store's client and prefix; methods raise ``RedisError``."""
+    """The two keys above for one store's prefix; methods raise ``RedisError``.
+
+    ``client`` must not decode answers (an entry that is no UTF-8 is left out, not an error
+    for the whole read) and should time out soon: a worker announces on its way out.
+    """
 
     def __init__(self, client: redis.Redis, prefix: str) -> None:
         self.client = client
@@ -93,8 +100,8 @@ class RedisPresence:
         for until, entry in zip(pairs[::2], pairs[1::2], strict=True):
             try:
                 worker = WorkerInfo.model_validate_json(entry)
-            except ValidationError:  # written by another version of the hub
-                logger.debug("left out an announcement this version cannot read: %.200s", entry)
+            except ValidationError:  # another version's, or not the hub's at all
+                logger.debug("left out an announcement this version cannot read: %.200r", entry)
                 continue
             seen = float(now) - (float(until) - worker.gone_after)
             live.append(worker.model_copy(update={"seen_seconds_ago": round(max(seen, 0.0), 3)}))

@@ -21,6 +21,7 @@ from kombu.exceptions import ContentDisallowed
 from bridge.middleware import CeleryResultsMiddleware
 from nagatha.hub import create_hub
 from nagatha.middleware.cancellation import Cancellation
+from nagatha.middleware.presence import WorkerPresence
 from nagatha.middleware.retries import HeldRetries
 from nagatha.middleware.status import StatusMiddleware
 from nagatha.testing import HubProcess, run_cli, wait_until
@@ -72,9 +73,9 @@ def test_celery_results_middleware_runs_its_before_hooks_before_the_status_hooks
 ) -> None:
     kinds = [type(m) for m in create_hub(stack.config, load_modules=False).broker.middleware]
     # Cancellation between them: a bridged task cancelled through the hub is answered REVOKED
-    # by the Celery middleware's hook, and never looks started.
+    # by the Celery middleware's hook, and never looks started (nor running: WorkerPresence).
     celery = kinds.index(CeleryResultsMiddleware)
-    assert kinds[celery + 1 : celery + 3] == [Cancellation, StatusMiddleware]
+    assert kinds[celery + 1 : celery + 4] == [Cancellation, WorkerPresence, StatusMiddleware]
     assert kinds.index(StatusMiddleware) < kinds.index(HeldRetries)
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import socket
 import uuid
@@ -19,7 +20,15 @@ import redis
 
 from nagatha.config import FrameworkConfig
 from nagatha.stores import RedisStatusStore
-from nagatha.testing import HubProcess, RedisPrefix, free_port, run_cli, wait_until
+from nagatha.testing import (
+    LOOPBACK,
+    HubProcess,
+    RedisPrefix,
+    TcpRelay,
+    free_port,
+    run_cli,
+    wait_until,
+)
 from nagatha.types import WorkerInfo, utcnow
 
 pytestmark = pytest.mark.integration
@@ -52,14 +61,27 @@ def test_redis_store_lists_what_was_announced_by_its_own_clock(
     try:
         store.announce(announcement("short:1", 0.1))  # gone 0.3 s after its announcement
         store.announce(announcement("long:2", 60))
-        # Another version's entry, or garbage: left out, the others still listed.
-        raw.hset(entries, "odd:3", '{"id": "odd:3"}')
-        raw.zadd(until, {"odd:3": 4_000_000_000})
+        # Another version's entries, or garbage: left out, the others still listed.
+        good = announcement("odd:0", 60).model_dump(mode="json")
+        odd = {
+            "odd:3": b'{"id": "odd:3"}',
+            "odd:4": b"\xff\xfe not UTF-8",
+            "odd:5": json.dumps({**good, "started_at": "2026-01-01T00:00:00"}).encode(),
+            "odd:6": json.dumps({**good, "interval": "NaN"}).encode(),
+            "odd:7": json.dumps({**good, "interval": -1}).encode(),
+        }
+        binary = redis.Redis.from_url(hub_config.results.url)
+        for worker_id, entry in odd.items():
+            binary.hset(entries, worker_id, entry)
+            binary.zadd(until, {worker_id: 4_000_000_000})
+        binary.close()
         first = {worker.id: worker for worker in store.workers()}
-        assert "odd:3" not in first and "long:2" in first
+        assert set(first) == {"short:1", "long:2"}
         assert 0 <= (first["long:2"].seen_seconds_ago or 0) < 5
         assert 0 < raw.ttl(entries) <= 86_400 and 0 < raw.ttl(until) <= 86_400
 
+        for worker_id in odd:
+            store.withdraw(worker_id)
         wait_until(
             lambda: [w.id for w in store.workers()] == ["long:2"],
             timeout=10,
@@ -201,3 +223,28 @@ def test_a_stopped_worker_or_bridge_leaves_the_list_at_once(
         assert store.workers() == []
     finally:
         store.close()
+
+
+def test_a_worker_stops_within_its_grace_while_redis_does_not_answer(
+    hub_env: dict[str, str], hub_config: FrameworkConfig, start_process: type[HubProcess]
+) -> None:
+    # Its last announcements must not hold the stop: the supervisor kills a worker process
+    # that outlives the grace period (5 s here) by 10 s.
+    store = RedisStatusStore(hub_config.results.url, prefix=hub_config.results.prefix)
+    with TcpRelay(LOOPBACK, 6379) as relay:
+        env = {
+            **hub_env,
+            "NAGATHA_RESULTS_URL": f"redis://{LOOPBACK}:{relay.port}/15",
+            "NAGATHA_WORKER_PRESENCE_INTERVAL": "0.5",
+        }
+        worker = start_process(["worker", "--processes", "1", "--threads", "1"], env)
+        worker.wait_for_log(r"worker process \d+ consuming", timeout=60)
+        try:
+            wait_until(store.workers, timeout=30, message="the worker announced")
+            relay.freeze()
+            assert worker.stop(timeout=60) == 0
+        finally:
+            store.close()
+    log = worker.log()
+    assert "did not stop in time" not in log
+    assert re.search(r"worker process \d+ stopping", log) and "supervisor" in log

@@ -14,6 +14,9 @@ from types import SimpleNamespace
 
 import pytest
 from click.testing import CliRunner
+from dramatiq import Message
+from dramatiq.broker import MessageProxy
+from dramatiq.brokers.stub import StubBroker
 from prometheus_client.parser import text_string_to_metric_families
 
 from nagatha.api.metrics import MetricsCollector
@@ -22,6 +25,7 @@ from nagatha.cli.output import _age
 from nagatha.config import FrameworkConfig
 from nagatha.errors import StoreUnavailable
 from nagatha.hub import create_hub
+from nagatha.middleware.presence import WorkerPresence
 from nagatha.presence import Announcer
 from nagatha.registry import TaskRegistry
 from nagatha.stores import MemoryStatusStore, memory
@@ -235,29 +239,115 @@ def test_a_cancelled_task_is_skipped_and_never_shown_running(
     assert worker.counts["succeeded"] == worker.counts["retried"] == 0
 
 
-def test_a_stopping_worker_says_so_then_leaves() -> None:
+def test_a_stopping_worker_says_so_while_it_finishes_then_leaves() -> None:
     config = FrameworkConfig.model_validate(
         {
             "broker": {"url": "memory://"},
             "results": {"url": "memory://"},
-            "worker": {"presence_interval": 60},  # only the shutdown hooks announce after boot
+            "worker": {"presence_interval": 60},  # after boot, only the shutdown announces
         }
     )
     registry = create_hub(config, load_modules=False)
-    store = registry.store
-    seen: list[str] = []
-    original = store.announce
+    inside, release = threading.Event(), threading.Event()
 
-    def recording(worker: WorkerInfo) -> None:
-        seen.append(worker.state)
-        original(worker)
+    def block() -> None:
+        inside.set()
+        assert release.wait(30)
 
-    store.announce = recording  # type: ignore[method-assign]
+    registry.register_task("t", "block", block)
     worker = start_embedded_worker(registry.broker, threads=1)
-    wait_until(lambda: seen, timeout=10, message="the boot announcement")
-    worker.stop(timeout=2000)
-    assert seen == ["running", "stopping"]
+    wait_until(registry.workers, timeout=10, message="the boot announcement")
+    registry.run_task("t.block")
+    assert inside.wait(10)
+    stopper = threading.Thread(target=worker.stop, kwargs={"timeout": 30_000})
+    stopper.start()
+    try:
+        stopping = wait_until(
+            lambda: [w for w in registry.workers() if w.state == "stopping"],
+            timeout=10,
+            message="announced as stopping while its task runs",
+        )
+        assert [run.task_name for run in stopping[0].running] == ["t.block"]
+    finally:
+        release.set()
+        stopper.join(30)
+    assert registry.workers() == []
+
+
+def test_stop_does_not_wait_for_a_store_that_does_not_answer(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    entered, unblock = threading.Event(), threading.Event()
+    withdrawn: list[str] = []
+
+    class Frozen(MemoryStatusStore):
+        def announce(self, worker: WorkerInfo) -> None:
+            entered.set()
+            unblock.wait(60)
+
+        def withdraw(self, worker_id: str) -> None:
+            withdrawn.append(worker_id)
+
+    announcer = Announcer(Frozen(), lambda: info("h:8"), interval=60)
+    announcer.start()
+    try:
+        assert entered.wait(10)
+        with caplog.at_level(logging.INFO, logger="nagatha.presence"):
+            announcer.stop()  # returns while the announcement still hangs
+        assert not unblock.is_set() and withdrawn == []
+        assert "entry will expire" in caplog.text
+    finally:
+        unblock.set()
+
+
+def test_a_task_delivered_twice_to_one_process_shows_twice_and_leaves_twice() -> None:
+    store = MemoryStatusStore()
+    presence = WorkerPresence(store, interval=60)
+    broker = StubBroker()
+    broker.declare_queue("default")
+    worker = SimpleNamespace(consumer_whitelist=None, worker_threads=2)
+    presence.after_worker_boot(broker, worker)  # type: ignore[arg-type]
+    try:
+        first, second = (
+            MessageProxy(Message("default", "t.slow", (), {}, {}, message_id="same"))
+            for _ in range(2)
+        )
+        presence.before_process_message(broker, first)
+        presence.before_process_message(broker, second)  # the redelivery, the first still runs
+        presence.after_process_message(broker, second)
+        presence.before_worker_shutdown(broker, worker)  # type: ignore[arg-type]
+        listed = wait_until(
+            lambda: [w for w in store.workers() if w.state == "stopping"], timeout=10
+        )
+        assert [run.task_id for run in listed[0].running] == ["same"]
+        assert listed[0].counts["succeeded"] == 1
+        # WorkerLost and the like fail the message as they skip it: counted failed, as the
+        # record and /metrics count it.
+        first.fail()
+        presence.after_skip_message(broker, first)
+        assert presence._counts == {"succeeded": 1, "failed": 1, "retried": 0, "skipped": 0}
+        assert presence._running == {}
+    finally:
+        presence.after_worker_shutdown(broker, worker)  # type: ignore[arg-type]
     assert store.workers() == []
+
+
+def test_metrics_stand_when_the_workers_cannot_be_read() -> None:
+    config = FrameworkConfig.model_validate(
+        {"broker": {"url": "memory://"}, "results": {"url": "memory://"}}
+    )
+    registry = create_hub(config, load_modules=False)
+    registry.register_task("t", "idle", lambda: None)
+
+    def broken() -> list[WorkerInfo]:
+        raise UnicodeDecodeError("utf-8", b"\xff", 0, 1, "invalid start byte")
+
+    registry.store.workers = broken  # type: ignore[method-assign]
+    body, _ = MetricsCollector(registry, config, cache_seconds=0).render(None)
+    text = body.decode()
+    assert 'nagatha_up{dependency="store"} 1.0' in text
+    assert 'nagatha_task_events_total{event="submitted",task="t.idle"} 0.0' in text
+    assert "nagatha_workers" not in text
 
 
 def test_metrics_count_processes_threads_and_running_tasks() -> None:
