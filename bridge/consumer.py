@@ -101,7 +101,6 @@ class Bridge:
     def stop(self, signum: int | None = None, frame: FrameType | None = None) -> None:
         """Ask the loop to finish the message in hand and return (idempotent)."""
         self._stop.set()
-        self._announcer.wake()  # announced as stopping while the lanes finish
 
     def _presence(self) -> Callable[[], WorkerInfo]:
         """What the bridge announces of itself (``GET /workers``): its Celery queues, lanes,
@@ -131,10 +130,14 @@ class Bridge:
         for lane in lanes:
             lane.start()
         self._announcer.start()
+        woken = False
         while any(lane.is_alive() for lane in lanes):
             # Join in short steps: the main thread must stay free to run signal handlers.
             for lane in lanes:
                 lane.join(POLL_S)
+            if self._stop.is_set() and not woken:  # announced as stopping as the lanes finish
+                self._announcer.wake()
+                woken = True
         self._announcer.stop()
         self.publisher.close_all()
         logger.info("bridge %s stopped", self.node_name)

@@ -14,7 +14,8 @@ in ``nagatha/cli/errors.py``; nowhere else decides either.
     │   ├── InvalidArguments        kwargs that do not bind to the task's signature
     │   ├── TaskNotFound            no status record for that id (never issued or expired)
     │   ├── TaskNotCancellable      a cancel for a task that is running or has ended
-    │   ├── TaskNotEnded            a rerun of a task that has not ended
+    │   ├── TaskNotRerunnable       a rerun of a task that has not ended, or whose arguments
+    │   │                           were never read
     │   └── TaskWaitTimeout         a wait for a final status ran out
     ├── ServiceUnavailable
     │   ├── BrokerUnavailable       RabbitMQ did not accept (or confirm) a message
@@ -53,14 +54,15 @@ class TaskError(NagathaError):
 class UnknownTask(TaskError):
     """No task of that name is registered."""
 
-    def __init__(self, task_name: str, *, module_error: str | None = None) -> None:
-        """``module_error``: why the module the name points at failed to load, if it did."""
+    def __init__(
+        self, task_name: str, *, module_error: str | None = None, hint: str | None = None
+    ) -> None:
+        """``module_error``: why the module the name points at failed to load, if it did;
+        ``hint``: what to say instead of pointing to the list of names."""
         self.task_name = task_name
-        hint = (
-            f"its module failed to load: {module_error}"
-            if module_error
-            else "see `nagatha list tasks` or GET /tasks for the names"
-        )
+        if module_error:
+            hint = f"its module failed to load: {module_error}"
+        hint = hint or "see `nagatha list tasks` or GET /tasks for the names"
         super().__init__(f"unknown task {task_name!r}: {hint}")
 
 
@@ -127,16 +129,20 @@ class TaskNotCancellable(TaskError):
         super().__init__(f"task {task_id!r} cannot be cancelled: {why} (status {status})")
 
 
-class TaskNotEnded(TaskError):
-    """A rerun of a task that has not ended yet (pending, started or retrying)."""
+class TaskNotRerunnable(TaskError):
+    """A rerun of a task that has not ended yet (pending, started or retrying), or of one whose
+    arguments were never read (a Celery message the bridge refused)."""
 
-    def __init__(self, task_id: str, status: str) -> None:
+    def __init__(self, task_id: str, status: str, *, arguments_unread: bool = False) -> None:
         self.task_id = task_id
         self.status = status
-        super().__init__(
-            f"task {task_id!r} cannot be run again: it has not ended (status {status}); "
-            "wait until it ends, or cancel it"
+        why = (
+            "the bridge refused its Celery message, so its arguments were never read; replay "
+            "the message with `nagatha bridge dlq replay` instead"
+            if arguments_unread
+            else f"it has not ended (status {status}); wait until it ends, or cancel it"
         )
+        super().__init__(f"task {task_id!r} cannot be run again: {why}")
 
 
 class TaskWaitTimeout(TaskError):

@@ -16,6 +16,7 @@ hold unacknowledged, such as delayed tasks a worker took from ``.DQ``) and consu
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Sequence
 from concurrent.futures import wait
 from dataclasses import dataclass, field
@@ -29,6 +30,8 @@ from nagatha.daemon import Probes, check_of
 from nagatha.metrics import EVENTS, Runtime, TaskMetrics
 from nagatha.registry import TaskRegistry
 from nagatha.types import CheckResult, WorkerInfo
+
+logger = logging.getLogger("nagatha.monitoring")
 
 QueueProbe = Callable[[Sequence[str]], QueueDepths]
 
@@ -100,6 +103,7 @@ class StateReader:
         self.timeout = timeout
         self._secrets = secrets_of(config)
         self._probes = Probes("nagatha-state")
+        self._workers_failing = False  # logged once per run of failed reads
         self._bridge_queues = [*config.bridge.queues, config.bridge.dead_letter_queue]
         broker = registry.broker
         if queue_probe is not None:
@@ -124,7 +128,10 @@ class StateReader:
         for name, future in (("store", store), ("broker", broker)):
             checks[name], values[name] = check_of(future, self.timeout, self._secrets)
         # Its own read: however it fails, the task counts and the store's check stand.
-        _, listed = check_of(workers, self.timeout, self._secrets)
+        read, listed = check_of(workers, self.timeout, self._secrets)
+        if read.status != "ok" and not self._workers_failing:
+            logger.warning("could not read the workers for the metrics: %s", read.detail)
+        self._workers_failing = read.status != "ok"
         return HubState(
             tasks=values["store"],
             queues=values["broker"],

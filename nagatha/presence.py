@@ -11,7 +11,7 @@ disagree still agree on who is alive.
 Announcing never holds up the process's work: an announcement the store cannot take is logged
 once per outage and made again at the next interval, the announcement of a change of state
 (``stopping``) is made by the thread, and a stop waits at most :data:`STOP_WAIT_S` for a store
-that does not answer before it leaves the entry to expire.
+that does not answer, and makes one store call more to withdraw it.
 """
 
 from __future__ import annotations
@@ -32,7 +32,8 @@ from nagatha.types import RunningTask, WorkerInfo
 logger = logging.getLogger("nagatha.presence")
 
 #: Seconds :meth:`Announcer.stop` waits for an announcement in progress (the Redis store gives
-#: each presence call a 1 s socket timeout) before it leaves the entry to expire.
+#: each presence call a 1 s socket timeout) before it leaves the entry to expire. The withdraw
+#: that follows takes one more call at most: a stop takes 2.5 s at worst.
 STOP_WAIT_S = 1.5
 
 
@@ -89,8 +90,8 @@ class Announcer:
         self._thread.start()
 
     def wake(self) -> None:
-        """Have the thread announce at once (a change of state); returns without waiting,
-        safe from a signal handler."""
+        """Have the thread announce at once (a change of state); returns without waiting for
+        the store (not from a signal handler: ``Event.set`` takes a lock)."""
         self._wake.set()
 
     def announce(self) -> None:
@@ -123,9 +124,9 @@ class Announcer:
     def stop(self) -> None:
         """Stop announcing and withdraw the process, so that reads leave it out at once.
 
-        Waits at most :data:`STOP_WAIT_S` for an announcement in progress: if the store does
-        not answer, the entry is left to expire
-        (:attr:`~nagatha.types.WorkerInfo.gone_after`).
+        Waits at most :data:`STOP_WAIT_S` for an announcement in progress, then makes one
+        store call to withdraw, none if the last announcement failed: if the store does not
+        answer, the entry is left to expire (:attr:`~nagatha.types.WorkerInfo.gone_after`).
         """
         self._stop.set()
         self._wake.set()
@@ -135,7 +136,9 @@ class Announcer:
             return
         try:
             self._withdrawn = True
-            if self._announced is not None:
+            if self._failing:
+                logger.info("the status store did not answer: this process's entry will expire")
+            elif self._announced is not None:
                 self.store.withdraw(self._announced)
         except (StoreUnavailable, StoreRejected) as exc:
             logger.info("could not withdraw this process from GET /workers: %s", exc)

@@ -37,8 +37,8 @@ from nagatha.errors import (
     ModuleLoadError,
     StoreUnavailable,
     TaskNotCancellable,
-    TaskNotEnded,
     TaskNotFound,
+    TaskNotRerunnable,
     TaskWaitTimeout,
     UnknownTask,
 )
@@ -432,14 +432,15 @@ class TaskRegistry:
             del self._tasks[full]
             self.broker.actors.pop(full, None)
 
-    def get_task(self, task_name: str) -> TaskSpec:
-        """Return the task registered as ``task_name`` or raise :class:`UnknownTask`."""
+    def get_task(self, task_name: str, *, hint: str | None = None) -> TaskSpec:
+        """Return the task registered as ``task_name`` or raise :class:`UnknownTask` (with
+        ``hint`` as what to do, unless its module failed to load)."""
         try:
             return self._tasks[task_name]
         except (KeyError, TypeError):
             module = self._modules.get(str(task_name).split(".", 1)[0])
             error = module.error if module is not None and module.status == "failed" else None
-            raise UnknownTask(str(task_name)[:200], module_error=error) from None
+            raise UnknownTask(str(task_name)[:200], module_error=error, hint=hint) from None
 
     def list_tasks(self) -> list[TaskInfo]:
         """Every registered task, by name."""
@@ -500,17 +501,24 @@ class TaskRegistry:
         return self.store.recent_failures(limit)
 
     def rerun(self, task_id: str) -> TaskRecord:
-        """Run the task of ``task_id``'s record again, with the same arguments, as a new task;
-        return the new task's pending record (see :meth:`submit`). The old record stays as it
-        is (a success, or a failure with its error).
+        """Run the task of ``task_id``'s record again, with the arguments it holds, as a new
+        task with the task's own settings; return the new task's pending record (see
+        :meth:`submit`). The old record stays as it is (a success, or a failure).
 
-        Raises :class:`TaskNotFound`, :class:`TaskNotEnded` for a task that has not ended,
-        :class:`UnknownTask` if no module registers its name now, :class:`InvalidArguments`
-        if its arguments no longer fit the task, and what :meth:`submit` raises.
+        Raises :class:`TaskNotFound`; :class:`TaskNotRerunnable` for a task that has not
+        ended, or whose Celery message the bridge refused unread (its record holds no
+        arguments: the message waits in the bridge's dead-letter queue); :class:`UnknownTask`
+        if no module registers its name now; :class:`InvalidArguments` if its arguments no
+        longer fit the task; and what :meth:`submit` raises.
         """
         old = self.get_task_status(task_id)
-        if not old.status.final:
-            raise TaskNotEnded(task_id, old.status.value)
+        if not old.status.final or old.arguments_unread:
+            raise TaskNotRerunnable(
+                task_id, old.status.value, arguments_unread=old.arguments_unread
+            )
+        self.get_task(
+            old.task_name, hint=f"it ran task {task_id!r}, and no module registers it now"
+        )
         record = self.submit(old.task_name, old.args, old.kwargs)
         logger.info("task %s is a rerun of %s", record.task_id, task_id)
         return record

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 from enum import StrEnum
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 
@@ -44,6 +44,11 @@ CANCELLED_ERROR = "Cancelled: cancelled before it ran"
 REVOKED_ERROR = "TaskRevokedError: revoked by a Celery client before it ran"
 
 
+#: Error types of the record the bridge makes for a Celery message it refused unread
+#: (pickle, malformed, a task name no module could register): it holds no arguments.
+REFUSAL_ERRORS = ("ContentDisallowed", "InvalidTaskError", "NotRegistered")
+
+
 class TaskRecord(BaseModel):
     """The status record of one task id (DESIGN.md §4)."""
 
@@ -71,6 +76,16 @@ class TaskRecord(BaseModel):
         """True if a cancel or a Celery revoke made this record final before it ran: a run
         that missed the cancel or revoke replaces it (see :class:`~nagatha.stores.StatusStore`)."""
         return self.status is TaskStatus.FAILURE and self.error in (CANCELLED_ERROR, REVOKED_ERROR)
+
+    @property
+    def arguments_unread(self) -> bool:
+        """True for the failure the bridge recorded for a Celery message it refused unread
+        (:data:`REFUSAL_ERRORS`): its ``args`` and ``kwargs`` are not the message's."""
+        return (
+            self.status is TaskStatus.FAILURE
+            and self.started_at is None
+            and (self.error or "").partition(":")[0] in REFUSAL_ERRORS
+        )
 
     @property
     def failed(self) -> bool:
@@ -101,10 +116,10 @@ class WorkerInfo(BaseModel):
     id: str = Field(description="hostname:pid")
     kind: Literal["worker", "bridge"]
     hostname: str
-    pid: int = Field(ge=0)
+    pid: int = Field(ge=0, le=2**31)
     version: str
     queues: list[str]
-    concurrency: int = Field(ge=0, description="worker threads, or bridge lanes")
+    concurrency: int = Field(ge=0, le=1_000_000, description="worker threads, or bridge lanes")
     state: Literal["running", "stopping"] = "running"
     started_at: AwareDatetime
     interval: float = Field(
@@ -113,7 +128,7 @@ class WorkerInfo(BaseModel):
     running: list[RunningTask] = Field(
         default_factory=list, description="tasks it runs now (workers)"
     )
-    counts: dict[str, int] = Field(
+    counts: dict[str, Annotated[int, Field(ge=0, le=2**53)]] = Field(
         default_factory=dict,
         description="since it started: succeeded, failed, retried, skipped (workers); "
         "handled (bridges)",

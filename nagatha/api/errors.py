@@ -26,8 +26,8 @@ from nagatha.errors import (
     ServiceUnavailable,
     StoreUnavailable,
     TaskNotCancellable,
-    TaskNotEnded,
     TaskNotFound,
+    TaskNotRerunnable,
     UnknownTask,
 )
 
@@ -41,7 +41,7 @@ STATUS_OF: tuple[tuple[type[NagathaError], int, str], ...] = (
     (UnknownTask, 404, "Unknown task"),
     (TaskNotFound, 404, "Task not found"),
     (TaskNotCancellable, 409, "Task not cancellable"),
-    (TaskNotEnded, 409, "Task not ended"),
+    (TaskNotRerunnable, 409, "Task not rerunnable"),
     (InvalidArguments, 422, "Invalid arguments"),
     (BrokerUnavailable, 503, "Broker unavailable"),
     (StoreUnavailable, 503, "Store unavailable"),
@@ -101,7 +101,7 @@ def to_http(error: NagathaError) -> ApiError:
             extra: dict[str, Any] = {}
             if isinstance(error, InvalidArguments):
                 extra = {"unknown": error.unknown, "missing": error.missing}
-            elif isinstance(error, TaskNotCancellable | TaskNotEnded):
+            elif isinstance(error, TaskNotCancellable | TaskNotRerunnable):
                 extra = {"status": error.status}
             return ApiError(status, title, str(error), headers=headers, **extra)
     return internal_error()

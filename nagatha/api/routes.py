@@ -248,7 +248,10 @@ def build_routes(api: ApiConfig) -> tuple[Route, ...]:
                             "No record for this id (never handed out, or expired), or no module "
                             "registers its task now."
                         ),
-                        409: Reply("The task has not ended (`pending`, `started`, `retrying`)."),
+                        409: Reply(
+                            "The task has not ended (`pending`, `started`, `retrying`), or the "
+                            "bridge refused its Celery message unread (replay that instead)."
+                        ),
                         411: Reply("A chunked body where the server cannot read one (embedded)."),
                         422: Reply("Its arguments no longer bind to the task."),
                         503: Reply("Broker or store unreachable: nothing was enqueued."),

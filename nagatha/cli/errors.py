@@ -12,8 +12,8 @@ from nagatha.errors import (
     NagathaError,
     ServiceUnavailable,
     TaskNotCancellable,
-    TaskNotEnded,
     TaskNotFound,
+    TaskNotRerunnable,
     TaskWaitTimeout,
     UnknownTask,
 )
@@ -31,7 +31,7 @@ EXIT_CODES: tuple[tuple[type[NagathaError], int], ...] = (
     (InvalidArguments, EXIT_USAGE),
     (TaskNotFound, EXIT_TASK_FAILED),
     (TaskNotCancellable, EXIT_TASK_FAILED),
-    (TaskNotEnded, EXIT_TASK_FAILED),
+    (TaskNotRerunnable, EXIT_TASK_FAILED),
     (TaskWaitTimeout, EXIT_TASK_FAILED),
     (ServiceUnavailable, EXIT_UNAVAILABLE),
 )

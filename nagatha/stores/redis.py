@@ -311,7 +311,9 @@ class RedisStatusStore(StatusStore):
         self._cancel = self.client.register_script(_CANCEL)
         self._revoke = self.client.register_script(_REVOKE)
         self._presence = RedisPresence(
-            self._new_client(decode=False, socket_timeout=PRESENCE_TIMEOUT_S), prefix
+            self._new_client(decode=False, socket_timeout=PRESENCE_TIMEOUT_S),
+            self._new_client(decode=False),
+            prefix,
         )
 
     def _new_client(
@@ -728,7 +730,8 @@ class RedisStatusStore(StatusStore):
             if helper is not None:
                 helper.close()
         self.client.close()
-        self._presence.client.close()
+        self._presence.writer.close()
+        self._presence.reader.close()
 
 
 def _error_of(answer: Exception) -> StoreUnavailable | StoreRejected:

@@ -27,8 +27,8 @@ logger = logging.getLogger("nagatha.presence")
 
 #: Seconds both keys live after the last announcement.
 KEYS_TTL = 86_400
-#: Socket timeout (s) of the presence connection: a Redis that does not answer must not hold
-#: a worker's shutdown for the store's usual timeout.
+#: Socket timeout (s) of the connection processes announce on: a Redis that does not answer
+#: must not hold a worker's shutdown for the store's usual timeout.
 TIMEOUT_S = 1.0
 
 _NOW = """
@@ -74,22 +74,23 @@ return answer
 class RedisPresence:
     """The two keys above for one store's prefix; methods raise ``RedisError``.
 
-    ``client`` must not decode answers (an entry that is no UTF-8 is left out, not an error
-    for the whole read) and should time out soon: a worker announces on its way out.
+    ``writer`` (announce, withdraw) should time out soon: a worker announces on its way out.
+    ``reader`` must not decode answers: an entry that is no UTF-8 is left out, not an error
+    for the whole read.
     """
 
-    def __init__(self, client: redis.Redis, prefix: str) -> None:
-        self.client = client
+    def __init__(self, writer: redis.Redis, reader: redis.Redis, prefix: str) -> None:
+        self.writer, self.reader = writer, reader
         self.keys = [f"{prefix}workers:until", f"{prefix}workers"]
-        self._announce = client.register_script(_ANNOUNCE)
-        self._workers = client.register_script(_WORKERS)
+        self._announce = writer.register_script(_ANNOUNCE)
+        self._workers = reader.register_script(_WORKERS)
 
     def announce(self, worker: WorkerInfo) -> None:
         entry = worker.model_dump_json(exclude={"seen_seconds_ago"})
         self._announce(keys=self.keys, args=[worker.id, entry, repr(worker.gone_after), KEYS_TTL])
 
     def withdraw(self, worker_id: str) -> None:
-        with self.client.pipeline(transaction=True) as pipe:
+        with self.writer.pipeline(transaction=True) as pipe:
             pipe.zrem(self.keys[0], worker_id)
             pipe.hdel(self.keys[1], worker_id)
             pipe.execute()

@@ -262,10 +262,16 @@ def test_a_task_that_expires_while_delayed_is_revoked_by_the_worker(
     assert stack.final_record(result.id).started_at is None
 
 
-def test_a_pickled_task_is_refused_with_a_failure_not_a_hang(client: CeleryClient) -> None:
+def test_a_pickled_task_is_refused_with_a_failure_not_a_hang(
+    client: CeleryClient, stack: HubStack
+) -> None:
     result = client.send("echo_bot.echo", kwargs={"message": "x"}, serializer="pickle")
     with pytest.raises(ContentDisallowed, match="pickle"):
         result.get(timeout=GET_TIMEOUT)
+    # Its record holds no arguments (the message was never read): no rerun from it.
+    assert stack.final_record(result.id).arguments_unread
+    rerun = run_cli(["rerun", result.id], stack.env)
+    assert rerun.returncode == 1 and "nagatha bridge dlq replay" in rerun.stderr
 
 
 # --- revoke and control -----------------------------------------------------------------------

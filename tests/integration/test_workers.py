@@ -69,6 +69,8 @@ def test_redis_store_lists_what_was_announced_by_its_own_clock(
             "odd:5": json.dumps({**good, "started_at": "2026-01-01T00:00:00"}).encode(),
             "odd:6": json.dumps({**good, "interval": "NaN"}).encode(),
             "odd:7": json.dumps({**good, "interval": -1}).encode(),
+            # Past what /metrics could sum as a float: the whole scrape would be lost.
+            "odd:8": json.dumps({**good, "concurrency": 10**400}).encode(),
         }
         binary = redis.Redis.from_url(hub_config.results.url)
         for worker_id, entry in odd.items():

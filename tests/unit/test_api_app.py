@@ -465,6 +465,20 @@ def test_rerun_refuses_what_it_cannot_run_again(hub: TaskRegistry, client: TestC
             )
         )
         hub.store.update(task_id, TaskStatus.FAILURE, {"error": "E: old", "completed_at": now})
-    assert_error(rerun(client, {"task_id": "gone"}), 404, "gone.task")
+    assert_error(rerun(client, {"task_id": "gone"}), 404, "gone.task", "no module registers it")
     body = assert_error(rerun(client, {"task_id": "changed"}), 422)
     assert body["unknown"] == ["z"] and body["missing"] == ["x", "y"]
+
+
+def test_rerun_refuses_the_record_of_a_celery_message_refused_unread(
+    hub: TaskRegistry, client: TestClient
+) -> None:
+    now = utcnow()
+    hub.store.update(
+        "refused-1",
+        TaskStatus.FAILURE,
+        {"error": "ContentDisallowed: pickle is refused", "completed_at": now},
+        {"task_name": "diagnostics.add", "args": [], "kwargs": {}, "created_at": now},
+    )
+    body = assert_error(rerun(client, {"task_id": "refused-1"}), 409, "bridge dlq replay")
+    assert body["status"] == "failure"

@@ -49,17 +49,14 @@ class RunTaskResource:
         _accepted(resp, record)
 
 
-class RerunTaskResource:
+class RerunTaskResource(RunTaskResource):
     """Run an ended task again with its arguments, as a new task; 202 once confirmed."""
-
-    def __init__(self, registry: TaskRegistry, max_body_bytes: int) -> None:
-        self.registry = registry
-        self.max_body_bytes = max_body_bytes
 
     def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
         """Answer 202 with the new task and ``rerun_of``; 404 for an unknown id (or a task no
-        module registers now), 409 for a task that has not ended, 422 for arguments that no
-        longer fit, 503 when RabbitMQ or Redis is unreachable (nothing was enqueued)."""
+        module registers now), 409 for a task that has not ended or whose arguments were
+        never read, 422 for arguments that no longer fit, 503 when RabbitMQ or Redis is
+        unreachable (nothing was enqueued)."""
         request = parse_model(RerunRequest, read_json_object(req, self.max_body_bytes))
         _check_length(request.task_id)
         _accepted(resp, self.registry.rerun(request.task_id), rerun_of=request.task_id)
@@ -69,16 +66,17 @@ def _accepted(resp: falcon.Response, record: TaskRecord, rerun_of: str | None = 
     """Answer 202 for the new task ``record``, with ``Location`` where to follow it."""
     url = status_url(record.task_id)
     resp.location = url
-    accepted = TaskAccepted(
-        task_id=record.task_id,
-        task_name=record.task_name,
-        status=record.status,
-        created_at=record.created_at,
-        status_url=url,
-    )
-    if rerun_of is not None:
-        accepted = RerunAccepted(**accepted.model_dump(), rerun_of=rerun_of)
-    send(resp, accepted, 202)
+    fields = {
+        "task_id": record.task_id,
+        "task_name": record.task_name,
+        "status": record.status,
+        "created_at": record.created_at,
+        "status_url": url,
+    }
+    if rerun_of is None:
+        send(resp, TaskAccepted.model_validate(fields), 202)
+    else:
+        send(resp, RerunAccepted.model_validate({**fields, "rerun_of": rerun_of}), 202)
 
 
 class TaskStatusResource:
