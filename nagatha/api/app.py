@@ -18,8 +18,14 @@ from nagatha.api.metrics import MetricsCollector
 from nagatha.api.middleware import AccessLog, BodyLimit, RequestId
 from nagatha.api.openapi import build_openapi
 from nagatha.api.resources.catalog import ModulesResource, TasksResource
+from nagatha.api.resources.dashboard import DashboardResource
 from nagatha.api.resources.health import HealthResource
-from nagatha.api.resources.system import MetricsResource, OpenApiResource, PingResource
+from nagatha.api.resources.system import (
+    MetricsResource,
+    OpenApiResource,
+    PingResource,
+    StatsResource,
+)
 from nagatha.api.resources.tasks import (
     FailuresResource,
     RerunTaskResource,
@@ -71,6 +77,7 @@ def create_app(
     document = build_openapi(
         routes, protects=auth.protects, version=__version__, max_body_bytes=api.max_body_bytes
     )
+    collector = MetricsCollector(registry, config)
     resources: dict[str, object] = {
         "ping": PingResource(),
         "health": HealthResource(health),
@@ -88,8 +95,10 @@ def create_app(
         ),
         "failures": FailuresResource(registry),
         "workers": WorkersResource(registry),
-        "metrics": MetricsResource(MetricsCollector(registry, config)),
+        "metrics": MetricsResource(collector),
+        "stats": StatsResource(collector),
         "openapi": OpenApiResource(document),
+        "dashboard": DashboardResource(),
     }
     app = HubApp(
         registry,

@@ -1,6 +1,6 @@
 """Bearer-token authentication: ``Authorization: Bearer <token>`` against ``api.tokens``.
 
-Every path needs a token when tokens are configured, except ``/ping`` and, while
+Every path needs a token when tokens are configured, except ``/ping``, ``/ui`` and, while
 ``api.health_public`` is true, ``/health``. With no tokens configured the API is open; the
 ``serve`` command refuses to expose it beyond loopback unless ``api.allow_anonymous`` says so
 (:func:`nagatha.api.server.check_exposure`).
@@ -15,7 +15,9 @@ import falcon
 
 from nagatha.api.errors import unauthorized
 
-PUBLIC_PATHS = frozenset({"/ping"})
+#: ``/ui`` is a page without data: its script asks for the token (see
+#: :mod:`nagatha.api.resources.dashboard`).
+PUBLIC_PATHS = frozenset({"/ping", "/ui"})
 HEALTH_PATH = "/health"
 
 

@@ -28,8 +28,9 @@ metric                             type       labels and meaning
 The state comes from :class:`nagatha.monitoring.StateReader` (Redis and RabbitMQ read in
 parallel, one deadline). A dependency that does not answer in time leaves its metrics out and
 sets its ``nagatha_up`` to 0; the answer is still 200 (a failed scrape would hide the rest).
-Registered tasks are reported with zero counts before their first event. One collection is
-shared by the requests of ``cache_seconds``, as for ``/health``.
+Registered tasks are reported with zero counts before their first event. One read of the
+state is shared by the requests of ``cache_seconds`` (``/metrics`` and ``/stats``), as for
+``/health``.
 """
 
 from __future__ import annotations
@@ -71,7 +72,12 @@ class MetricsCollector:
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.reader = StateReader(registry, config, timeout=timeout, queue_probe=queue_probe)
-        self._families = Reused(lambda: list(_families(self.reader.read())), cache_seconds, clock)
+        self._state = Reused(self.reader.read, cache_seconds, clock)
+
+    def state(self) -> HubState:
+        """The hub's state (a read younger than ``cache_seconds`` is reused; ``GET /stats``
+        shares it)."""
+        return self._state.get()
 
     def render(self, accept: str | None) -> tuple[bytes, str]:
         """The exposition for a request's ``Accept`` header: ``(body, content type)``."""
@@ -79,8 +85,8 @@ class MetricsCollector:
         return encode(_Families(self.families())), content_type
 
     def families(self) -> list[Metric]:
-        """The current metric families (a collection younger than ``cache_seconds`` is reused)."""
-        return self._families.get()
+        """The current metric families, from :meth:`state`."""
+        return list(_families(self.state()))
 
 
 def _families(state: HubState) -> Iterator[Metric]:

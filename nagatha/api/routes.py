@@ -23,6 +23,7 @@ from nagatha.api.schemas import (
     OpenApiDocument,
     Ping,
     RerunAccepted,
+    StatsReport,
     TaskAccepted,
     TaskList,
     WorkerList,
@@ -331,6 +332,25 @@ def build_routes(api: ApiConfig) -> tuple[Route, ...]:
             ),
         ),
         Route(
+            "/stats",
+            "stats",
+            (
+                Operation(
+                    "GET",
+                    "stats",
+                    "The whole hub as JSON (what `nagatha stats --json` prints): per task its "
+                    "events, runs and run times, per queue its ready messages and consumers.",
+                    {
+                        200: Reply(
+                            "What could be read: a service that did not answer is null, and its "
+                            "check says why.",
+                            StatsReport,
+                        )
+                    },
+                ),
+            ),
+        ),
+        Route(
             "/metrics",
             "metrics",
             (
@@ -347,6 +367,20 @@ def build_routes(api: ApiConfig) -> tuple[Route, ...]:
                             ("text/plain", "application/openmetrics-text"),
                         )
                     },
+                ),
+            ),
+        ),
+        Route(
+            "/ui",
+            "dashboard",
+            (
+                Operation(
+                    "GET",
+                    "dashboard",
+                    "A dashboard page (workers, running tasks, queues, task counts, recent "
+                    "failures with a rerun button); it holds no data and needs no token, its "
+                    "script asks for one.",
+                    {200: Reply("The page.", None, ("text/html",))},
                 ),
             ),
         ),

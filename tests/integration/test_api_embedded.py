@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import os
+import shutil
 import socket
+import subprocess
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -158,3 +160,39 @@ def test_embedded_hub_refuses_a_chunked_body_at_once(
     assert response.status_code == 411
     assert "Content-Length" in response.json()["description"]
     assert client.get("/ping").status_code == 200
+
+
+@pytest.mark.skipif(shutil.which("chromium") is None, reason="no Chromium to load the page in")
+def test_the_dashboard_shows_the_hub_in_a_browser(
+    embedded: tuple[HubProcess, httpx.Client], tmp_path: Path
+) -> None:
+    process, client = embedded
+    hostile = "<img src=x onerror=alert(1)>"
+    failed = client.post(
+        "/tasks/run", json={"task_name": "diagnostics.fail", "kwargs": {"message": hostile}}
+    ).json()["task_id"]
+    assert client.get(f"/tasks/{failed}", params={"wait": 20}).json()["status"] == "failure"
+    wait_until(lambda: client.get("/workers").json()["workers"], 30, message="announced")
+    browser = subprocess.run(
+        [
+            "chromium",
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            f"--user-data-dir={tmp_path / 'profile'}",
+            "--virtual-time-budget=5000",
+            "--enable-logging=stderr",
+            "--v=0",
+            "--dump-dom",
+            f"{client.base_url}/ui",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    dom = browser.stdout
+    assert f"{socket.gethostname()}:{process.pid}" in dom  # the workers table, filled
+    assert failed in dom and "DiagnosticFailure: &lt;img src=x" in dom  # shown as text
+    assert "<img" not in dom
+    assert "Content Security Policy" not in browser.stderr, browser.stderr[-2000:]
+    assert "Uncaught" not in browser.stderr, browser.stderr[-2000:]

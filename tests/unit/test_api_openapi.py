@@ -74,7 +74,9 @@ def test_every_route_and_method_of_the_router_is_documented(api: dict[str, Any])
         "/status/{task_id}",
         "/failures",
         "/workers",
+        "/stats",
         "/metrics",
+        "/ui",
         "/openapi.json",
     }
 

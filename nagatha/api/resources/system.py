@@ -1,4 +1,5 @@
-"""``GET /ping`` (liveness, touches nothing), ``GET /metrics`` and ``GET /openapi.json``."""
+"""``GET /ping`` (liveness, touches nothing), ``GET /metrics``, ``GET /stats`` and
+``GET /openapi.json``."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import falcon
 from nagatha import __version__
 from nagatha.api.metrics import MetricsCollector
 from nagatha.api.resources import send
-from nagatha.api.schemas import Ping
+from nagatha.api.schemas import Ping, StatsReport
 
 
 class PingResource:
@@ -32,6 +33,19 @@ class MetricsResource:
     def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
         """Answer the exposition in the format the ``Accept`` header asks for."""
         resp.data, resp.content_type = self.collector.render(req.get_header("Accept"))
+        resp.cache_control = ["no-store"]
+
+
+class StatsResource:
+    """The hub's state as JSON (:class:`StatsReport`), from the read ``/metrics`` uses."""
+
+    def __init__(self, collector: MetricsCollector) -> None:
+        self.collector = collector
+
+    def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
+        """Answer 200 with what could be read (a service that did not answer is null, and
+        its check says why)."""
+        send(resp, StatsReport.model_validate(self.collector.state().document()))
         resp.cache_control = ["no-store"]
 
 
