@@ -29,7 +29,7 @@ from nagatha.config import FrameworkConfig, secrets_of
 from nagatha.daemon import Probes, check_of
 from nagatha.metrics import EVENTS, Runtime, TaskMetrics
 from nagatha.registry import TaskRegistry
-from nagatha.types import CheckResult, WorkerInfo
+from nagatha.types import CheckResult, QueueStats, StatsReport, TaskStats, WorkerInfo
 
 logger = logging.getLogger("nagatha.monitoring")
 
@@ -53,37 +53,44 @@ class HubState:
     #: ``store`` and ``broker`` as probed (``ok``, ``timeout``, ``unavailable`` and why).
     checks: dict[str, CheckResult] = field(default_factory=dict)
 
-    def document(self) -> dict[str, Any]:
-        """The state as JSON (``nagatha stats --json``): per task its event counts, runs,
-        mean and 95th-percentile bound in seconds (null: no runs, or past the last bound when
-        ``runs`` > 0); per queue its messages and consumers; ``checks`` of ``store`` and
-        ``broker`` as ``GET /health`` has them (``tasks``/``queues`` are null for one not
-        ``ok``)."""
-        return {
-            "tasks": None if self.tasks is None else _task_rows(self.tasks, self.registered),
-            "queues": None
+    def report(self) -> StatsReport:
+        """The state as ``GET /stats`` and ``nagatha stats --json`` answer it: per task its
+        event counts, runs, mean and 95th-percentile bound in seconds (null: no runs, or past
+        the last bound when ``runs`` > 0); per queue its messages and consumers; ``checks``
+        of ``store`` and ``broker`` as ``GET /health`` has them (``tasks``/``queues`` are
+        null for one not ``ok``)."""
+        return StatsReport(
+            tasks=None if self.tasks is None else _task_rows(self.tasks, self.registered),
+            queues=None
             if self.queues is None
             else [
-                {"queue": name, "messages": ready, "consumers": consumers}
+                QueueStats(queue=name, messages=ready, consumers=consumers)
                 for name, (ready, consumers) in self.queues.items()
             ],
-            "checks": {name: check.model_dump(mode="json") for name, check in self.checks.items()},
-        }
+            checks=self.checks,
+        )
+
+    def document(self) -> dict[str, Any]:
+        """:meth:`report` as JSON."""
+        return self.report().model_dump(mode="json")
 
 
-def _task_rows(metrics: TaskMetrics, registered: list[str]) -> list[dict[str, Any]]:
+def _task_rows(metrics: TaskMetrics, registered: list[str]) -> list[TaskStats]:
     names = sorted({*registered, *(task for task, _ in metrics.events), *metrics.runtimes})
     rows = []
     for name in names:
         runtime = metrics.runtimes.get(name, Runtime())
+        row = {event: metrics.events.get((name, event), 0) for event in EVENTS}
         rows.append(
-            {
-                "task": name,
-                **{event: metrics.events.get((name, event), 0) for event in EVENTS},
-                "runs": runtime.count,
-                "mean_seconds": runtime.mean,
-                "p95_at_most_seconds": runtime.at_most(0.95),
-            }
+            TaskStats.model_validate(
+                {
+                    "task": name,
+                    **row,
+                    "runs": runtime.count,
+                    "mean_seconds": runtime.mean,
+                    "p95_at_most_seconds": runtime.at_most(0.95),
+                }
+            )
         )
     return rows
 

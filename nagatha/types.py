@@ -214,3 +214,37 @@ class CheckResult(BaseModel):
     status: Literal["ok", "unavailable", "timeout"]
     detail: str | None = None
     latency_ms: float | None = None
+
+
+class TaskStats(BaseModel):
+    """What one task did, all processes together (a row of ``GET /stats``)."""
+
+    task: str
+    submitted: int
+    started: int
+    retried: int
+    succeeded: int
+    failed: int
+    cancelled: int
+    runs: int = Field(description="runs that ended (success or failure)")
+    mean_seconds: float | None = Field(description="mean run time; null: no runs")
+    p95_at_most_seconds: float | None = Field(
+        description="the run-time bucket bound 95% of runs stayed under (null: no runs, or "
+        "past the last bound, 30 min)"
+    )
+
+
+class QueueStats(BaseModel):
+    """One queue as RabbitMQ answered a passive declare (a row of ``GET /stats``)."""
+
+    queue: str
+    messages: int = Field(description="ready, not those workers hold")
+    consumers: int | None
+
+
+class StatsReport(BaseModel):
+    """Body of ``GET /stats``, and what ``nagatha stats --json`` prints."""
+
+    tasks: list[TaskStats] | None = Field(description="null when Redis did not answer")
+    queues: list[QueueStats] | None = Field(description="null when RabbitMQ did not answer")
+    checks: dict[str, CheckResult] = Field(description="store and broker, as /health has them")

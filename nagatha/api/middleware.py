@@ -64,11 +64,15 @@ class BodyLimit:
 #: Probe paths: their successful answers are logged at DEBUG, not INFO (a load balancer and
 #: Kubernetes ask every few seconds, per pod; their lines would drown the requests).
 PROBE_PATHS = frozenset({"/ping", "/health"})
+#: Header of the dashboard's periodic reads (``/ui``): their successful answers are DEBUG too
+#: (each open tab reads four paths every 5 s).
+POLL_HEADER = "X-Nagatha-Poll"
 
 
 class AccessLog:
     """One ``nagatha.api.access`` line per request, as ``key=value`` pairs: INFO, except
-    successful probes (:data:`PROBE_PATHS`), which are DEBUG."""
+    successful probes (:data:`PROBE_PATHS`) and dashboard reads of a ``GET`` (with
+    :data:`POLL_HEADER`), which are DEBUG."""
 
     def process_request(self, req: falcon.Request, resp: falcon.Response) -> None:
         """Note the start time."""
@@ -78,7 +82,10 @@ class AccessLog:
         self, req: falcon.Request, resp: falcon.Response, resource: object, req_succeeded: bool
     ) -> None:
         """Log method, path, status, duration, request id and client address."""
-        probe = req.path in PROBE_PATHS and resp.status_code < 400
+        polled = req.path in PROBE_PATHS or (
+            req.method == "GET" and req.get_header(POLL_HEADER) is not None
+        )
+        probe = polled and resp.status_code < 400
         level = logging.DEBUG if probe else logging.INFO
         if not access_logger.isEnabledFor(level):
             return

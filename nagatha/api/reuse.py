@@ -1,4 +1,5 @@
-"""One value shared for a moment by every request that asks (``/health``, ``/metrics``)."""
+"""One value shared for a moment by every request that asks (``/health``; ``/metrics`` and
+``/stats``)."""
 
 from __future__ import annotations
 

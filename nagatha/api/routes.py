@@ -23,14 +23,13 @@ from nagatha.api.schemas import (
     OpenApiDocument,
     Ping,
     RerunAccepted,
-    StatsReport,
     TaskAccepted,
     TaskList,
     WorkerList,
 )
 from nagatha.config import ApiConfig
 from nagatha.stores.base import DEFAULT_FAILURES, RECENT_FAILURES
-from nagatha.types import MISSED_BEATS, RerunRequest, TaskRecord, TaskRequest
+from nagatha.types import MISSED_BEATS, RerunRequest, StatsReport, TaskRecord, TaskRequest
 
 
 @dataclass(frozen=True)
@@ -381,6 +380,12 @@ def build_routes(api: ApiConfig) -> tuple[Route, ...]:
                     "failures with a rerun button); it holds no data and needs no token, its "
                     "script asks for one.",
                     {200: Reply("The page.", None, ("text/html",))},
+                ),
+                Operation(
+                    "HEAD",
+                    "dashboardHead",
+                    "The status of GET, no body (uptime checks).",
+                    {200: Reply("The page is served.", None, ("text/html",))},
                 ),
             ),
         ),

@@ -76,7 +76,7 @@ def stats_command(obj: CliContext, timeout: float, as_json: bool) -> None:
     if obj.config.embedded:
         raise click.UsageError(
             "stats reads RabbitMQ and Redis (broker.url is memory://); "
-            "an embedded hub (`nagatha serve --embedded`) answers GET /metrics itself"
+            "an embedded hub (`nagatha serve --embedded`) answers GET /stats and /metrics itself"
         )
     state = StateReader(obj.hub(), obj.config, timeout=timeout).read()
     document = state.document()

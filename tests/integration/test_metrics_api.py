@@ -125,4 +125,4 @@ def test_stats_prints_what_it_can_read_and_exits_3_without_rabbitmq(
     assert table.returncode == 3 and "diagnostics.add" in table.stdout
     embedded = {**hub_env, "NAGATHA_BROKER_URL": "memory://", "NAGATHA_RESULTS_URL": "memory://"}
     refused = run_cli(["stats"], embedded)
-    assert refused.returncode == 2 and "GET /metrics" in refused.stderr
+    assert refused.returncode == 2 and "GET /stats and /metrics" in refused.stderr

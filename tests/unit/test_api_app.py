@@ -375,12 +375,16 @@ def test_each_request_is_in_the_access_log(
 def test_successful_probes_are_logged_at_debug_only(
     client: TestClient, caplog: pytest.LogCaptureFixture
 ) -> None:
+    poll = {"X-Nagatha-Poll": "1"}  # the dashboard's periodic reads
     with caplog.at_level(logging.INFO, logger="nagatha.api.access"):
         client.simulate_get("/ping")
         client.simulate_head("/health")
         client.simulate_get("/modules")
+        client.simulate_get("/workers", headers=poll)
+        client.simulate_get("/tasks/no-such-id", headers=poll)  # a 404 is logged all the same
+        client.simulate_post("/tasks/rerun", body="{}", headers=poll)  # and so is any POST
     paths = [r.getMessage().split('path="')[1].split('"')[0] for r in caplog.records]
-    assert paths == ["/modules"]
+    assert paths == ["/modules", "/tasks/no-such-id", "/tasks/rerun"]
     with caplog.at_level(logging.DEBUG, logger="nagatha.api.access"):
         client.simulate_get("/ping")
     assert any('path="/ping"' in r.getMessage() for r in caplog.records)

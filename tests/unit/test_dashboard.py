@@ -2,7 +2,8 @@
 
 The page is checked statically: every path its script calls is a route of the API, its
 policy allows exactly its own inline script and style, and it never writes HTML from data.
-Against real services, ``tests/integration/test_workers.py`` loads it through gunicorn.
+A browser (Chromium, when installed) loads it from an embedded hub in
+``tests/integration/test_api_embedded.py``.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import pytest
 from falcon.testing import TestClient
 
 from nagatha.api import create_app
+from nagatha.api.resources.dashboard import _hashes
 from nagatha.api.routes import build_routes
 from nagatha.config import FrameworkConfig
 from nagatha.hub import create_hub
@@ -38,6 +40,7 @@ def page_and_policy() -> tuple[str, str]:
     assert result.status_code == 200
     assert result.headers["content-type"] == "text/html; charset=utf-8"
     assert result.headers["x-content-type-options"] == "nosniff"
+    assert result.headers["x-frame-options"] == "DENY"
     return result.text, result.headers["content-security-policy"]
 
 
@@ -108,3 +111,13 @@ def test_stats_answers_what_nagatha_stats_json_prints() -> None:
     assert rows["diagnostics.add"]["submitted"] == 0 and rows["diagnostics.add"]["runs"] == 0
     assert "default" in {row["queue"] for row in body["queues"]}
     assert body["checks"]["store"]["status"] == "ok"
+
+
+def test_uptime_checks_may_send_head() -> None:
+    result = client(tokens=[TOKEN]).simulate_head("/ui")
+    assert result.status_code == 200 and result.text == ""
+
+
+def test_a_script_the_policy_would_not_cover_stops_the_start() -> None:
+    with pytest.raises(RuntimeError, match="inline, without attributes"):
+        _hashes("<script>a()</script><script type=module>b()</script>", "script")

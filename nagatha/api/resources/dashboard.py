@@ -1,11 +1,13 @@
 """``GET /ui``: a read-mostly dashboard of the hub in one HTML page (``dashboard.html``).
 
-The page holds no data: its script reads ``/health``, ``/workers``, ``/stats`` and
-``/failures`` every few seconds with the token the user typed (kept in the tab's
-``sessionStorage``), and offers a rerun of each failure (``POST /tasks/rerun``). So the page
-itself needs no token. Its inline script and style are allowed by hash in a
-``Content-Security-Policy`` that allows nothing else (no other script, no frames, no forms),
-and every value it shows is set as text, never as HTML.
+The page holds no data: its script reads ``/ping``, ``/health``, ``/workers``, ``/stats``
+and ``/failures`` every few seconds (one refresh at a time, marked with
+:data:`~nagatha.api.middleware.POLL_HEADER` so that the access log keeps them at DEBUG)
+with the token the user typed (kept in the tab's ``sessionStorage``), and offers a rerun of
+each failure (``POST /tasks/rerun``). So the page itself needs no token. Its inline script
+and style are allowed by hash in a ``Content-Security-Policy`` that allows nothing else but
+requests to its own origin (no other script, no frames, no forms), and every value it shows
+is set as text, never as HTML.
 """
 
 from __future__ import annotations
@@ -19,8 +21,15 @@ import falcon
 
 
 def _hashes(page: str, tag: str) -> str:
-    """The CSP source list allowing each inline ``<tag>`` block of ``page`` by its SHA-256."""
+    """The CSP source list allowing each inline ``<tag>`` block of ``page`` by its SHA-256.
+
+    Raises:
+        RuntimeError: a ``<tag`` with attributes (``<script type=...>``), which this would
+            not hash and the browser would then refuse: the page is the project's own.
+    """
     blocks = re.findall(rf"<{tag}>(.*?)</{tag}>", page, flags=re.DOTALL)
+    if len(blocks) != page.count(f"<{tag}"):
+        raise RuntimeError(f"dashboard.html: every <{tag}> must be inline, without attributes")
     digests = (hashlib.sha256(block.encode("utf-8")).digest() for block in blocks)
     return " ".join(f"'sha256-{base64.b64encode(digest).decode()}'" for digest in digests)
 
@@ -43,5 +52,8 @@ class DashboardResource:
         resp.data = self._body
         resp.set_header("Content-Security-Policy", self.policy)
         resp.set_header("X-Content-Type-Options", "nosniff")
+        resp.set_header("X-Frame-Options", "DENY")  # frame-ancestors, for older browsers
         resp.set_header("Referrer-Policy", "no-referrer")
         resp.cache_control = ["no-cache"]
+
+    on_head = on_get  # uptime checks that send HEAD (Falcon sends no body for HEAD)

@@ -11,7 +11,7 @@ import falcon
 from nagatha import __version__
 from nagatha.api.metrics import MetricsCollector
 from nagatha.api.resources import send
-from nagatha.api.schemas import Ping, StatsReport
+from nagatha.api.schemas import Ping
 
 
 class PingResource:
@@ -37,7 +37,8 @@ class MetricsResource:
 
 
 class StatsResource:
-    """The hub's state as JSON (:class:`StatsReport`), from the read ``/metrics`` uses."""
+    """The hub's state as JSON (:class:`~nagatha.types.StatsReport`), from the read
+    ``/metrics`` uses."""
 
     def __init__(self, collector: MetricsCollector) -> None:
         self.collector = collector
@@ -45,7 +46,7 @@ class StatsResource:
     def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
         """Answer 200 with what could be read (a service that did not answer is null, and
         its check says why)."""
-        send(resp, StatsReport.model_validate(self.collector.state().document()))
+        send(resp, self.collector.state().report())
         resp.cache_control = ["no-store"]
 
 
