@@ -331,14 +331,27 @@ def test_rerun_runs_an_ended_task_again_with_its_arguments(
 
 
 def test_rerun_refuses_a_task_that_has_not_ended(
-    hub_env: dict[str, str], worker: HubProcess
+    hub_env: dict[str, str], hub_config: FrameworkConfig
 ) -> None:
-    started = run_cli(["run", "diagnostics.sleep", "-k", "seconds=30"], hub_env)
-    assert started.returncode == 0, started.stderr
-    task_id = started.stdout.strip()
+    # A record that waits to run, made directly: a real long task would stay in the session's
+    # queue for the next test's worker.
+    task_id = str(uuid.uuid4())
+    store = store_for(hub_config)
+    try:
+        store.create(
+            TaskRecord(
+                task_id=task_id,
+                task_name="diagnostics.add",
+                status=TaskStatus.PENDING,
+                kwargs={"x": 1, "y": 2},
+                created_at=utcnow(),
+            )
+        )
+    finally:
+        store.close()
     refused = run_cli(["rerun", task_id], hub_env)
     assert refused.returncode == 1
-    assert "cannot be run again: it has not ended" in refused.stderr
+    assert "cannot be run again: it has not ended (status pending)" in refused.stderr
     assert refused.stderr.count("\n") == 1 and "Traceback" not in refused.stderr
     unknown = run_cli(["rerun", "no-such-id"], hub_env)
     assert unknown.returncode == 1 and "not found" in unknown.stderr

@@ -12,6 +12,7 @@ import re
 import signal
 import socket
 import uuid
+from collections.abc import Iterator
 from typing import Any
 
 import httpx
@@ -23,6 +24,7 @@ from nagatha.stores import RedisStatusStore
 from nagatha.testing import (
     LOOPBACK,
     HubProcess,
+    RabbitVhost,
     RedisPrefix,
     TcpRelay,
     free_port,
@@ -114,15 +116,26 @@ def by_kind(workers: list[dict[str, Any]], kind: str) -> dict[int, dict[str, Any
     return {worker["pid"]: worker for worker in workers if worker["kind"] == kind}
 
 
+@pytest.fixture
+def own_vhost(rabbitmq: None) -> Iterator[RabbitVhost]:
+    """A vhost of the test's own, deleted after its processes stopped (request it before
+    ``start_process``): the test leaves a long task running, which the session's vhost would
+    hand to the next test's worker."""
+    with RabbitVhost() as vhost:
+        yield vhost
+
+
 def test_workers_and_bridges_are_listed_with_what_they_run(
-    hub_env: dict[str, str], start_process: type[HubProcess]
+    own_vhost: RabbitVhost, hub_env: dict[str, str], start_process: type[HubProcess]
 ) -> None:
     celery_queue = f"workers-celery-{uuid.uuid4().hex[:8]}"
     env = {
         **hub_env,
+        "NAGATHA_BROKER_URL": own_vhost.url,
         "NAGATHA_API_TOKENS": TOKEN,
         "NAGATHA_WORKER_PRESENCE_INTERVAL": "0.5",  # a killed process is gone 1.5 s later
         "NAGATHA_BRIDGE_QUEUES": celery_queue,
+        "NAGATHA_WORKER_SHUTDOWN_GRACE": "1",  # the sleep still runs when the test ends
     }
     worker = start_process(["worker", "--processes", "2", "--threads", "3"], env)
     worker.wait_for_log(r"worker process \d+ consuming", timeout=60, count=2)
