@@ -22,12 +22,11 @@ import socket
 import threading
 from collections.abc import Callable, Iterable
 from datetime import datetime
-from typing import Literal
 
 from nagatha import __version__
 from nagatha.errors import StoreRejected, StoreUnavailable
 from nagatha.stores import StatusStore
-from nagatha.types import RunningTask, WorkerInfo
+from nagatha.types import RunningTask, WorkerInfo, WorkerKind
 
 logger = logging.getLogger("nagatha.presence")
 
@@ -38,7 +37,7 @@ STOP_WAIT_S = 1.5
 
 
 def this_process(
-    kind: Literal["worker", "bridge"],
+    kind: WorkerKind,
     *,
     queues: list[str],
     concurrency: int,
@@ -130,20 +129,18 @@ class Announcer:
         """
         self._stop.set()
         self._wake.set()
-        if not self._lock.acquire(timeout=STOP_WAIT_S):
-            self._withdrawn = True
-            logger.info("the status store does not answer: this process's entry will expire")
-            return
+        locked = self._lock.acquire(timeout=STOP_WAIT_S)
+        self._withdrawn = True
         try:
-            self._withdrawn = True
-            if self._failing:
-                logger.info("the status store did not answer: this process's entry will expire")
+            if not locked or self._failing:
+                logger.info("the status store does not answer: this process's entry will expire")
             elif self._announced is not None:
                 self.store.withdraw(self._announced)
         except (StoreUnavailable, StoreRejected) as exc:
             logger.info("could not withdraw this process from GET /workers: %s", exc)
         finally:
-            self._lock.release()
+            if locked:
+                self._lock.release()
 
     def _run(self) -> None:
         while not self._stop.is_set():

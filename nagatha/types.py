@@ -93,6 +93,9 @@ class TaskRecord(BaseModel):
         return self.status is TaskStatus.FAILURE and not self.cancelled
 
 
+#: The kinds of process that announce themselves (``GET /workers``).
+WorkerKind = Literal["worker", "bridge"]
+
 #: Intervals a worker or bridge may go unheard of before reads leave it out (``GET /workers``).
 MISSED_BEATS = 3
 
@@ -114,7 +117,7 @@ class WorkerInfo(BaseModel):
     """
 
     id: str = Field(description="hostname:pid")
-    kind: Literal["worker", "bridge"]
+    kind: WorkerKind
     hostname: str
     pid: int = Field(ge=0, le=2**31)
     version: str

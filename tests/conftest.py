@@ -13,6 +13,7 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import pytest
 
 from nagatha.config import FrameworkConfig, load_config
@@ -21,9 +22,11 @@ from nagatha.testing import (
     HubProcess,
     RabbitVhost,
     RedisPrefix,
+    free_port,
     interrupt_on_sigterm,
     missing_service,
     port_open,
+    wait_until,
 )
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -136,3 +139,24 @@ def temp_dir() -> Iterator[Path]:
     """A temporary directory outside pytest's tmp_path (for module trees)."""
     with tempfile.TemporaryDirectory(prefix="nagatha-") as name:
         yield Path(name)
+
+
+@pytest.fixture
+def bare_env(home: Path) -> dict[str, str]:
+    """No broker, store or module settings at all: what a newcomer's shell has."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("NAGATHA_")}
+    env.update({"HOME": str(home), "PYTHONPATH": str(ROOT), "NAGATHA_WORKER_TIME_LIMIT": "1000"})
+    return env
+
+
+@pytest.fixture
+def embedded(
+    bare_env: dict[str, str], start_process: type[HubProcess]
+) -> Iterator[tuple[HubProcess, httpx.Client]]:
+    """A ``nagatha serve --embedded`` subprocess (no services) and a client of it."""
+    port = free_port()
+    process = start_process(["serve", "--embedded", "--port", str(port)], bare_env)
+    process.wait_for_log(rf"embedded hub serving on http://127\.0\.0\.1:{port}", timeout=60)
+    with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30) as client:
+        wait_until(lambda: client.get("/ping").status_code == 200, 30, message="/ping")
+        yield process, client

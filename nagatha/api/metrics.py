@@ -52,7 +52,7 @@ from nagatha.config import FrameworkConfig
 from nagatha.metrics import EVENTS, RUNTIME_BUCKETS, TaskMetrics
 from nagatha.monitoring import DEFAULT_TIMEOUT, HubState, QueueProbe, StateReader
 from nagatha.registry import TaskRegistry
-from nagatha.types import WorkerInfo
+from nagatha.types import WorkerInfo, WorkerKind
 
 #: Seconds one collection is reused.
 DEFAULT_CACHE = 1.0
@@ -138,7 +138,7 @@ def _worker_families(workers: list[WorkerInfo], registered: list[str]) -> Iterab
         "nagatha_workers", "Worker and bridge processes alive (GET /workers).", labels=["kind"]
     )
     kinds = Counter(worker.kind for worker in workers)
-    for kind in get_args(WorkerInfo.model_fields["kind"].annotation):
+    for kind in get_args(WorkerKind):
         processes.add_metric([kind], kinds[kind])
     threads = GaugeMetricFamily(
         "nagatha_worker_threads", "Worker threads of the worker processes alive, together."

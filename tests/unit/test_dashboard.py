@@ -2,8 +2,8 @@
 
 The page is checked statically: every path its script calls is a route of the API, its
 policy allows exactly its own inline script and style, and it never writes HTML from data.
-A browser (Chromium, when installed) loads it from an embedded hub in
-``tests/integration/test_api_embedded.py``.
+A browser (Chromium, when installed) loads it from an embedded hub (no services: this is
+no integration test, and only such a tool can be missing here).
 """
 
 from __future__ import annotations
@@ -12,9 +12,11 @@ import base64
 import hashlib
 import re
 import shutil
+import socket
 import subprocess
 from pathlib import Path
 
+import httpx
 import pytest
 from falcon.testing import TestClient
 
@@ -24,6 +26,7 @@ from nagatha.api.routes import build_routes
 from nagatha.config import FrameworkConfig
 from nagatha.hub import create_hub
 from nagatha.monitoring import StateReader
+from nagatha.testing import HubProcess, wait_until
 
 TOKEN = "dash-token-1"
 
@@ -121,3 +124,39 @@ def test_uptime_checks_may_send_head() -> None:
 def test_a_script_the_policy_would_not_cover_stops_the_start() -> None:
     with pytest.raises(RuntimeError, match="inline, without attributes"):
         _hashes("<script>a()</script><script type=module>b()</script>", "script")
+
+
+@pytest.mark.skipif(shutil.which("chromium") is None, reason="no Chromium to load the page in")
+def test_the_dashboard_shows_the_hub_in_a_browser(
+    embedded: tuple[HubProcess, httpx.Client], tmp_path: Path
+) -> None:
+    process, client = embedded
+    hostile = "<img src=x onerror=alert(1)>"
+    failed = client.post(
+        "/tasks/run", json={"task_name": "diagnostics.fail", "kwargs": {"message": hostile}}
+    ).json()["task_id"]
+    assert client.get(f"/tasks/{failed}", params={"wait": 20}).json()["status"] == "failure"
+    wait_until(lambda: client.get("/workers").json()["workers"], 30, message="announced")
+    browser = subprocess.run(
+        [
+            "chromium",
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            f"--user-data-dir={tmp_path / 'profile'}",
+            "--virtual-time-budget=5000",
+            "--enable-logging=stderr",
+            "--v=0",
+            "--dump-dom",
+            f"{client.base_url}/ui",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    dom = browser.stdout
+    assert f"{socket.gethostname()}:{process.pid}" in dom  # the workers table, filled
+    assert failed in dom and "DiagnosticFailure: &lt;img src=x" in dom  # shown as text
+    assert "<img" not in dom
+    assert "Content Security Policy" not in browser.stderr, browser.stderr[-2000:]
+    assert "Uncaught" not in browser.stderr, browser.stderr[-2000:]
