@@ -4,6 +4,9 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 PYTEST_ARGS ?=
+# Test processes: most of a test's time is spent waiting for the processes and servers it
+# drives, so two share two cores well (0 runs the suite in this process, one test at a time).
+TEST_WORKERS ?= 2
 
 .PHONY: run test lint bench install clean
 
@@ -20,7 +23,7 @@ run: install
 
 test: install
 	bash scripts/ensure-services.sh
-	NAGATHA_REQUIRE_SERVICES=1 $(BIN)/python -m pytest $(PYTEST_ARGS)
+	NAGATHA_REQUIRE_SERVICES=1 $(BIN)/python -m pytest -n $(TEST_WORKERS) --dist worksteal $(PYTEST_ARGS)
 
 lint: install
 	$(BIN)/ruff check nagatha bridge modules tests

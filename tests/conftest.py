@@ -15,6 +15,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+from faults.report import PLUGIN_NAME, FaultReport
 
 from nagatha.config import FrameworkConfig, load_config
 from nagatha.testing import (
@@ -36,6 +37,7 @@ MODULES = ROOT / "modules"
 def pytest_configure(config: pytest.Config) -> None:
     # A run stopped by SIGTERM still stops the servers and processes its fixtures started.
     interrupt_on_sigterm()
+    config.pluginmanager.register(FaultReport(), PLUGIN_NAME)
 
 
 def require_service(name: str, port: int) -> None:

@@ -7,7 +7,7 @@
 * ``start_worker`` - ``nagatha worker`` subprocesses; every one still running is stopped at
   teardown, and any worker process it left behind is killed by PID.
 * ``record_fault`` - adds a test's figures to ``tests/faults/results.json`` and to the
-  terminal summary.
+  terminal summary (``faults/report.py``).
 
 Missing ``rabbitmq-server``/``redis-server`` skips these tests locally and fails them in CI.
 """
@@ -22,10 +22,10 @@ import sys
 import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 from fault_kit import Outcome, RabbitNode, RedisServer, ServerError, _alive, _is_ours
+from faults.report import PLUGIN_NAME
 
 from nagatha.config import FrameworkConfig, load_config
 from nagatha.hub import create_hub
@@ -34,8 +34,6 @@ from nagatha.testing import HubProcess, missing_service
 
 ROOT = Path(__file__).resolve().parents[2]
 MODULES = ROOT / "modules"
-RESULTS_FILE = Path(__file__).resolve().parent / "results.json"
-RESULTS: list[dict[str, Any]] = []
 
 
 @pytest.fixture(scope="session")
@@ -153,29 +151,7 @@ def record_fault(request: pytest.FixtureRequest) -> Callable[[Outcome], None]:
 
     def record(outcome: Outcome) -> None:
         entry = {"test": request.node.name, **outcome.as_dict()}
-        RESULTS.append(entry)
+        request.config.pluginmanager.get_plugin(PLUGIN_NAME).record(entry)
         print(f"\nFAULT RESULT {json.dumps(entry)}")
 
     return record
-
-
-def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
-    """Write the figures of this run to ``tests/faults/results.json``."""
-    if RESULTS:
-        RESULTS_FILE.write_text(json.dumps(RESULTS, indent=2) + "\n", encoding="utf-8")
-
-
-def pytest_terminal_summary(terminalreporter: Any) -> None:
-    """Print the fault figures as a table."""
-    if not RESULTS:
-        return
-    terminalreporter.section("fault results")
-    header = f"{'fault':34} {'accepted':>8} {'finished':>8} {'lost':>4} {'twice':>5} {'recov s':>7}"
-    terminalreporter.write_line(header)
-    for entry in RESULTS:
-        recovery = "-" if entry["recovery_s"] is None else f"{entry['recovery_s']:.2f}"
-        terminalreporter.write_line(
-            f"{entry['fault'][:34]:34} {entry['accepted']:>8} {entry['finished']:>8} "
-            f"{entry['lost']:>4} {entry['executed_twice']:>5} {recovery:>7}"
-        )
-    terminalreporter.write_line(f"(written to {RESULTS_FILE})")
