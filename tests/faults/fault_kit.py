@@ -33,7 +33,14 @@ import redis
 from nagatha.errors import ServiceUnavailable
 from nagatha.registry import TaskRegistry
 from nagatha.stores import StatusStore
-from nagatha.testing import LOOPBACK, HubProcess, free_port, port_open, wait_until
+from nagatha.testing import (
+    LOOPBACK,
+    HubProcess,
+    free_port,
+    port_open,
+    vhost_definitions,
+    wait_until,
+)
 from nagatha.types import TaskRecord
 
 STARTED_LINE = re.compile(r"task ([0-9a-f-]{36}) \S+ started")
@@ -140,10 +147,11 @@ class RabbitNode:
         with contextlib.suppress(OSError, ValueError):
             self.pid = int(pid_file.read_text().strip())
 
-    def ctl(self, *args: str, timeout: float = 60) -> str:
+    def ctl(self, *args: str, timeout: float = 60, stdin: str | None = None) -> str:
         """Run ``rabbitmqctl -n <node> -q ARGS``; return stdout, raise on failure."""
         done = subprocess.run(
             ["rabbitmqctl", "-n", self.name, "-q", *args],
+            input=stdin,
             capture_output=True,
             text=True,
             timeout=timeout,
@@ -155,10 +163,9 @@ class RabbitNode:
     def add_vhost(self, user: str = "guest", password: str = "guest") -> str:
         """Create a vhost for ``user`` (created if not guest); return its AMQP URL."""
         vhost = f"faults-{uuid.uuid4().hex[:8]}"
-        self.ctl("add_vhost", vhost)
         if user != "guest":
             self.ctl("add_user", user, password)
-        self.ctl("set_permissions", "-p", vhost, user, ".*", ".*", ".*")
+        self.ctl("import_definitions", "--format", "json", stdin=vhost_definitions(vhost, user))
         return f"amqp://{user}:{password}@{LOOPBACK}:{self.port}/{quote(vhost, safe='')}"
 
     def queue_depths(self, vhost: str) -> dict[str, int]:
