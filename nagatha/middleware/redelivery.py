@@ -26,6 +26,11 @@ Blame goes to the task that was running, not to its neighbours:
 A connection to RabbitMQ that drops also makes it redeliver what the worker held, while the
 worker may still run its copy: each drop counts once for the tasks running then, so a task
 running through more than ``max_redeliveries`` drops is failed as lost.
+
+A worker that stops gracefully (SIGTERM: a deploy, a scale-down) and still runs a task when
+its grace period ends gives that task back: it is logged, and one count is taken off, so its
+next start is not blamed on it. Restarts, however many, never fail a task that outlasts the
+grace period; only deaths while it runs do.
 """
 
 from __future__ import annotations
@@ -65,8 +70,10 @@ class RedeliveryLimit(dramatiq.Middleware):
         self.max_redeliveries = max_redeliveries
         self._alone = threading.Lock()  # held while a repeat message runs
         self._holding = threading.local()
+        self._running: dict[int, MessageProxy] = {}  # id(message) -> message, while it runs
 
     def before_process_message(self, broker: dramatiq.Broker, message: MessageProxy) -> None:
+        self._running[id(message)] = message
         if not getattr(message, "redelivered", False):  # RabbitMQ's flag
             return
         task_id = message.message_id
@@ -89,7 +96,15 @@ class RedeliveryLimit(dramatiq.Middleware):
                 exc,
             )
             return
-        if count <= self.max_redeliveries:
+        if count > self.max_redeliveries:
+            self._lose(message, count)
+        if count <= 0:
+            logger.info(
+                "task %s %s: redelivered after a worker stopping gracefully gave it back",
+                message.message_id,
+                message.actor_name,
+            )
+        else:
             logger.warning(
                 "task %s %s: redelivered (%d of at most %d): a worker stopped before it finished",
                 message.message_id,
@@ -97,8 +112,6 @@ class RedeliveryLimit(dramatiq.Middleware):
                 count,
                 self.max_redeliveries,
             )
-            return
-        self._lose(message, count)
 
     def _finished(self, message: MessageProxy, counted: int) -> bool:
         """True if the task ran to its end before (only its ack was lost): it runs again,
@@ -144,10 +157,30 @@ class RedeliveryLimit(dramatiq.Middleware):
     def after_process_message(
         self, broker: dramatiq.Broker, message: MessageProxy, **outcome: Any
     ) -> None:
+        self._running.pop(id(message), None)
         self._release()
 
     def after_skip_message(self, broker: dramatiq.Broker, message: MessageProxy) -> None:
+        self._running.pop(id(message), None)
         self._release()
+
+    def after_worker_shutdown(self, broker: dramatiq.Broker, worker: dramatiq.Worker) -> None:
+        """Give back what still runs once the grace period is over (Dramatiq has waited for
+        the worker threads as long as it would): RabbitMQ delivers it again when this process's
+        connection closes, and that start must not count as a worker lost."""
+        for message in self._running.copy().values():
+            try:
+                self.store.count_redelivery(message.message_id, -1)
+            except (StoreUnavailable, StoreRejected) as exc:
+                given_back = f"its next start counts as a redelivery ({exc})"
+            else:
+                given_back = "given back, to run again from the start"
+            logger.warning(
+                "task %s %s: still running when the grace period ended; %s",
+                message.message_id,
+                message.actor_name,
+                given_back,
+            )
 
     def _release(self) -> None:
         if getattr(self._holding, "lock", False):

@@ -141,10 +141,12 @@ class StatusStore(abc.ABC):
         """How many times :meth:`count_redelivery` counted ``task_id`` (0 if never)."""
 
     @abc.abstractmethod
-    def count_redelivery(self, task_id: str) -> int:
+    def count_redelivery(self, task_id: str, delta: int = 1) -> int:
         """Count one more start of ``task_id`` after RabbitMQ redelivered it; return the count.
 
-        The count is kept as long as a record (``ttl``), across retries.
+        ``delta=-1`` gives one back: a worker that stopped gracefully left the task unfinished
+        (it outlasted the grace period), so its next start, which RabbitMQ marks redelivered,
+        is not blamed on it. The count is kept as long as a record (``ttl``), across retries.
         """
 
     @abc.abstractmethod

@@ -137,9 +137,9 @@ class MemoryStatusStore(StatusStore):
         with self._changed:
             return self._redeliveries.get(task_id, 0)
 
-    def count_redelivery(self, task_id: str) -> int:
+    def count_redelivery(self, task_id: str, delta: int = 1) -> int:
         with self._changed:
-            self._redeliveries[task_id] = self._redeliveries.get(task_id, 0) + 1
+            self._redeliveries[task_id] = self._redeliveries.get(task_id, 0) + delta
             return self._redeliveries[task_id]
 
     def cancel(self, task_id: str, fields: dict[str, Any]) -> TaskRecord | None:

@@ -688,12 +688,12 @@ class RedisStatusStore(StatusStore):
         except RedisError as exc:
             raise _unavailable(exc) from None
 
-    def count_redelivery(self, task_id: str) -> int:
+    def count_redelivery(self, task_id: str, delta: int = 1) -> int:
         """See :meth:`StatusStore.count_redelivery` (key ``<prefix>redelivered:<id>``)."""
         key = self._redelivered_key(task_id)
         try:
             with self.client.pipeline(transaction=True) as pipe:
-                pipe.incr(key)
+                pipe.incrby(key, delta)
                 pipe.expire(key, self.ttl)
                 count, _ = pipe.execute()
         except RedisError as exc:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import signal
 import subprocess
 import sys
@@ -177,6 +178,33 @@ def test_worker_killed_mid_task_is_redelivered_to_a_new_worker(
     )
     assert record.status == "success"
     assert record.result == 3.0
+
+
+def test_restarts_that_cut_a_task_short_never_fail_it_as_lost(
+    hub_env: dict[str, str], hub_config: FrameworkConfig, start_process: type[HubProcess]
+) -> None:
+    # A rolling deploy, twice, over a task longer than the grace period: with one redelivery
+    # allowed, the third start used to fail it as WorkerLost ("killed, out of memory or
+    # crashed") although every worker had stopped gracefully.
+    env = {**hub_env, "NAGATHA_WORKER_SHUTDOWN_GRACE": "0.5"}
+    env["NAGATHA_WORKER_MAX_REDELIVERIES"] = "1"
+    task_id = run_cli(["run", "diagnostics.sleep", "-k", "seconds=5"], env).stdout.strip()
+    for _ in range(2):
+        worker = start_process(["worker", "--processes", "1", "--threads", "1"], env)
+        worker.wait_for_log(rf"task {task_id} \S+ started", timeout=60)
+        assert worker.stop() == 0
+        assert re.search(
+            rf"task {task_id} diagnostics.sleep: still running when the grace period ended; "
+            "given back",
+            worker.log(),
+        ), worker.log()
+    last = start_process(["worker", "--processes", "1", "--threads", "1"], env)
+    store = store_for(hub_config)
+    record = wait_until(
+        lambda: (r := store.get(task_id)) and r.status.final and r, 60, message="task ended"
+    )
+    assert record.status == "success", record.error
+    assert "gave it back" in last.log()
 
 
 def test_a_dead_worker_process_is_reported_and_replaced(

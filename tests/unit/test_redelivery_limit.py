@@ -7,6 +7,7 @@ from typing import Any
 
 import pytest
 
+from nagatha.errors import StoreUnavailable
 from nagatha.middleware import redelivery
 from nagatha.middleware.redelivery import RedeliveryLimit, WorkerLost
 from nagatha.middleware.status import FAILED_BECAUSE
@@ -141,3 +142,50 @@ def test_a_repeat_message_runs_beside_a_stuck_one_after_the_wait(
     with caplog.at_level("WARNING", logger="nagatha.tasks"):
         start(limit, Message("y"))
     assert "running beside it" in caplog.text and store.redeliveries("y") == 2
+
+
+def stop_worker(limit: RedeliveryLimit) -> None:
+    limit.after_worker_shutdown(None, None)  # type: ignore[arg-type]
+
+
+def test_graceful_stops_that_cut_a_task_short_never_fail_it(
+    store: MemoryStatusStore, caplog: Any
+) -> None:
+    limit = RedeliveryLimit(store, 1)
+    start(limit, Message("long", redelivered=False))
+    done = Message("short", redelivered=False)
+    start(limit, done)
+    finish(limit, done)
+    with caplog.at_level("WARNING", logger="nagatha.tasks"):
+        stop_worker(limit)  # the grace period ended with "long" still running
+    assert "task long m.t: still running when the grace period ended; given back" in caplog.text
+    assert "short" not in caplog.text and store.redeliveries("short") == 0
+    for _ in range(5):  # a deploy after a deploy: each new worker cut short again
+        limit = RedeliveryLimit(store, 1)
+        message = Message("long")
+        start(limit, message)
+        assert not message.failed and store.redeliveries("long") == 0
+        stop_worker(limit)
+    limit = RedeliveryLimit(store, 1)
+    start(limit, Message("long"))  # the last one was given back: this start is not counted
+    assert store.redeliveries("long") == 0
+    # ... but deaths while it runs still are: killed twice, it is failed as lost.
+    limit = RedeliveryLimit(store, 1)
+    start(limit, Message("long"))
+    with pytest.raises(WorkerLost, match="2 times"):
+        start(RedeliveryLimit(store, 1), Message("long"))
+
+
+def test_a_task_that_cannot_be_given_back_is_logged_and_the_stop_goes_on(
+    store: MemoryStatusStore, monkeypatch: pytest.MonkeyPatch, caplog: Any
+) -> None:
+    limit = RedeliveryLimit(store, 1)
+    start(limit, Message("long", redelivered=False))
+
+    def down(task_id: str, delta: int = 1) -> int:
+        raise StoreUnavailable("status store (Redis) unavailable: connection refused")
+
+    monkeypatch.setattr(store, "count_redelivery", down)
+    with caplog.at_level("WARNING", logger="nagatha.tasks"):
+        stop_worker(limit)
+    assert "its next start counts as a redelivery (status store (Redis) unavailable" in caplog.text
