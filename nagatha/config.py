@@ -105,6 +105,46 @@ def _check_scheme(url: str, allowed: tuple[str, ...]) -> str:
     return url
 
 
+def _check_amqp_url(url: str) -> str:
+    """``url`` if it is an AMQP URL (or ``memory://``) whose query parameters pika can read.
+
+    pika reads them only when a process connects: ``?heartbeat=abc`` or a misspelt parameter
+    would otherwise pass the config and crash every worker process as it starts.
+    """
+    url = _check_scheme(url, ("amqp", "amqps"))
+    if url == MEMORY_URL:
+        return url
+    import pika  # here: the embedded hub never needs it
+
+    try:
+        pika.URLParameters(url)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"a query parameter pika cannot use: {exc}") from None
+    return url
+
+
+def _check_redis_url(url: str) -> str:
+    """``url`` if it is a Redis URL (or ``memory://``) that redis-py reads as written.
+
+    redis-py ignores a database number it cannot read (``/13abc`` connects to database 0, where
+    no other process of the hub looks) and checks query parameters only when it connects.
+    """
+    url = _check_scheme(url, ("redis", "rediss", "unix"))
+    if url == MEMORY_URL:
+        return url
+    from redis.connection import parse_url
+
+    try:
+        parse_url(url)  # type: ignore[no-untyped-call]
+    except ValueError as exc:
+        raise ValueError(str(exc)) from None
+    parts = urlsplit(url)
+    db = unquote(parts.path).strip("/")
+    if parts.scheme != "unix" and db and not db.isdecimal():
+        raise ValueError(f"the path must be a database number such as /0, not /{db}")
+    return url
+
+
 class _Section(BaseModel):
     # No inf or nan: `max_wait: .inf` would reach JSON output as Infinity and time.sleep().
     model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
@@ -131,7 +171,7 @@ class BrokerConfig(_Section):
     @field_validator("url")
     @classmethod
     def _scheme(cls, value: str) -> str:
-        return _check_scheme(value, ("amqp", "amqps"))
+        return _check_amqp_url(value)
 
 
 class ResultsConfig(_Section):
@@ -152,7 +192,7 @@ class ResultsConfig(_Section):
     @field_validator("url")
     @classmethod
     def _scheme(cls, value: str) -> str:
-        return _check_scheme(value, ("redis", "rediss", "unix"))
+        return _check_redis_url(value)
 
 
 class ApiConfig(_Section):
@@ -235,7 +275,7 @@ class BridgeConfig(_Section):
     @field_validator("result_backend_url")
     @classmethod
     def _backend(cls, value: str | None) -> str | None:
-        return None if value is None else _check_scheme(value, ("redis", "rediss", "unix"))
+        return None if value is None else _check_redis_url(value)
 
 
 class WorkerConfig(_Section):

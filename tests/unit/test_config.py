@@ -165,6 +165,12 @@ BILLION_LAUGHS = "modules:\n  settings:\n    x:\n      l0: &l0 [lol]\n" + "".joi
         ({"NAGATHA_WORKER_SHUTDOWN_GRACE": "inf"}, {}, "worker.shutdown_grace"),
         ({"NAGATHA_BROKER_CONNECT_TIMEOUT": "1e9"}, {}, "broker.connect_timeout"),
         ({"NAGATHA_RESULTS_SOCKET_TIMEOUT": "nan"}, {}, "results.socket_timeout"),
+        # pika and redis-py read these only as a process connects (a crash, or database 0).
+        ({"NAGATHA_BROKER_URL": "amqp://h/v?heartbeat=abc"}, {}, "Invalid heartbeat value"),
+        ({"NAGATHA_BROKER_URL": "amqp://h/v?hearbeat=5"}, {}, "Unknown URL parameter"),
+        ({"NAGATHA_RESULTS_URL": "redis://h:6379/13abc"}, {}, "a database number such as /0"),
+        ({"NAGATHA_RESULTS_URL": "redis://h:6379/0?db=x"}, {}, "Invalid value for 'db'"),
+        ({"NAGATHA_BRIDGE_RESULT_BACKEND_URL": "redis://h/x"}, {}, "bridge.result_backend_url"),
     ],
 )
 def test_bad_values_raise_one_line_naming_key_and_source(
