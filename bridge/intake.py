@@ -224,9 +224,10 @@ class Intake:
     ) -> _Admitted:
         """The pending record and Dramatiq message of a task that passed every check."""
         options: dict[str, Any] = {"celery": task.to_options()}
-        # NOTE: Dramatiq has one time limit, raised inside the task like Celery's soft one;
-        # the hard limit wins, the soft one is used when it is the only one set.
-        limit_s = task.time_limit or task.soft_time_limit
+        # NOTE: Dramatiq has one time limit, raised inside the task like Celery's soft one:
+        # the earlier of the two, as a hub task (which knows nothing of Celery) does not
+        # catch SoftTimeLimitExceeded, and a Celery worker would fail it there.
+        limit_s = min((s for s in (task.time_limit, task.soft_time_limit) if s), default=None)
         if limit_s:
             options["time_limit"] = max(1, math.ceil(limit_s * 1000))
         record, message = spec.pending(task.task_id, args, kwargs, now, options)

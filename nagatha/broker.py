@@ -24,6 +24,10 @@ from nagatha.middleware.retries import HeldRetries
 from nagatha.middleware.status import StatusMiddleware
 from nagatha.stores import StatusStore
 
+#: Milliseconds between two checks of the running tasks' time limits (Dramatiq: 1000, which
+#: let a task overrun its limit by up to a second and succeed; the check is one dict scan).
+TIME_LIMIT_CHECK_MS = 100
+
 
 def amqp_url(config: BrokerConfig) -> str:
     """The broker URL with the hub's connection defaults added as pika query parameters.
@@ -101,7 +105,7 @@ def build_middleware(config: FrameworkConfig, store: StatusStore) -> list[dramat
             min_backoff=worker.min_backoff,
             max_backoff=worker.max_backoff,
         ),
-        TimeLimit(time_limit=worker.time_limit),
+        TimeLimit(time_limit=worker.time_limit, interval=TIME_LIMIT_CHECK_MS),
     ]
 
 

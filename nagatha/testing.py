@@ -341,7 +341,7 @@ def embedded_hub(
     stopped on exit."""
     from nagatha.config import FrameworkConfig
     from nagatha.hub import create_hub
-    from nagatha.worker import start_embedded_worker
+    from nagatha.worker import start_worker
 
     folder = root / module
     folder.mkdir(parents=True)
@@ -354,7 +354,7 @@ def embedded_hub(
         }
     )
     registry = create_hub(config)
-    worker = start_embedded_worker(registry.broker, threads=threads)
+    worker = start_worker(registry.broker, threads=threads)
     try:
         yield registry
     finally:

@@ -32,6 +32,10 @@ logger = logging.getLogger("nagatha.worker")
 RESTART_FIRST, RESTART_CAP = 1.0, 30.0
 #: A process that ran this many seconds before it died was healthy: restart it at once again.
 STABLE_S = 60.0
+#: Milliseconds an idle Dramatiq consumer waits for a message before it looks at its delayed
+#: ones: a countdown, a retry's backoff or a Celery eta ends this late at most (Dramatiq's
+#: default of 1000 rounded every delay up to the next second).
+POLL_MS = 100
 
 
 def restart_delay(previous: float | None, lived_s: float) -> float:
@@ -46,7 +50,7 @@ def restart_delay(previous: float | None, lived_s: float) -> float:
     return min(previous * 2, RESTART_CAP)
 
 
-def start_embedded_worker(
+def start_worker(
     broker: dramatiq.Broker, *, threads: int = 4, queues: Sequence[str] | None = None
 ) -> dramatiq.Worker:
     """Start a Dramatiq worker inside this process and return it (call ``stop()`` later).
@@ -56,7 +60,10 @@ def start_embedded_worker(
     """
     broker.emit_after("process_boot")
     worker = dramatiq.Worker(
-        broker, queues=set(queues) if queues else None, worker_threads=threads, worker_timeout=100
+        broker,
+        queues=set(queues) if queues else None,
+        worker_threads=threads,
+        worker_timeout=POLL_MS,
     )
     worker.start()
     return worker
@@ -74,9 +81,7 @@ def _worker_process(config: FrameworkConfig, threads: int, queues: Sequence[str]
     setup_logging(config.logging, secrets_of(config))
     registry = create_hub(config)
     broker = registry.broker
-    broker.emit_after("process_boot")
-    worker = dramatiq.Worker(broker, queues=set(queues) if queues else None, worker_threads=threads)
-    worker.start()
+    worker = start_worker(broker, threads=threads, queues=queues)
     used = {task.queue for task in registry.list_tasks()}
     for queue in sorted(set(queues) - used):
         logger.warning("queue %s: no loaded task uses it (a typo in --queues?)", queue)

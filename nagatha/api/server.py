@@ -167,7 +167,7 @@ def run_embedded(config: FrameworkConfig) -> int:
     """Serve the API and run a Dramatiq worker in this process until SIGTERM/SIGINT."""
     from nagatha.api.app import create_app
     from nagatha.hub import create_hub
-    from nagatha.worker import start_embedded_worker
+    from nagatha.worker import start_worker
 
     api = config.api
     try:  # first: a port in use is one line, before anything else starts
@@ -176,7 +176,7 @@ def run_embedded(config: FrameworkConfig) -> int:
         raise _cannot_listen(api.host, api.port, exc) from None
     registry = create_hub(config)
     app = create_app(config, registry)
-    worker = start_embedded_worker(registry.broker, threads=config.worker.threads)
+    worker = start_worker(registry.broker, threads=config.worker.threads)
     httpd.set_app(app)
     stop = threading.Event()
 

@@ -150,11 +150,11 @@ def run_command(
     kwargs.update(parse_assignment(a) for a in assignments)
     hub = obj.hub()
     if obj.config.embedded:
-        from nagatha.worker import start_embedded_worker
+        from nagatha.worker import start_worker
 
         hub.get_task(task_name)
         with _task_logs_silenced(not obj.debug):
-            worker = start_embedded_worker(hub.broker, threads=2)
+            worker = start_worker(hub.broker, threads=2)
             try:
                 record = hub.submit(task_name, kwargs=kwargs)
                 record = hub.wait_for(record.task_id, timeout, strict=True)

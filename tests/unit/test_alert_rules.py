@@ -15,7 +15,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from nagatha.api.metrics import MetricsCollector
 from nagatha.config import FrameworkConfig
 from nagatha.hub import create_hub
-from nagatha.worker import start_embedded_worker
+from nagatha.worker import start_worker
 
 RULES = Path(__file__).resolve().parents[2] / "ops" / "prometheus" / "alerts.yml"
 SELECTOR = re.compile(r"\{([^}]*)\}")
@@ -30,7 +30,7 @@ def served() -> dict[str, set[str]]:
         {"broker": {"url": "memory://"}, "results": {"url": "memory://"}}
     )
     hub = create_hub(config)
-    worker = start_embedded_worker(hub.broker, threads=1)
+    worker = start_worker(hub.broker, threads=1)
     try:
         assert hub.wait_for(hub.run_task("diagnostics.add", x=1, y=2), 10).status.final
         # Queues as RabbitMQ reports them (the embedded broker knows no consumers).

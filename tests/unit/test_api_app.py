@@ -22,7 +22,7 @@ from nagatha.errors import StoreUnavailable
 from nagatha.hub import create_hub
 from nagatha.registry import TaskRegistry
 from nagatha.types import TaskRecord, TaskStatus, utcnow
-from nagatha.worker import start_embedded_worker
+from nagatha.worker import start_worker
 
 TOKEN = "unit-token-1"
 
@@ -37,7 +37,7 @@ def memory_config(**api: Any) -> FrameworkConfig:
 def hub() -> Iterator[TaskRegistry]:
     """One hub and embedded worker for the module (tests that patch it use monkeypatch)."""
     registry = create_hub(memory_config())
-    worker = start_embedded_worker(registry.broker, threads=2)
+    worker = start_worker(registry.broker, threads=2)
     yield registry
     worker.stop(timeout=1000)
 

@@ -34,7 +34,7 @@ from nagatha.metrics import (
 from nagatha.registry import TaskRegistry
 from nagatha.stores.memory import MetricsFields
 from nagatha.types import TaskStatus, utcnow
-from nagatha.worker import start_embedded_worker
+from nagatha.worker import start_worker
 
 TOKEN = "unit-token-1"
 
@@ -48,7 +48,7 @@ def memory_config(**api: Any) -> FrameworkConfig:
 @pytest.fixture
 def hub() -> Iterator[TaskRegistry]:
     registry = create_hub(memory_config())
-    worker = start_embedded_worker(registry.broker, threads=2)
+    worker = start_worker(registry.broker, threads=2)
     yield registry
     worker.stop(timeout=1000)
 

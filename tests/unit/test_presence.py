@@ -31,7 +31,7 @@ from nagatha.registry import TaskRegistry
 from nagatha.stores import MemoryStatusStore, memory
 from nagatha.testing import wait_until
 from nagatha.types import RunningTask, TaskStatus, WorkerInfo, utcnow
-from nagatha.worker import start_embedded_worker
+from nagatha.worker import start_worker
 
 INTERVAL = 0.1
 
@@ -172,7 +172,7 @@ def hub() -> Iterator[tuple[TaskRegistry, dict[str, threading.Event]]]:
     registry.register_task("t", "block", block)
     registry.register_task("t", "fail", fail, max_retries=0)
     registry.register_task("t", "flaky", flaky, max_retries=1)
-    worker = start_embedded_worker(registry.broker, threads=3)
+    worker = start_worker(registry.broker, threads=3)
     try:
         yield registry, gates
     finally:
@@ -255,7 +255,7 @@ def test_a_stopping_worker_says_so_while_it_finishes_then_leaves() -> None:
         assert release.wait(30)
 
     registry.register_task("t", "block", block)
-    worker = start_embedded_worker(registry.broker, threads=1)
+    worker = start_worker(registry.broker, threads=1)
     wait_until(registry.workers, timeout=10, message="the boot announcement")
     registry.run_task("t.block")
     assert inside.wait(10)
