@@ -196,7 +196,8 @@ def replay_dead_letters(
 ) -> list[DeadLetter]:
     """Send dead letters back to their Celery queue; return the ones replayed.
 
-    ``ids`` None replays every message, else only those ids. ``before_replay`` is called
+    ``ids`` None replays every message, else only those whose dead-letter id or Celery task
+    id is among them (a hub record names the task id). ``before_replay`` is called
     for each one before it is sent (the CLI clears the failure answered when it was
     dead-lettered, so that the new outcome is stored). Each message is published with
     confirms, then removed from the dead-letter queue; the others stay where they were.
@@ -207,7 +208,7 @@ def replay_dead_letters(
     try:
         for tag, properties, body in _fetch_all(channel, queue):
             letter = _describe(properties, body)
-            if ids is not None and letter.id not in ids:
+            if ids is not None and letter.id not in ids and letter.task_id not in ids:
                 continue
             if not letter.queue:
                 logger.warning("dead letter %s names no source queue; left in place", letter.id)

@@ -138,7 +138,7 @@ class TaskNotRerunnable(TaskError):
         self.status = status
         why = (
             "the bridge refused its Celery message, so its arguments were never read; replay "
-            "the message with `nagatha bridge dlq replay` instead"
+            f"the message instead: `nagatha bridge dlq replay {task_id}`"
             if arguments_unread
             else f"it has not ended (status {status}); wait until it ends, or cancel it"
         )

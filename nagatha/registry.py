@@ -8,10 +8,12 @@ config (``modules.settings.<module>.tasks.<name>``).
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import logging
 import math
 import re
+import sys
 import types
 import uuid
 from collections.abc import Callable
@@ -289,20 +291,24 @@ class TaskRegistry:
                 meta.status = "disabled"
                 self._modules[name] = meta
                 return meta
-            module = import_module(name, folder)
-            meta.version, meta.description = describe(module)
-            register = getattr(module, "register_tasks", None)
-            if not callable(register):
-                raise ModuleLoadError("it has no register_tasks(registry) function")
-            self._loading = name
-            try:
-                register(self)
-            except ModuleLoadError:
-                raise
-            except (Exception, SystemExit) as exc:
-                raise ModuleLoadError(f"register_tasks raised {type(exc).__name__}: {exc}") from exc
-            finally:
-                self._loading = None
+            # What a module prints goes to stderr: stdout carries the CLI's --json documents.
+            with contextlib.redirect_stdout(sys.stderr):
+                module = import_module(name, folder)
+                meta.version, meta.description = describe(module)
+                register = getattr(module, "register_tasks", None)
+                if not callable(register):
+                    raise ModuleLoadError("it has no register_tasks(registry) function")
+                self._loading = name
+                try:
+                    register(self)
+                except ModuleLoadError:
+                    raise
+                except (Exception, SystemExit) as exc:
+                    raise ModuleLoadError(
+                        f"register_tasks raised {type(exc).__name__}: {exc}"
+                    ) from exc
+                finally:
+                    self._loading = None
         except ModuleLoadError as exc:
             self._forget_tasks(name)
             meta.status, meta.error, meta.tasks = "failed", str(exc), []
@@ -310,6 +316,15 @@ class TaskRegistry:
         else:
             meta.tasks = sorted(t.name for t in self._tasks.values() if t.module == name)
             self._module_objects[name] = module
+            unused = sorted(set(merged["tasks"]) - {task.split(".", 1)[1] for task in meta.tasks})
+            if unused:
+                logger.warning(
+                    "module %s: settings for tasks it does not register: %s (a typo?); it "
+                    "registers %s",
+                    name,
+                    ", ".join(unused),
+                    ", ".join(meta.tasks) or "none",
+                )
             logger.debug("module %s %s loaded: %s", name, meta.version or "", ", ".join(meta.tasks))
         self._modules[name] = meta
         return meta

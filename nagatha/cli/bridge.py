@@ -135,7 +135,8 @@ def dlq_list(obj: CliContext, as_json: bool) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print JSON: {'replayed': [...]}.")
 @pass_context
 def dlq_replay(obj: CliContext, ids: tuple[str, ...], replay_all: bool, as_json: bool) -> None:
-    """Send dead-lettered messages back to their Celery queue (IDs from `dlq list`).
+    """Send dead-lettered messages back to their Celery queue (IDs from `dlq list`: the
+    dead-letter id, or the task id).
 
     A replayed task's earlier refusal (the FAILURE its client got, the hub record) is
     deleted first, so that the outcome of the replay is stored. Exit 1 if an ID was not found.
@@ -174,7 +175,8 @@ def dlq_replay(obj: CliContext, ids: tuple[str, ...], replay_all: bool, as_json:
             click.echo(f"replayed {letter.id} to {letter.queue}")
         if replay_all and not replayed:
             click.echo("no dead-lettered messages")
-    missing = sorted(set(ids) - {letter.id for letter in replayed})
+    found = {name for letter in replayed for name in (letter.id, letter.task_id)}
+    missing = sorted(set(ids) - found)
     if missing:
         click.echo(f"error: no dead letter with id {', '.join(missing)}", err=True)
         raise SystemExit(1)

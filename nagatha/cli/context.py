@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from functools import cached_property
+from typing import Any
 
 import click
 
@@ -63,3 +65,26 @@ class CliContext:
 
 
 pass_context = click.make_pass_decorator(CliContext)
+
+
+class Seconds(click.ParamType):  # type: ignore[type-arg]  # not generic in older click
+    """A finite number of seconds from ``low`` to ``high``.
+
+    Not ``click.FloatRange``: it lets ``nan`` through, as every comparison with it is false.
+    """
+
+    name = "seconds"
+
+    def __init__(self, low: float, high: float) -> None:
+        self.low, self.high = low, high
+
+    def convert(
+        self, value: Any, param: click.Parameter | None, ctx: click.Context | None
+    ) -> float:
+        try:
+            number = float(value)
+        except (TypeError, ValueError):
+            self.fail(f"{value!r} is not a number of seconds", param, ctx)
+        if not (math.isfinite(number) and self.low <= number <= self.high):
+            self.fail(f"{number:g} is not from {self.low:g} to {self.high:g} seconds", param, ctx)
+        return number

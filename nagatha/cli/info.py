@@ -6,7 +6,7 @@ import json
 
 import click
 
-from nagatha.cli.context import CliContext, pass_context
+from nagatha.cli.context import CliContext, Seconds, pass_context
 from nagatha.cli.output import (
     cell,
     console,
@@ -59,7 +59,7 @@ def _modules(obj: CliContext, as_json: bool) -> None:
 @click.command("stats")
 @click.option(
     "--timeout",
-    type=click.FloatRange(0.1, 600),
+    type=Seconds(0.1, 600),
     default=DEFAULT_TIMEOUT,
     show_default=True,
     help="Seconds to wait for Redis and RabbitMQ.",

@@ -4,7 +4,6 @@ them."""
 from __future__ import annotations
 
 import logging
-import math
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -12,7 +11,7 @@ from typing import Any
 import click
 
 from nagatha import jsontext
-from nagatha.cli.context import CliContext, pass_context
+from nagatha.cli.context import CliContext, Seconds, pass_context
 from nagatha.cli.errors import EXIT_OK, EXIT_TASK_FAILED
 from nagatha.cli.output import emit_json, show_failures, show_record
 from nagatha.registry import TaskRegistry
@@ -22,13 +21,6 @@ from nagatha.types import TaskRecord, TaskStatus
 DEFAULT_TIMEOUT = 60.0
 #: Longest ``--timeout`` (a day): longer waits overflow the clocks threads wait on.
 MAX_TIMEOUT = 86_400.0
-
-
-def _seconds(ctx: click.Context, param: click.Parameter, value: float) -> float:
-    """``--timeout``: a finite number of seconds from 0 to :data:`MAX_TIMEOUT`."""
-    if not (math.isfinite(value) and 0 <= value <= MAX_TIMEOUT):
-        raise click.BadParameter(f"{value:g} is not from 0 to {MAX_TIMEOUT:g} seconds")
-    return value
 
 
 def parse_assignment(text: str) -> tuple[str, Any]:
@@ -87,8 +79,7 @@ def wait_options(command: Callable[..., None]) -> Callable[..., None]:
             click.option("--wait", is_flag=True, help="Wait for the final status."),
             click.option(
                 "--timeout",
-                type=float,
-                callback=_seconds,
+                type=Seconds(0, MAX_TIMEOUT),
                 default=DEFAULT_TIMEOUT,
                 show_default=True,
                 help="Seconds --wait waits.",

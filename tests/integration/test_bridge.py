@@ -294,7 +294,12 @@ def test_a_pickled_task_is_refused_with_a_failure_not_a_hang(
     # Its record holds no arguments (the message was never read): no rerun from it.
     assert stack.final_record(result.id).arguments_unread
     rerun = run_cli(["rerun", result.id], stack.env)
-    assert rerun.returncode == 1 and "nagatha bridge dlq replay" in rerun.stderr
+    assert rerun.returncode == 1
+    # The command it suggests instead takes the task id (dead letters have ids of their own).
+    suggested = rerun.stderr.split("`")[1]
+    assert suggested == f"nagatha bridge dlq replay {result.id}"
+    replay = run_cli(suggested.split()[1:], stack.env)
+    assert replay.returncode == 0 and replay.stdout.endswith(" to celery\n"), replay.stderr
 
 
 # --- revoke and control -----------------------------------------------------------------------

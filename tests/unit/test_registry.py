@@ -201,6 +201,48 @@ def test_config_overrides_task_options_over_code(tmp_path: Path) -> None:
     assert hub.module_config("opt")["queue"] == "from_module"
 
 
+def test_settings_for_a_task_the_module_does_not_register_are_reported(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    root = tmp_path / "mods"
+    module(
+        root,
+        "opt",
+        """
+        def t():
+            pass
+        def register_tasks(registry):
+            registry.register_task("opt", "t", t)
+    """,
+        config="tasks:\n  t: {max_retries: 1}\n  tt: {max_retries: 2}\n",
+    )
+    with caplog.at_level("WARNING", logger="nagatha.registry"):
+        hub = create_hub(make_config(str(root)))
+    assert hub.get_task("opt.t").actor.options["max_retries"] == 1
+    assert "module opt: settings for tasks it does not register: tt (a typo?)" in caplog.text
+
+
+def test_what_a_module_prints_goes_to_stderr_not_stdout(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    root = tmp_path / "mods"
+    module(
+        root,
+        "chatty",
+        """
+        print("importing chatty")
+        def t():
+            pass
+        def register_tasks(registry):
+            print("registering chatty")
+            registry.register_task("chatty", "t", t)
+    """,
+    )
+    create_hub(make_config(str(root)))
+    out, err = capsys.readouterr()
+    assert out == "" and "importing chatty" in err and "registering chatty" in err
+
+
 @pytest.mark.parametrize("queue", ["celery", "x.DQ", "bad queue", "1abc"])
 def test_invalid_or_celery_queue_names_fail_the_module(tmp_path: Path, queue: str) -> None:
     root = tmp_path / "mods"
