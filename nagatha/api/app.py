@@ -53,6 +53,11 @@ class HubApp(falcon.App[falcon.Request, falcon.Response]):
         self.health = health
         self.routes = routes
 
+    def drain(self) -> None:
+        """Answer every long poll (``?wait=``) now, with the record as it is, and every later
+        one at once: the server is stopping, and its client asks again, of one that is not."""
+        self.registry.store.stop_waits()
+
     def close(self) -> None:
         """Release the broker connections and the store's connections."""
         self.registry.broker.close()

@@ -34,6 +34,8 @@ from typing import Any
 
 from gunicorn.workers.gthread import ThreadWorker
 
+from nagatha.api.wsgi import LazyApp
+
 #: How long a thread waits for the next request of the connection it just served.
 LINGER_MS = 5
 
@@ -45,6 +47,14 @@ class KeepAliveWorker(ThreadWorker):  # type: ignore[misc]
         super().__init__(*args, **kwargs)
         self._queued = 0  # connections submitted to the pool that no thread has taken yet
         self._queued_lock = threading.Lock()
+
+    def handle_exit(self, sig: int, frame: Any) -> None:
+        """SIGTERM: stop as gthread does, and answer the long polls in progress (on the main
+        thread, not in the signal handler): otherwise they wait on until the graceful timeout
+        cuts their connections, and their clients get no answer at all."""
+        super().handle_exit(sig, frame)
+        if isinstance(self.wsgi, LazyApp) and self.wsgi.loaded:
+            self.method_queue.defer(self.wsgi.load().drain)
 
     def enqueue_req(self, conn: Any) -> None:
         """Submit ``conn`` to the pool (main thread), counted until a thread takes it."""

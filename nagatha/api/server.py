@@ -200,6 +200,7 @@ def run_embedded(config: FrameworkConfig) -> int:
             pass
     finally:
         logger.info("embedded hub stopping")
+        app.drain()
         httpd.shutdown()
         httpd.server_close()
         thread.join(5)

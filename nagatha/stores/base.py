@@ -137,6 +137,12 @@ class StatusStore(abc.ABC):
         """
 
     @abc.abstractmethod
+    def stop_waits(self) -> None:
+        """Make every :meth:`wait` in progress, and every later one, return at once with the
+        record as it is: a server that stops answers its long polls instead of dropping them.
+        """
+
+    @abc.abstractmethod
     def redeliveries(self, task_id: str) -> int:
         """How many times :meth:`count_redelivery` counted ``task_id`` (0 if never)."""
 

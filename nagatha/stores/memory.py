@@ -35,6 +35,7 @@ class MemoryStatusStore(StatusStore):
         self._failed: dict[str, None] = {}  # task ids, oldest first (insertion order)
         self._workers: dict[str, tuple[float, WorkerInfo]] = {}  # id -> (when seen, info)
         self._changed = threading.Condition()
+        self._waits_stopped = False
 
     def _live(self, task_id: str) -> TaskRecord | None:
         entry = self._records.get(task_id)
@@ -129,9 +130,14 @@ class MemoryStatusStore(StatusStore):
             while True:
                 record = self._live(task_id)
                 remaining = deadline - time.monotonic()
-                if record is None or record.status.final or remaining <= 0:
+                if record is None or record.status.final or remaining <= 0 or self._waits_stopped:
                     return record
                 self._changed.wait(min(remaining, threading.TIMEOUT_MAX))
+
+    def stop_waits(self) -> None:
+        with self._changed:
+            self._waits_stopped = True
+            self._changed.notify_all()
 
     def redeliveries(self, task_id: str) -> int:
         with self._changed:

@@ -303,6 +303,7 @@ class RedisStatusStore(StatusStore):
         self._socket_timeout = socket_timeout
         self._token = uuid.uuid4().hex[:8]
         self._listener: DoneListener | None = None
+        self._waits_stopped = threading.Event()
         self._batcher: WriteBatcher | None = None
         self._cancels: CancelWatch | None = None
         self.client = self._new_client()
@@ -590,13 +591,20 @@ class RedisStatusStore(StatusStore):
             while True:
                 record = self.get(task_id)
                 remaining = deadline - time.monotonic()
-                if record is None or record.status.final or remaining <= 0:
+                stopped = self._waits_stopped.is_set()
+                if record is None or record.status.final or remaining <= 0 or stopped:
                     return record
                 poll = POLL_SUBSCRIBED if listener.ready else POLL_UNSUBSCRIBED
                 event.wait(min(remaining, poll))
                 event.clear()
         finally:
             listener.unregister(task_id, event)
+
+    def stop_waits(self) -> None:
+        self._waits_stopped.set()
+        listener = _usable(self._listener)
+        if listener is not None:
+            listener.wake_all()
 
     def cancel(self, task_id: str, fields: dict[str, Any]) -> TaskRecord | None:
         """See :meth:`StatusStore.cancel`: one script, so no worker write falls in between."""

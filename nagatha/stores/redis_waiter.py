@@ -63,6 +63,14 @@ class DoneListener(Subscriber):
         # Either way every waiter re-reads: publishes may have been missed before this point.
         with self._lock:
             super().set_ready(ready)
-            for events in self._waiters.values():
-                for event in events:
-                    event.set()
+            self._wake_all()
+
+    def wake_all(self) -> None:
+        """Set every waiter's event: each reads its record again."""
+        with self._lock:
+            self._wake_all()
+
+    def _wake_all(self) -> None:
+        for events in self._waiters.values():
+            for event in events:
+                event.set()

@@ -18,6 +18,7 @@ from typing import Any
 
 import httpx
 import pytest
+import redis
 
 from nagatha.config import FrameworkConfig, load_config
 from nagatha.stores import RedisStatusStore
@@ -512,3 +513,38 @@ def test_long_polls_leave_a_thread_for_probes_and_submits(
             waiter.join(30)
     assert [r.status_code for r in held] == [200, 200]
     assert all("retry-after" not in r.headers for r in held)
+
+
+def test_a_stopping_api_answers_its_long_polls_at_once(
+    hub_env: dict[str, str], start_process: type[HubProcess]
+) -> None:
+    # A wait longer than gunicorn's graceful timeout (30 s) used to be cut with no answer.
+    process, base_url = start_api(start_process, hub_env, "--workers", "1", "--threads", "2")
+    with httpx.Client(base_url=base_url, timeout=30) as client:
+        task_id = client.post("/tasks/run", json={"task_name": "diagnostics.noop"}).json()[
+            "task_id"
+        ]  # no worker runs: it stays pending
+    answers: list[httpx.Response] = []
+
+    def long_poll() -> None:
+        with httpx.Client(base_url=base_url, timeout=90) as own:
+            answers.append(own.get(f"/tasks/{task_id}?wait=60"))
+
+    waiter = threading.Thread(target=long_poll)
+    waiter.start()
+    # The gunicorn worker's wait listener connects when its first wait begins (a probe by
+    # request could take the waiting slot itself and turn the long poll away).
+    (worker_pid,) = process.children()
+    redis_client = redis.Redis.from_url(hub_env["NAGATHA_RESULTS_URL"])
+
+    def listening() -> bool:
+        names = (client.get("name", "") for client in redis_client.client_list())
+        return any(n.startswith("nagatha-wait-") and n.endswith(f"-{worker_pid}") for n in names)
+
+    wait_until(listening, 20, message="the long poll waiting")
+    redis_client.close()
+    process.signal(signal.SIGTERM)
+    waiter.join(60)
+    assert [a.status_code for a in answers] == [200]
+    assert answers[0].json()["status"] == "pending"
+    assert process.process.wait(30) == 0

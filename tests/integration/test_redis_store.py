@@ -356,3 +356,15 @@ def test_create_many_on_an_unreachable_redis_raises_store_unavailable() -> None:
             dead.create_many([pending("x")])
     finally:
         dead.close()
+
+
+def test_stop_waits_answers_every_wait_now_and_later_ones_at_once(store: RedisStatusStore) -> None:
+    store.create(pending("s"))
+    waiter, results = wait_in_thread(store, "s", 60)
+    wait_until(lambda: listening(store, "s"), 10, message="waiter registered")
+    store.stop_waits()  # a stopping API server
+    waiter.join(10)
+    assert not waiter.is_alive()
+    assert results[0] is not None and results[0].status is TaskStatus.PENDING
+    record = store.wait("s", 60)  # would block a minute before
+    assert record is not None and record.status is TaskStatus.PENDING

@@ -50,3 +50,15 @@ def test_a_wait_longer_than_threads_can_wait_still_wakes_on_the_final_write() ->
     store.update("t", TaskStatus.SUCCESS, {"result": 1})
     waiter.join(10)
     assert not waiter.is_alive() and seen[0] is not None and seen[0].result == 1
+
+
+def test_stop_waits_answers_every_wait_now_and_later_ones_at_once() -> None:
+    store = MemoryStatusStore()
+    store.create(TaskRecord(task_id="t", task_name="a.b", status="pending", created_at=utcnow()))
+    seen: list[TaskRecord | None] = []
+    waiter = threading.Thread(target=lambda: seen.append(store.wait("t", 60)))
+    waiter.start()
+    store.stop_waits()  # the embedded server stopping
+    waiter.join(10)
+    assert not waiter.is_alive() and seen[0] is not None and seen[0].status is TaskStatus.PENDING
+    assert store.wait("t", 60).status is TaskStatus.PENDING  # type: ignore[union-attr]
