@@ -44,6 +44,7 @@ from bridge.pidbox import Pidbox, Revoker, default_node_name
 from bridge.publisher import ConfirmedPublisher
 from bridge.queues import declare_celery_queue
 from nagatha.broker import amqp_url
+from nagatha.broker_errors import refused_access
 from nagatha.config import FrameworkConfig
 from nagatha.errors import ConfigError
 from nagatha.presence import Announcer, this_process
@@ -156,9 +157,8 @@ class Bridge:
                 if self._handled > handled or time.monotonic() - started > RECONNECT_CAP_S:
                     delay = RECONNECT_FIRST_S
                 logger.error(
-                    "bridge connection lost (%s: %s); reconnecting in %gs",
-                    type(exc).__name__,
-                    exc,
+                    "bridge connection lost (%s); reconnecting in %gs",
+                    refused_access(exc) or f"{type(exc).__name__}: {exc}",
                     delay,
                 )
                 self._stop.wait(delay)

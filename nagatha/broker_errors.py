@@ -64,10 +64,9 @@ def refused_for_good(exc: BaseException, *, nacks: bool = True) -> bool:
     return False
 
 
-def broker_error_reason(exc: BaseException) -> str:
-    """Why talking to RabbitMQ failed, in words: a refused login or vhost is no outage, and
-    a refused connection is named as such."""
-    socket_error: OSError | None = None
+def refused_access(exc: BaseException) -> str | None:
+    """What to fix, if RabbitMQ refused the login or the vhost (no outage: retrying does not
+    help); None for any other error."""
     for error in error_chain(exc):
         if isinstance(error, pika.exceptions.ProbableAuthenticationError):
             return "RabbitMQ refused the login: check the user and password of broker.url"
@@ -76,6 +75,17 @@ def broker_error_reason(exc: BaseException) -> str:
                 "RabbitMQ refused access to the vhost: check the vhost of broker.url and "
                 "the user's permissions there"
             )
+    return None
+
+
+def broker_error_reason(exc: BaseException) -> str:
+    """Why talking to RabbitMQ failed, in words: a refused login or vhost is no outage, and
+    a refused connection is named as such."""
+    refused = refused_access(exc)
+    if refused is not None:
+        return refused
+    socket_error: OSError | None = None
+    for error in error_chain(exc):
         if isinstance(error, AMQPConnectorStackTimeout):
             return (
                 "no AMQP handshake in time: is RabbitMQ (and nothing else) listening at "

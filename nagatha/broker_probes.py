@@ -12,7 +12,9 @@ import pika.exceptions
 from dramatiq.brokers.stub import StubBroker
 
 from nagatha.broker import amqp_url
+from nagatha.broker_errors import refused_access
 from nagatha.config import BrokerConfig
+from nagatha.errors import BrokerUnavailable
 
 
 def probe_parameters(config: BrokerConfig, timeout: float) -> pika.URLParameters:
@@ -27,8 +29,15 @@ def probe_parameters(config: BrokerConfig, timeout: float) -> pika.URLParameters
 
 
 def probe_rabbitmq(config: BrokerConfig, timeout: float) -> None:
-    """Open and close one AMQP connection to ``config.url``; raise if that fails."""
-    pika.BlockingConnection(probe_parameters(config, timeout)).close()
+    """Open and close one AMQP connection to ``config.url``; raise if that fails (a refused
+    login or vhost as :class:`BrokerUnavailable` saying what to fix)."""
+    try:
+        pika.BlockingConnection(probe_parameters(config, timeout)).close()
+    except pika.exceptions.AMQPConnectionError as exc:
+        refused = refused_access(exc)
+        if refused is None:
+            raise
+        raise BrokerUnavailable(refused) from None
 
 
 #: ``queue -> (messages ready, consumers or None when the broker cannot tell)``.

@@ -13,7 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from nagatha.config import FrameworkConfig
+from nagatha.broker_probes import probe_rabbitmq
+from nagatha.config import BrokerConfig, FrameworkConfig
+from nagatha.errors import BrokerUnavailable
 from nagatha.stores import RedisStatusStore
 from nagatha.testing import HubProcess, run_cli, wait_until
 from nagatha.types import TaskRecord, TaskStatus, utcnow
@@ -148,12 +150,20 @@ def test_unreachable_broker_exits_3_and_leaves_no_record(
     ],
 )
 def test_refused_credentials_are_named_as_such_not_as_an_outage(
-    hub_env: dict[str, str], url: str, reason: str
+    hub_env: dict[str, str], start_process: type[HubProcess], url: str, reason: str
 ) -> None:
-    done = run_cli(["run", "diagnostics.noop"], {**hub_env, "NAGATHA_BROKER_URL": url})
+    env = {**hub_env, "NAGATHA_BROKER_URL": url}
+    done = run_cli(["run", "diagnostics.noop"], env)
     assert done.returncode == 3
     assert reason in done.stderr
     assert "wrong-pw" not in done.stderr
+    # /health and the bridge say the same (they named pika's exception classes).
+    with pytest.raises(BrokerUnavailable, match=re.escape(reason)):
+        probe_rabbitmq(BrokerConfig(url=url), timeout=10)
+    bridge = start_process(["bridge"], env)
+    bridge.wait_for_log(rf"bridge connection lost \(RabbitMQ {re.escape(reason)}", timeout=60)
+    assert bridge.stop() == 0
+    assert "wrong-pw" not in bridge.log()
 
 
 def test_worker_killed_mid_task_is_redelivered_to_a_new_worker(
