@@ -194,8 +194,13 @@ class Intake:
             spec = self.registry.get_task(task.task_name)
         except UnknownTask as exc:
             reason = f"unknown task {task.task_name!r}: no hub module registers it"
+            # A Celery worker stores this one even for ignore_result (its client would wait
+            # for ever on a task no worker knows).
             self._fail(
-                task, not_registered_meta(task.task_id, task.task_name), f"NotRegistered: {exc}"
+                task,
+                not_registered_meta(task.task_id, task.task_name),
+                f"NotRegistered: {exc}",
+                even_ignored=True,
             )
             self._dead_letter(queue, body, properties, reason, task.task_id, task.task_name)
             return DEAD_LETTERED
@@ -308,9 +313,12 @@ class Intake:
         logger.info("task %s %s discarded: %s", task.task_id, task.task_name, EXPIRED)
         return EXPIRED
 
-    def _fail(self, task: CeleryTask, meta: dict[str, Any], hub_error: str) -> None:
-        """Answer a FAILURE that happened before the task ran, and fail its workflow (the
-        chain before the answer, as :mod:`bridge.workflows` says)."""
+    def _fail(
+        self, task: CeleryTask, meta: dict[str, Any], hub_error: str, *, even_ignored: bool = False
+    ) -> None:
+        """Answer a FAILURE that happened before the task ran (not to a client that set
+        ``ignore_result``, unless ``even_ignored``), and fail its workflow (the chain before
+        the answer, as :mod:`bridge.workflows` says)."""
         meta = {**meta}
         if task.group_id:
             meta["group_id"] = task.group_id
@@ -322,7 +330,7 @@ class Intake:
                 task, meta["result"], rpc=self.answers.replies, **self._workflow_kwargs()
             ),
         )
-        if not task.ignore_result:
+        if even_ignored or not task.ignore_result:
             self.answers.celery(meta, reply_to=task.reply_to, correlation_id=task.correlation_id)
         self.answers.hub_failure(
             task.task_id,

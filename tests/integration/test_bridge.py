@@ -215,10 +215,18 @@ def test_a_retry_of_the_hub_task_shows_as_retry_before_the_failure(
     assert result.state == "FAILURE"
 
 
-def test_an_unknown_task_raises_not_registered(client: CeleryClient, stack: HubStack) -> None:
-    result = client.send("nope.missing", kwargs={"a": 1})
-    with pytest.raises(NotRegistered, match="nope.missing"):
-        result.get(timeout=GET_TIMEOUT)
+@pytest.mark.parametrize("ignore_result", [False, True])
+def test_an_unknown_task_raises_not_registered(
+    client: CeleryClient, stack: HubStack, ignore_result: bool
+) -> None:
+    # As a Celery worker does, even for ignore_result: nothing else will ever answer it.
+    result = client.send("nope.missing", kwargs={"a": 1}, ignore_result=ignore_result)
+    if ignore_result:  # get() returns None at once for an ignored result: read the state
+        wait_until(lambda: result.state == "FAILURE", GET_TIMEOUT, message="FAILURE stored")
+        assert isinstance(result.result, NotRegistered) and "nope.missing" in str(result.result)
+    else:
+        with pytest.raises(NotRegistered, match="nope.missing"):
+            result.get(timeout=GET_TIMEOUT)
     record = stack.final_record(result.id)
     assert record.status is TaskStatus.FAILURE and "NotRegistered" in (record.error or "")
 
