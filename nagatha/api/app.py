@@ -53,10 +53,11 @@ class HubApp(falcon.App[falcon.Request, falcon.Response]):
         self.health = health
         self.routes = routes
 
-    def drain(self) -> None:
-        """Answer every long poll (``?wait=``) now, with the record as it is, and every later
-        one at once: the server is stopping, and its client asks again, of one that is not."""
-        self.registry.store.stop_waits()
+    def drain(self, within: float = 0.0) -> None:
+        """Answer every long poll (``?wait=``) within ``within`` seconds, with the record as it
+        is then if it is not final by that time: the server is stopping, and a client that
+        gets no final record asks again, of a server that is not."""
+        self.registry.store.stop_waits(within)
 
     def close(self) -> None:
         """Release the broker connections and the store's connections."""

@@ -16,8 +16,8 @@ Decisions:
   fork, so the master never holds a broker connection a fork could share. ``post_fork`` also
   drops an app inherited by mistake (someone forcing preload) without touching its sockets.
 * Graceful stop: on SIGTERM workers stop accepting and finish in-flight requests for up to
-  ``graceful_timeout`` seconds; long polls (``?wait=``) are answered at once with the record
-  as it is (:meth:`KeepAliveWorker.handle_exit`), and their clients ask again.
+  ``graceful_timeout`` seconds; long polls (``?wait=``) are answered by 5 s before it, final
+  or not (:meth:`KeepAliveWorker.handle_exit`), and their clients ask again.
   ``worker_exit`` closes each worker's broker and Redis connections.
 * SIGHUP restarts the workers gracefully: new workers import the modules afresh.
 * Access log: written by the app (:class:`nagatha.api.middleware.AccessLog`) through nagatha's

@@ -38,6 +38,9 @@ from nagatha.api.wsgi import LazyApp
 
 #: How long a thread waits for the next request of the connection it just served.
 LINGER_MS = 5
+#: Seconds before gunicorn's graceful timeout by which a stopping worker answers its long
+#: polls: enough to write the answers before it closes their connections.
+DRAIN_MARGIN_S = 5.0
 
 
 class KeepAliveWorker(ThreadWorker):  # type: ignore[misc]
@@ -49,12 +52,14 @@ class KeepAliveWorker(ThreadWorker):  # type: ignore[misc]
         self._queued_lock = threading.Lock()
 
     def handle_exit(self, sig: int, frame: Any) -> None:
-        """SIGTERM: stop as gthread does, and answer the long polls in progress (on the main
-        thread, not in the signal handler): otherwise they wait on until the graceful timeout
-        cuts their connections, and their clients get no answer at all."""
+        """SIGTERM: stop as gthread does, and have the long polls answered
+        :data:`DRAIN_MARGIN_S` before the graceful timeout, final or not (set on the main
+        thread, not in the signal handler): they used to wait on until it cut their
+        connections, and their clients got no answer at all."""
         super().handle_exit(sig, frame)
         if isinstance(self.wsgi, LazyApp) and self.wsgi.loaded:
-            self.method_queue.defer(self.wsgi.load().drain)
+            within = max(0.0, self.cfg.graceful_timeout - DRAIN_MARGIN_S)
+            self.method_queue.defer(self.wsgi.load().drain, within)
 
     def enqueue_req(self, conn: Any) -> None:
         """Submit ``conn`` to the pool (main thread), counted until a thread takes it."""

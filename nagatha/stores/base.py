@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import abc
 import json
+import math
 from collections.abc import Collection, Sequence
 from typing import Any
 
@@ -136,10 +137,14 @@ class StatusStore(abc.ABC):
         Implementations are woken by the write of the final status (no busy polling).
         """
 
+    #: Monotonic time by which every :meth:`wait` returns (set by :meth:`stop_waits`).
+    waits_end: float = math.inf
+
     @abc.abstractmethod
-    def stop_waits(self) -> None:
-        """Make every :meth:`wait` in progress, and every later one, return at once with the
-        record as it is: a server that stops answers its long polls instead of dropping them.
+    def stop_waits(self, within: float = 0.0) -> None:
+        """Make every :meth:`wait` in progress, and every later one, return within ``within``
+        seconds with the record as it is then (or sooner, as the record turns final): a server
+        that stops answers its long polls before it closes, instead of dropping them.
         """
 
     @abc.abstractmethod

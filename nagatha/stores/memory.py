@@ -35,7 +35,6 @@ class MemoryStatusStore(StatusStore):
         self._failed: dict[str, None] = {}  # task ids, oldest first (insertion order)
         self._workers: dict[str, tuple[float, WorkerInfo]] = {}  # id -> (when seen, info)
         self._changed = threading.Condition()
-        self._waits_stopped = False
 
     def _live(self, task_id: str) -> TaskRecord | None:
         entry = self._records.get(task_id)
@@ -129,14 +128,14 @@ class MemoryStatusStore(StatusStore):
         with self._changed:
             while True:
                 record = self._live(task_id)
-                remaining = deadline - time.monotonic()
-                if record is None or record.status.final or remaining <= 0 or self._waits_stopped:
+                remaining = min(deadline, self.waits_end) - time.monotonic()
+                if record is None or record.status.final or remaining <= 0:
                     return record
                 self._changed.wait(min(remaining, threading.TIMEOUT_MAX))
 
-    def stop_waits(self) -> None:
+    def stop_waits(self, within: float = 0.0) -> None:
         with self._changed:
-            self._waits_stopped = True
+            self.waits_end = min(self.waits_end, time.monotonic() + within)
             self._changed.notify_all()
 
     def redeliveries(self, task_id: str) -> int:

@@ -303,7 +303,6 @@ class RedisStatusStore(StatusStore):
         self._socket_timeout = socket_timeout
         self._token = uuid.uuid4().hex[:8]
         self._listener: DoneListener | None = None
-        self._waits_stopped = threading.Event()
         self._batcher: WriteBatcher | None = None
         self._cancels: CancelWatch | None = None
         self.client = self._new_client()
@@ -590,9 +589,8 @@ class RedisStatusStore(StatusStore):
         try:
             while True:
                 record = self.get(task_id)
-                remaining = deadline - time.monotonic()
-                stopped = self._waits_stopped.is_set()
-                if record is None or record.status.final or remaining <= 0 or stopped:
+                remaining = min(deadline, self.waits_end) - time.monotonic()
+                if record is None or record.status.final or remaining <= 0:
                     return record
                 poll = POLL_SUBSCRIBED if listener.ready else POLL_UNSUBSCRIBED
                 event.wait(min(remaining, poll))
@@ -600,8 +598,8 @@ class RedisStatusStore(StatusStore):
         finally:
             listener.unregister(task_id, event)
 
-    def stop_waits(self) -> None:
-        self._waits_stopped.set()
+    def stop_waits(self, within: float = 0.0) -> None:
+        self.waits_end = min(self.waits_end, time.monotonic() + within)
         listener = _usable(self._listener)
         if listener is not None:
             listener.wake_all()

@@ -518,7 +518,8 @@ def test_long_polls_leave_a_thread_for_probes_and_submits(
 def test_a_stopping_api_answers_its_long_polls_at_once(
     hub_env: dict[str, str], start_process: type[HubProcess]
 ) -> None:
-    # A wait longer than gunicorn's graceful timeout (30 s) used to be cut with no answer.
+    # A wait longer than gunicorn's graceful timeout (30 s) used to be cut with no answer; it
+    # is answered 5 s before it (the task has not ended: no worker runs).
     process, base_url = start_api(start_process, hub_env, "--workers", "1", "--threads", "2")
     with httpx.Client(base_url=base_url, timeout=30) as client:
         task_id = client.post("/tasks/run", json={"task_name": "diagnostics.noop"}).json()[
