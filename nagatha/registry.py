@@ -14,9 +14,10 @@ import logging
 import math
 import re
 import sys
+import threading
 import types
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import wait
 from dataclasses import dataclass
 from datetime import datetime
@@ -63,6 +64,8 @@ logger = logging.getLogger("nagatha.registry")
 TASK_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,63}")
 #: Seconds each module's ``heartbeat()`` gets in ``nagatha modules``.
 HEARTBEAT_TIMEOUT = 5.0
+#: Seconds a module may take to import and register its tasks before a warning names it.
+SLOW_LOAD_S = 10.0
 
 
 def late_heartbeat(timeout: float) -> dict[str, Any]:
@@ -291,8 +294,7 @@ class TaskRegistry:
                 meta.status = "disabled"
                 self._modules[name] = meta
                 return meta
-            # What a module prints goes to stderr: stdout carries the CLI's --json documents.
-            with contextlib.redirect_stdout(sys.stderr):
+            with _loading(name):
                 module = import_module(name, folder)
                 meta.version, meta.description = describe(module)
                 register = getattr(module, "register_tasks", None)
@@ -571,6 +573,26 @@ class TaskRegistry:
         if strict and not record.status.final:
             raise TaskWaitTimeout(task_id, timeout, record.status.value)
         return record
+
+
+@contextlib.contextmanager
+def _loading(name: str) -> Iterator[None]:
+    """While module ``name`` loads: what it prints goes to stderr (stdout carries the CLI's
+    ``--json`` documents), and a load past :data:`SLOW_LOAD_S` is logged once, naming the
+    module (an import that blocks cannot be stopped, but then the log says whose it is)."""
+    slow = threading.Timer(
+        SLOW_LOAD_S,
+        logger.warning,
+        ("module %s: still loading after %gs (an import or register_tasks that blocks?)",
+         name, SLOW_LOAD_S),
+    )  # fmt: skip
+    slow.daemon = True
+    slow.start()
+    try:
+        with contextlib.redirect_stdout(sys.stderr):
+            yield
+    finally:
+        slow.cancel()
 
 
 def _merge_task_options(*layers: Any) -> dict[str, dict[str, Any]]:

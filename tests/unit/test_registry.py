@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 from dramatiq.middleware import TimeLimitExceeded
 
+from nagatha import registry as registry_module
 from nagatha.config import FrameworkConfig
 from nagatha.errors import InvalidArguments, TaskWaitTimeout, UnknownTask
 from nagatha.hub import create_hub
@@ -241,6 +242,26 @@ def test_what_a_module_prints_goes_to_stderr_not_stdout(
     create_hub(make_config(str(root)))
     out, err = capsys.readouterr()
     assert out == "" and "importing chatty" in err and "registering chatty" in err
+
+
+def test_a_module_slow_to_load_is_named_in_the_log(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setattr(registry_module, "SLOW_LOAD_S", 0.01)
+    root = tmp_path / "mods"
+    module(
+        root,
+        "sluggish",
+        """
+        import threading
+        threading.Event().wait(1.0)  # an import that blocks (a network call, a lock)
+        def register_tasks(registry):
+            pass
+    """,
+    )
+    with caplog.at_level("WARNING", logger="nagatha.registry"):
+        create_hub(make_config(str(root)))
+    assert "module sluggish: still loading after 0.01s" in caplog.text
 
 
 @pytest.mark.parametrize("queue", ["celery", "x.DQ", "bad queue", "1abc"])
