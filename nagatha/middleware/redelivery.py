@@ -27,9 +27,10 @@ A connection to RabbitMQ that drops also makes it redeliver what the worker held
 worker may still run its copy: each drop counts once for the tasks running then, so a task
 running through more than ``max_redeliveries`` drops is failed as lost.
 
-A worker that stops gracefully (SIGTERM: a deploy, a scale-down) and still runs a task when
-its grace period ends gives that task back: it is logged, and one count is taken off, so its
-next start is not blamed on it. Restarts, however many, never fail a task that outlasts the
+A worker that stops gracefully (SIGTERM: a deploy, a scale-down) gives back the tasks it runs:
+one count is taken off each as the stop begins (before RabbitMQ can hand it to another
+worker), and those still running when the grace period ends are logged, so their next start
+is not blamed on them. Restarts, however many, never fail a task that outlasts the
 grace period; only deaths while it runs do.
 """
 
@@ -70,11 +71,14 @@ class RedeliveryLimit(dramatiq.Middleware):
         self.max_redeliveries = max_redeliveries
         self._alone = threading.Lock()  # held while a repeat message runs
         self._holding = threading.local()
-        self._running: dict[int, MessageProxy] = {}  # id(message) -> message, while it runs
+        # id(message) -> message, while it runs, once counted (a message not counted is not
+        # given back); then, during a graceful stop, id(message) -> what became of its count.
+        self._running: dict[int, MessageProxy] = {}
+        self._given_back: dict[int, str] = {}
 
     def before_process_message(self, broker: dramatiq.Broker, message: MessageProxy) -> None:
-        self._running[id(message)] = message
         if not getattr(message, "redelivered", False):  # RabbitMQ's flag
+            self._running[id(message)] = message
             return
         task_id = message.message_id
         try:
@@ -98,6 +102,7 @@ class RedeliveryLimit(dramatiq.Middleware):
             return
         if count > self.max_redeliveries:
             self._lose(message, count)
+        self._running[id(message)] = message
         if count <= 0:
             logger.info(
                 "task %s %s: redelivered after a worker stopping gracefully gave it back",
@@ -164,22 +169,34 @@ class RedeliveryLimit(dramatiq.Middleware):
         self._running.pop(id(message), None)
         self._release()
 
-    def after_worker_shutdown(self, broker: dramatiq.Broker, worker: dramatiq.Worker) -> None:
-        """Give back what still runs once the grace period is over (Dramatiq has waited for
-        the worker threads as long as it would): RabbitMQ delivers it again when this process's
-        connection closes, and that start must not count as a worker lost."""
-        for message in self._running.copy().values():
+    def before_worker_shutdown(self, broker: dramatiq.Broker, worker: dramatiq.Worker) -> None:
+        """Give back every task running as a graceful stop begins, ahead of time.
+
+        The count comes off now, while this process still holds the messages: once its
+        consumers close (after the grace period), RabbitMQ hands them to another worker, which
+        may count a start before a later write. A task that then ends within the grace keeps
+        a count one below its due, which only a redelivery of an ended task would read, and
+        such a start is never counted. A store that does not answer is asked once.
+        """
+        self._given_back = {}
+        for key, message in self._running.copy().items():
             try:
                 self.store.count_redelivery(message.message_id, -1)
             except (StoreUnavailable, StoreRejected) as exc:
-                given_back = f"its next start counts as a redelivery ({exc})"
-            else:
-                given_back = "given back, to run again from the start"
+                for rest in self._running:
+                    self._given_back.setdefault(rest, f"not given back ({exc})")
+                return
+            self._given_back[key] = "given back, to run again from the start"
+
+    def after_worker_shutdown(self, broker: dramatiq.Broker, worker: dramatiq.Worker) -> None:
+        """Log what the grace period cut short (Dramatiq waited for the worker threads as long
+        as it would): RabbitMQ delivers it again once this process's connection closes."""
+        for key, message in self._running.copy().items():
             logger.warning(
                 "task %s %s: still running when the grace period ended; %s",
                 message.message_id,
                 message.actor_name,
-                given_back,
+                self._given_back.get(key, "not given back (it started as the stop began)"),
             )
 
     def _release(self) -> None:

@@ -145,6 +145,8 @@ def test_a_repeat_message_runs_beside_a_stuck_one_after_the_wait(
 
 
 def stop_worker(limit: RedeliveryLimit) -> None:
+    """A graceful stop whose grace period ends with what runs still running."""
+    limit.before_worker_shutdown(None, None)  # type: ignore[arg-type]
     limit.after_worker_shutdown(None, None)  # type: ignore[arg-type]
 
 
@@ -176,6 +178,35 @@ def test_graceful_stops_that_cut_a_task_short_never_fail_it(
         start(RedeliveryLimit(store, 1), Message("long"))
 
 
+def test_the_count_comes_off_before_the_messages_are_released(store: MemoryStatusStore) -> None:
+    # RabbitMQ hands the messages to another worker once this one's consumers close, after
+    # the grace period: a count taken off only then could come after that worker's.
+    limit = RedeliveryLimit(store, 5)
+    store.count_redelivery("long")  # one death before
+    start(limit, Message("long"))
+    assert store.redeliveries("long") == 2
+    limit.before_worker_shutdown(None, None)  # type: ignore[arg-type]
+    assert store.redeliveries("long") == 1
+
+
+def test_a_redelivered_task_waiting_to_run_alone_is_not_given_back(
+    store: MemoryStatusStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Not counted yet, so giving it back would forgive the death that brought it back.
+    limit = RedeliveryLimit(store, 5)
+    store.count_redelivery("x")
+    store.count_redelivery("y")
+    start(limit, Message("x"))  # holds the lock for repeat messages
+    waiting = threading.Thread(target=start, args=(limit, Message("y")))
+    waiting.start()
+    waiting.join(0.2)
+    assert waiting.is_alive()  # y waits for the lock, not counted yet
+    limit.before_worker_shutdown(None, None)  # type: ignore[arg-type]
+    assert (store.redeliveries("x"), store.redeliveries("y")) == (1, 1)
+    limit._alone.release()
+    waiting.join(5)
+
+
 def test_a_task_that_cannot_be_given_back_is_logged_and_the_stop_goes_on(
     store: MemoryStatusStore, monkeypatch: pytest.MonkeyPatch, caplog: Any
 ) -> None:
@@ -188,4 +219,4 @@ def test_a_task_that_cannot_be_given_back_is_logged_and_the_stop_goes_on(
     monkeypatch.setattr(store, "count_redelivery", down)
     with caplog.at_level("WARNING", logger="nagatha.tasks"):
         stop_worker(limit)
-    assert "its next start counts as a redelivery (status store (Redis) unavailable" in caplog.text
+    assert "still running when the grace period ended; not given back (status store" in caplog.text
