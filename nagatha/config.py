@@ -18,6 +18,7 @@ so and a bad value is reported as ``key = value (from source): what is expected`
 
 from __future__ import annotations
 
+import ast
 import difflib
 import json
 import os
@@ -26,7 +27,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
-from urllib.parse import unquote, urlsplit
+from urllib.parse import parse_qsl, unquote, urlencode, urlsplit, urlunsplit
 
 import yaml
 from pydantic import (
@@ -110,15 +111,31 @@ def _check_amqp_url(url: str) -> str:
 
     pika reads them only when a process connects: ``?heartbeat=abc`` or a misspelt parameter
     would otherwise pass the config and crash every worker process as it starts.
+    ``ssl_options`` is only checked to be a Python literal mapping: pika would open the
+    certificate files it names, which need not exist where the config is read (``nagatha
+    config`` on another host).
     """
     url = _check_scheme(url, ("amqp", "amqps"))
     if url == MEMORY_URL:
         return url
     import pika  # here: the embedded hub never needs it
 
+    parts = urlsplit(url)
+    query = parse_qsl(parts.query, keep_blank_values=True)
+    for key, value in query:
+        if key == "ssl_options":
+            try:
+                options = ast.literal_eval(value)
+            except (ValueError, SyntaxError, MemoryError, RecursionError):
+                options = ""
+            if not isinstance(options, dict | None):
+                raise ValueError(
+                    "ssl_options must be a Python dict literal, such as {'ca_certs': '...'}"
+                )
+    rest = urlencode([(key, value) for key, value in query if key != "ssl_options"])
     try:
-        pika.URLParameters(url)
-    except (TypeError, ValueError) as exc:
+        pika.URLParameters(urlunsplit(parts._replace(query=rest)))
+    except Exception as exc:  # whatever pika raises here, a parameter is wrong
         raise ValueError(f"a query parameter pika cannot use: {exc}") from None
     return url
 
@@ -142,6 +159,10 @@ def _check_redis_url(url: str) -> str:
     db = unquote(parts.path).strip("/")
     if parts.scheme != "unix" and db and not db.isdecimal():
         raise ValueError(f"the path must be a database number such as /0, not /{db}")
+    for key, value in parse_qsl(parts.query):
+        if key == "ssl_cert_reqs" and value not in ("none", "optional", "required"):
+            # Celery's URLs spell it CERT_REQUIRED; redis-py refuses that as it connects.
+            raise ValueError(f"ssl_cert_reqs must be none, optional or required, not {value!r}")
     return url
 
 

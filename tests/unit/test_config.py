@@ -171,6 +171,8 @@ BILLION_LAUGHS = "modules:\n  settings:\n    x:\n      l0: &l0 [lol]\n" + "".joi
         ({"NAGATHA_RESULTS_URL": "redis://h:6379/13abc"}, {}, "a database number such as /0"),
         ({"NAGATHA_RESULTS_URL": "redis://h:6379/0?db=x"}, {}, "Invalid value for 'db'"),
         ({"NAGATHA_BRIDGE_RESULT_BACKEND_URL": "redis://h/x"}, {}, "bridge.result_backend_url"),
+        ({"NAGATHA_BROKER_URL": "amqps://h/v?ssl_options={bad"}, {}, "ssl_options must be"),
+        ({"NAGATHA_RESULTS_URL": "rediss://h/0?ssl_cert_reqs=CERT_REQUIRED"}, {}, "none, optional"),
     ],
 )
 def test_bad_values_raise_one_line_naming_key_and_source(
@@ -184,6 +186,19 @@ def test_bad_values_raise_one_line_naming_key_and_source(
     message = str(info.value)
     assert needle in message
     assert "\n" not in message
+
+
+def test_urls_pika_and_redis_py_take_are_accepted_as_written(dirs: tuple[Path, Path]) -> None:
+    home, cwd = dirs
+    env = {
+        # pika would open these files: they need not exist where the config is read.
+        "NAGATHA_BROKER_URL": "amqps://u:pw@h:5671/v?ssl_options={'ca_certs':'/nowhere/ca.pem'}"
+        "&heartbeat=10&connection_attempts=3",
+        "NAGATHA_RESULTS_URL": "rediss://h:6380/2?ssl_cert_reqs=required&socket_timeout=3",
+    }
+    config = load_config(env=env, home=home, cwd=cwd).config
+    assert config.broker.url == env["NAGATHA_BROKER_URL"]
+    assert config.results.url == env["NAGATHA_RESULTS_URL"]
 
 
 def test_a_bad_url_error_never_shows_its_password(dirs: tuple[Path, Path]) -> None:
