@@ -55,12 +55,14 @@ class CliContext:
         """The validated config."""
         return self.loaded.config
 
-    def hub(self) -> TaskRegistry:
-        """The registry with every enabled module loaded (built once)."""
+    def hub(self, *, modules: bool = True) -> TaskRegistry:
+        """The registry, built by the first call: with every enabled module loaded, unless
+        ``modules`` is false (commands that only read or write records: a module that is
+        broken, or slow to import, then neither holds them up nor fills their output)."""
         if self._hub is None:
             from nagatha.hub import create_hub
 
-            self._hub = create_hub(self.config)
+            self._hub = create_hub(self.config, load_modules=modules)
         return self._hub
 
 

@@ -104,7 +104,7 @@ def workers_command(obj: CliContext, as_json: bool) -> None:
             "workers reads Redis (broker.url is memory://); an embedded hub "
             "(`nagatha serve --embedded`) answers GET /workers itself"
         )
-    workers = obj.hub().workers()
+    workers = obj.hub(modules=False).workers()
     if as_json:
         emit_json({"workers": workers})
     else:

@@ -194,7 +194,7 @@ def status_command(
         raise click.UsageError("give a task id: nagatha status TASK_ID")
     if task_id and task_id_option and task_id != task_id_option:
         raise click.UsageError("give the task id once, as argument or --task-id")
-    hub = obj.hub()
+    hub = obj.hub(modules=False)
     record = hub.wait_for(chosen, timeout, strict=True) if wait else hub.get_task_status(chosen)
     _finish(record, as_json)
 
@@ -209,7 +209,7 @@ def cancel_command(obj: CliContext, task_id: str, as_json: bool) -> None:
     Exit 0 when it is cancelled (its record is then failure, "Cancelled: ..."); exit 1 if it
     is unknown, running or ended.
     """
-    record = obj.hub().cancel(task_id)
+    record = obj.hub(modules=False).cancel(task_id)
     if as_json:
         emit_json(record)
     else:
@@ -228,7 +228,7 @@ def cancel_command(obj: CliContext, task_id: str, as_json: bool) -> None:
 @pass_context
 def failures_command(obj: CliContext, limit: int, as_json: bool) -> None:
     """Show the newest failed tasks, newest first: when, id, task, retries, error."""
-    records = obj.hub().recent_failures(limit)
+    records = obj.hub(modules=False).recent_failures(limit)
     if as_json:
         emit_json({"tasks": records})
     else:

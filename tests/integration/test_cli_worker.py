@@ -398,3 +398,27 @@ def test_rerun_refuses_a_task_that_has_not_ended(
         {**hub_env, "NAGATHA_BROKER_URL": "memory://", "NAGATHA_RESULTS_URL": "memory://"},
     )
     assert embedded.returncode == 2 and "POST /tasks/rerun" in embedded.stderr
+
+
+def test_commands_that_only_read_records_load_no_module(
+    hub_env: dict[str, str], tmp_path: Path
+) -> None:
+    # A module that is broken or hangs at import must not hold up status, cancel, ...
+    imported = tmp_path / "imported"
+    folder = tmp_path / "mods" / "marker"
+    folder.mkdir(parents=True)
+    (folder / "__init__.py").write_text(
+        f"open({str(imported)!r}, 'a').write('x')\ndef register_tasks(registry):\n    pass\n"
+    )
+    env = {**hub_env, "NAGATHA_MODULES_PATHS": str(folder.parent)}
+    for args, code in (
+        (["status", "no-such-id"], 1),
+        (["cancel", "no-such-id"], 1),
+        (["failures"], 0),
+        (["workers"], 0),
+    ):
+        done = run_cli(args, env)
+        assert done.returncode == code, (args, done.stderr)
+    assert not imported.exists()
+    assert run_cli(["list"], env).returncode == 0
+    assert imported.exists()  # the module does load where tasks are needed
