@@ -122,22 +122,22 @@ def _check_amqp_url(url: str) -> str:
 
     parts = urlsplit(url)
     query = parse_qsl(parts.query, keep_blank_values=True)
-    for key, value in query:
-        if key == "ssl_options":
-            try:
-                options = ast.literal_eval(value)
-            except (ValueError, SyntaxError, MemoryError, RecursionError):
-                options = ""
-            if not isinstance(options, dict | None):
-                raise ValueError(
-                    "ssl_options must be a Python dict literal, such as {'ca_certs': '...'}"
-                )
+    if not all(_dict_literal(value) for key, value in query if key == "ssl_options"):
+        raise ValueError("ssl_options must be a Python dict literal, such as {'ca_certs': '...'}")
     rest = urlencode([(key, value) for key, value in query if key != "ssl_options"])
     try:
         pika.URLParameters(urlunsplit(parts._replace(query=rest)))
     except Exception as exc:  # whatever pika raises here, a parameter is wrong
         raise ValueError(f"a query parameter pika cannot use: {exc}") from None
     return url
+
+
+def _dict_literal(text: str) -> bool:
+    """True if ``text`` is a Python dict literal (or ``None``), as pika reads ``ssl_options``."""
+    try:
+        return isinstance(ast.literal_eval(text), dict | None)
+    except (ValueError, SyntaxError, MemoryError, RecursionError):
+        return False
 
 
 def _check_redis_url(url: str) -> str:
@@ -151,10 +151,7 @@ def _check_redis_url(url: str) -> str:
         return url
     from redis.connection import parse_url
 
-    try:
-        parse_url(url)  # type: ignore[no-untyped-call]
-    except ValueError as exc:
-        raise ValueError(str(exc)) from None
+    parse_url(url)  # type: ignore[no-untyped-call]  # raises ValueError for a bad parameter
     parts = urlsplit(url)
     db = unquote(parts.path).strip("/")
     if parts.scheme != "unix" and db and not db.isdecimal():
